@@ -60,3 +60,49 @@ def gpt_neo_tokenizer(gpt_neo_tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(gpt_neo_tokenizer_dir)
+
+
+def make_hub_cache(cache_dir: Path, repo_id: str, folder: Path, repo_type: str = "model") -> Path:
+    """Lay `folder` out as the real HF cache of `repo_id` (refs/main -> snapshots/<hash>/...).
+
+    Loading `repo_id` with HF_HUB_CACHE=cache_dir and HF_HUB_OFFLINE=1 then takes the same code path
+    a user with the Hub takes, without the network.
+    """
+    import hashlib
+    import shutil
+
+    prefix = {"model": "models", "dataset": "datasets", "space": "spaces"}[repo_type]
+    root = Path(cache_dir) / f"{prefix}--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    snapshot = root / "snapshots" / commit
+    if snapshot.exists():
+        shutil.rmtree(snapshot)
+    shutil.copytree(folder, snapshot)
+    return snapshot
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty offline HF cache: `hub_cache.add(repo_id, folder)` publishes a folder under a repo id.
+
+    HF_HUB_CACHE is set for subprocesses and patched in-process (huggingface_hub reads it at import).
+    """
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+
+    class _Cache:
+        path = cache
+
+        @staticmethod
+        def add(repo_id: str, folder: Path, repo_type: str = "model") -> Path:
+            return make_hub_cache(cache, repo_id, folder, repo_type)
+
+    return _Cache()
