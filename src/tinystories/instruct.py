@@ -1,0 +1,133 @@
+"""The TinyStories-Instruct text format, shared by synthesis, SFT and generation.
+
+One example is a block of instruction lines followed by the story::
+
+    Features: Dialogue, Twist
+    Words: run, ball, happy
+    Summary: A girl finds a ball and shares it.
+    Random sentence: She threw the ball high.
+    Story:
+    Once upon a time ...
+
+Instruction lines come in any order and any subset (the paper randomises both, so the model learns
+to follow whichever constraints it is given); `Story:` is always last. In the released
+`roneneldan/TinyStoriesInstruct` files examples are separated by `<|endoftext|>`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+FIELDS: dict[str, str] = {  # attribute -> line label
+    "features": "Features",
+    "words": "Words",
+    "summary": "Summary",
+    "random_sentence": "Random sentence",
+}
+STORY_LABEL = "Story:"
+_LABEL_TO_FIELD = {label.lower(): name for name, label in FIELDS.items()}
+
+
+@dataclass
+class InstructExample:
+    story: str = ""
+    features: list[str] = field(default_factory=list)
+    words: list[str] = field(default_factory=list)
+    summary: str | None = None
+    random_sentence: str | None = None
+    order: list[str] = field(default_factory=list)  # instruction fields in the order they appear
+
+    def present_fields(self) -> list[str]:
+        present = [
+            name
+            for name in FIELDS
+            if (getattr(self, name) if name not in ("features", "words") else bool(getattr(self, name)))
+        ]
+        ordered = [f for f in self.order if f in present]
+        return ordered + [f for f in present if f not in ordered]
+
+
+def _field_value(example: InstructExample, name: str) -> str:
+    value = getattr(example, name)
+    if isinstance(value, list):
+        return ", ".join(value)
+    return " ".join(str(value).split())  # one line
+
+
+def format_prompt(example: InstructExample) -> str:
+    """Instruction lines plus `Story:` and a newline: what the model is conditioned on."""
+    lines = [f"{FIELDS[name]}: {_field_value(example, name)}" for name in example.present_fields()]
+    return "\n".join([*lines, STORY_LABEL]) + "\n"
+
+
+def format_example(example: InstructExample) -> str:
+    return format_prompt(example) + example.story.strip()
+
+
+def randomize_fields(
+    example: InstructExample, rng: random.Random, keep_probability: float = 0.75
+) -> InstructExample:
+    """Random subset (each field kept with `keep_probability`, at least one) in random order."""
+    present = example.present_fields()
+    kept = [f for f in present if rng.random() < keep_probability] or ([rng.choice(present)] if present else [])
+    rng.shuffle(kept)
+    return InstructExample(
+        story=example.story,
+        features=list(example.features) if "features" in kept else [],
+        words=list(example.words) if "words" in kept else [],
+        summary=example.summary if "summary" in kept else None,
+        random_sentence=example.random_sentence if "random_sentence" in kept else None,
+        order=kept,
+    )
+
+
+def _split_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse_example(text: str) -> InstructExample:
+    """Read one formatted example back. Raises ValueError when there is no `Story:` line."""
+    lines = text.strip("\n").split("\n")
+    example = InstructExample()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.lower().startswith(STORY_LABEL.lower()):
+            first = stripped[len(STORY_LABEL) :].strip()
+            rest = "\n".join(lines[i + 1 :]).strip()
+            example.story = "\n".join(p for p in (first, rest) if p)
+            return example
+        label, sep, value = stripped.partition(":")
+        name = _LABEL_TO_FIELD.get(label.strip().lower())
+        if not sep or name is None:
+            continue  # tolerate unknown lines before the story
+        value = value.strip()
+        if name in ("features", "words"):
+            setattr(example, name, _split_list(value))
+        else:
+            setattr(example, name, value)
+        example.order.append(name)
+    raise ValueError("not a TinyStories-Instruct example: no 'Story:' line found")
+
+
+def split_prompt_completion(text: str) -> tuple[str, str]:
+    """Split a formatted example into (prompt up to and including `Story:\\n`, story)."""
+    example = parse_example(text)
+    return format_prompt(example), example.story
+
+
+def build_prompt(
+    words: Sequence[str] | None = None,
+    features: Sequence[str] | None = None,
+    summary: str | None = None,
+    random_sentence: str | None = None,
+) -> str:
+    """The prompt a user gives at generation time (fields in the canonical order)."""
+    example = InstructExample(
+        features=list(features or []),
+        words=list(words or []),
+        summary=summary,
+        random_sentence=random_sentence,
+    )
+    return format_prompt(example)
