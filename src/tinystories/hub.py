@@ -1,0 +1,288 @@
+"""`tinystories push`: publish a model (or dataset) folder on the Hub, or stage it with `--dry_run`.
+
+Every push first stages the exact upload in a folder (`outputs/push/<user>__<name>/` unless `--stage_dir`):
+training leftovers are left out (checkpoints, optimizer state, pickled `training_args.bin`), the model card is
+re-rendered with the real repo id, a LoRA adapter's `base_model_name_or_path` is set to its Hub id, and every
+text file is checked for local absolute paths and the token. A dry run stops there and prints the staged path
+as its last line; a real push checks the token (`whoami`) and the repo (create or reuse, branch) before
+uploading that staged folder with `HfApi.upload_folder`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tinystories import cards
+from tinystories.config import ConfigError, parse_args
+
+# Never uploaded: training state and pickles (training_args.bin records local paths), caches, VCS folders.
+EXCLUDE = (
+    "checkpoint-*",
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "rng_state*.pth",
+    "training_args.bin",
+    "global_step*",
+    "latest",
+    "zero_to_fp32.py",
+    "__pycache__",
+    "*.pyc",
+    ".git",
+    ".cache",
+    "wandb",
+    ".ipynb_checkpoints",
+    "*.lock",
+)
+TEXT_SUFFIXES = {".json", ".jsonl", ".md", ".txt", ".yaml", ".yml", ".csv", ".py", ".cfg", ".j2"}
+MODEL_FILES = ("*.safetensors",)
+LOGIN_HINT = "run `hf auth login` (formerly `huggingface-cli login`) or set the HF_TOKEN environment variable"
+
+
+def _split_repo(repo_id: str) -> tuple[str, str]:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise ConfigError(f"REPO must be `user/name` (or `org/name`), got {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ConfigError(f"invalid repo id {repo_id!r}: {e}") from None
+    user, name = repo_id.split("/")
+    return user, name
+
+
+def default_stage_dir(repo_id: str) -> Path:
+    user, name = _split_repo(repo_id)
+    return Path("outputs") / "push" / f"{user}__{name}"
+
+
+def _excluded(rel: Path) -> bool:
+    return any(fnmatch.fnmatch(part, pat) for part in rel.parts for pat in EXCLUDE)
+
+
+def _check_folder(folder: Path, repo_type: str) -> None:
+    if not folder.is_dir():
+        raise ConfigError(f"{str(folder)!r} is not a folder: pass MODEL=<a trained model dir under outputs/>")
+    if repo_type == "model":
+        has_weights = any(folder.glob("*.safetensors"))
+        if not has_weights:
+            pickles = [p.name for p in folder.glob("*.bin") if p.name != "training_args.bin"]
+            hint = f" (found pickled weights {pickles}: re-save with safetensors)" if pickles else ""
+            raise ConfigError(
+                f"no *.safetensors weights in {str(folder)!r}{hint}; point MODEL at a saved model dir"
+            )
+        if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+            raise ConfigError(
+                f"{str(folder)!r} has no config.json / adapter_config.json: not a saved model folder"
+            )
+    elif not any(p.is_file() for p in folder.rglob("*")):
+        raise ConfigError(f"{str(folder)!r} is empty")
+
+
+def _local_prefixes(folder: Path) -> list[str]:
+    prefixes = {str(folder.resolve()), str(Path.cwd().resolve()), str(Path.home())}
+    return sorted((p for p in prefixes if len(p) > 1), key=len, reverse=True)
+
+
+def _clean_text_file(path: Path, rel: Path, folder: Path, token: str | None) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return
+    if token and token in text:
+        raise ConfigError(
+            f"{rel} contains your Hub token: refusing to stage or upload it; remove it from the file"
+        )
+    original = text
+    for prefix in _local_prefixes(folder):
+        text = text.replace(prefix + os.sep, "").replace(prefix, ".")
+    leftovers = cards.find_local_paths(text)
+    for p in leftovers:
+        text = text.replace(p, Path(p).name)
+    if text != original:
+        path.write_text(text, encoding="utf-8")
+
+
+def _fix_adapter_config(stage: Path) -> None:
+    cfg_path = stage / "adapter_config.json"
+    if not cfg_path.is_file():
+        return
+    cfg = json.loads(cfg_path.read_text())
+    base = cfg.get("base_model_name_or_path")
+    info = cards._read_json(stage / cards.CARD_INFO_FILE) or {}
+    hub_id = cards.resolve_hub_id(base) or info.get("base_model")
+    if base and hub_id and base != hub_id:
+        cfg["base_model_name_or_path"] = hub_id
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def stage_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    stage_dir: str | os.PathLike | None = None,
+    repo_type: str = "model",
+) -> Path:
+    """Copy what would be uploaded into `stage_dir` (replacing it) and return that path."""
+    folder = Path(folder)
+    _check_folder(folder, repo_type)
+    stage = Path(stage_dir) if stage_dir else default_stage_dir(repo_id)
+    if stage.resolve() == folder.resolve() or folder.resolve() in stage.resolve().parents:
+        raise ConfigError(f"STAGE_DIR {str(stage)!r} must not be the model folder or inside it")
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    token = _get_token()
+    for src in sorted(folder.rglob("*")):
+        rel = src.relative_to(folder)
+        if _excluded(rel) or src.is_dir() or (src.is_symlink() and not src.exists()):
+            continue
+        dst = stage / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.suffix in TEXT_SUFFIXES or src.name == "README.md":
+            shutil.copy2(src, dst)  # copied, not linked: text may be rewritten below
+        else:
+            try:
+                os.link(src.resolve(), dst)  # big weight files: a hard link costs no space
+            except OSError:
+                shutil.copy2(src, dst)
+    if repo_type == "model":
+        cards.update_model_card(stage, repo_id=repo_id)
+        _fix_adapter_config(stage)
+    elif (stage / cards.CARD_INFO_FILE).is_file():
+        cards.write_dataset_card(stage, cards._read_json(stage / cards.CARD_INFO_FILE) or {}, repo_id=repo_id)
+    for path in sorted(stage.rglob("*")):
+        if path.is_file() and (path.suffix in TEXT_SUFFIXES or path.name == "README.md"):
+            _clean_text_file(path, path.relative_to(stage), folder, token)
+    return stage
+
+
+def _get_token() -> str | None:
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def _check_token_and_repo(api, repo_id: str, private: bool, revision: str | None, repo_type: str) -> str:
+    """Fail before any upload: token present and valid, namespace writable, repo (and branch) ready."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    token = _get_token()
+    if not token:
+        raise ConfigError(f"no Hugging Face token found: {LOGIN_HINT}, then run the push again")
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(
+            "HF_HUB_OFFLINE=1 is set: unset it to push (or use DRY_RUN=1 to only stage the folder)"
+        )
+    user, _ = _split_repo(repo_id)
+    try:
+        me = api.whoami(token=token)
+    except OfflineModeIsEnabled:
+        raise ConfigError("HF_HUB_OFFLINE=1 is set: unset it to push (or use DRY_RUN=1)") from None
+    except HfHubHTTPError as e:
+        raise ConfigError(f"the Hub rejected your token ({e}); {LOGIN_HINT}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot reach the Hub to check your token ({e}); check your connection") from None
+    orgs = {o.get("name") for o in me.get("orgs", []) if isinstance(o, dict)}
+    if user != me.get("name") and user not in orgs:
+        raise ConfigError(
+            f"your token belongs to {me.get('name')!r} (orgs: {sorted(o for o in orgs if o)}), which cannot write to "
+            f"{user!r}: use REPO={me.get('name')}/<name> or a token with access to {user!r}"
+        )
+    role = (me.get("auth") or {}).get("accessToken", {}).get("role")
+    if role == "read":
+        raise ConfigError(f"your token is read-only: create a write token and {LOGIN_HINT}")
+    try:
+        api.create_repo(repo_id, token=token, private=private, repo_type=repo_type, exist_ok=True)
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, token=token, repo_type=repo_type, exist_ok=True)
+    except HfHubHTTPError as e:
+        raise ConfigError(f"cannot create or access {repo_type} repo {repo_id!r}: {e}") from None
+    return token
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    dry_run: bool = False,
+    stage_dir: str | os.PathLike | None = None,
+    repo_type: str = "model",
+) -> str:
+    """Stage `folder` and upload it to `repo_id`; returns the staged path (dry run) or the commit URL."""
+    from huggingface_hub import HfApi
+
+    if repo_type not in ("model", "dataset"):
+        raise ConfigError(f"repo_type must be 'model' or 'dataset', got {repo_type!r}")
+    _split_repo(repo_id)
+    _check_folder(Path(folder), repo_type)
+    if dry_run:
+        return str(stage_folder(folder, repo_id, stage_dir, repo_type))
+    api = HfApi()
+    token = _check_token_and_repo(api, repo_id, private, revision, repo_type)
+    stage = stage_folder(folder, repo_id, stage_dir, repo_type)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=stage,
+        repo_type=repo_type,
+        revision=revision,
+        token=token,
+        commit_message=commit_message or f"Upload {Path(folder).name} with the tinystories recipes",
+    )
+    return str(getattr(commit, "commit_url", commit))
+
+
+@dataclass
+class PushArguments:
+    model: str = field(
+        default=None, metadata={"help": "folder to upload (a trained model dir or a dataset dir)"}
+    )
+    repo: str = field(default=None, metadata={"help": "target Hub repo id, `user/name`"})
+    repo_type: str = field(default="model", metadata={"help": "model or dataset"})
+    private: bool = field(default=False, metadata={"help": "create the repo private"})
+    revision: str | None = field(default=None, metadata={"help": "branch to push to (created if missing)"})
+    commit_message: str | None = field(default=None, metadata={"help": "commit message"})
+    dry_run: bool = field(
+        default=False, metadata={"help": "only stage the exact upload folder and print its path"}
+    )
+    stage_dir: str | None = field(
+        default=None, metadata={"help": "staging folder (default outputs/push/<user>__<name>)"}
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    (args,) = parse_args([PushArguments], argv)
+    if not args.model or not args.repo:
+        raise ConfigError("push needs --model <folder> and --repo <user/name> (make push MODEL=... REPO=...)")
+    result = push_folder(
+        args.model,
+        args.repo,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        dry_run=args.dry_run,
+        stage_dir=args.stage_dir,
+        repo_type=args.repo_type,
+    )
+    if args.dry_run:
+        files = sorted(p.relative_to(result).as_posix() for p in Path(result).rglob("*") if p.is_file())
+        print(f"staged {len(files)} files for {args.repo_type} repo {args.repo}: {', '.join(files)}")
+    else:
+        print(
+            f"pushed {args.model} to https://huggingface.co/{'datasets/' if args.repo_type == 'dataset' else ''}{args.repo}"
+        )
+        print(f"commit: {result}")
+    print(
+        result
+        if args.dry_run
+        else f"https://huggingface.co/{'datasets/' if args.repo_type == 'dataset' else ''}{args.repo}"
+    )
+    return 0
