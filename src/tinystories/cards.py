@@ -361,7 +361,7 @@ def build_model_card(
         )
 
     samples = []
-    for s in (info.get("samples") or [])[:5]:
+    for s in (info.get("samples") or (eval_results or {}).get("samples") or [])[:5]:
         if isinstance(s, Mapping) and s.get("completion") is not None:
             completion = " ".join(str(s["completion"]).split())
             samples.append({"prompt": " ".join(str(s.get("prompt", "")).split()), "completion": completion})

@@ -1,0 +1,362 @@
+"""The paper's LLM-as-judge evaluation against any OpenAI-compatible endpoint.
+
+Eldan & Li (2023, §3) give the judge a story beginning and the student's completion after a `***` marker,
+ask for a free-form assessment (grammar, consistency with the beginning, whether the sentence split by
+`***` is completed), then, in a second turn, for grades in grammar, creativity, consistency and plot,
+and a guess of the student's age group (A: 3 or under ... F: 13-16). We keep both turns (or one combined
+request with `two_turn=False`), ask for the grades in a fixed line format, and parse answers defensively:
+an answer that lacks a grade or has one out of range is counted as malformed (with the reason and the raw
+text kept), a request that still fails after the retries is counted as failed; neither stops the run.
+
+Requests go through `openai.AsyncOpenAI` with at most `concurrency` in flight and exponential backoff on
+connection errors, timeouts, 429 and 5xx. Scores are aggregated as means with Student-t 95% confidence
+intervals per category (completions of the same prompt are treated as independent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import random
+import re
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tinystories.config import ConfigError
+
+CATEGORIES = ("grammar", "creativity", "consistency", "plot")
+AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12", "F": "13-16"}
+SEPARATOR = "***"
+
+ASSESSMENT_PROMPT = (
+    "In the following exercise, the student is given a beginning of a story. The student needs to complete it "
+    "into a full story. The exercise tests the student's language abilities and creativity. The symbol *** marks "
+    "the separator between the prescribed beginning and the student's completion:\n\n"
+    "{story}\n\n"
+    "Please provide your general assessment about the part written by the student (the one after the *** "
+    "symbol). Is it grammatically correct? Is it consistent with the beginning of the story? Pay special "
+    "attention to whether the student manages to complete the sentence which is split in the middle by the "
+    "separator ***."
+)
+GRADING_PROMPT = (
+    "Now, grade the student's completion in terms of grammar, creativity, consistency with the story's beginning "
+    "and whether the plot makes sense. Moreover, please provide your best guess of what the age of the student "
+    "might be, as reflected from the completion. Choose from possible age groups: A: 3 or under. B: 4-5. "
+    "C: 6-7. D: 8-9. E: 10-12. F: 13-16.\n\n"
+    "Answer with exactly these five lines, each grade an integer from 1 to 10:\n"
+    "Grammar: <grade>\nCreativity: <grade>\nConsistency: <grade>\nPlot: <grade>\nAge group: <letter A-F>"
+)
+SINGLE_TURN_SUFFIX = "\n\nFirst give your assessment in a few sentences. Then:\n" + GRADING_PROMPT
+
+
+def story_with_separator(prompt: str, completion: str) -> str:
+    """The beginning and the student's completion joined by the `***` marker, exactly as the paper shows it."""
+    return f"{prompt}{SEPARATOR}{completion}"
+
+
+def assessment_messages(prompt: str, completion: str) -> list[dict[str, str]]:
+    return [
+        {"role": "user", "content": ASSESSMENT_PROMPT.format(story=story_with_separator(prompt, completion))}
+    ]
+
+
+def grading_messages(prompt: str, completion: str, assessment: str) -> list[dict[str, str]]:
+    return [
+        *assessment_messages(prompt, completion),
+        {"role": "assistant", "content": assessment},
+        {"role": "user", "content": GRADING_PROMPT},
+    ]
+
+
+def single_turn_messages(prompt: str, completion: str) -> list[dict[str, str]]:
+    content = ASSESSMENT_PROMPT.format(story=story_with_separator(prompt, completion)) + SINGLE_TURN_SUFFIX
+    return [{"role": "user", "content": content}]
+
+
+# --------------------------------------------------------------------------------------- parsing
+
+_NUM = r"(\d+(?:\.\d+)?)"
+_LINE_SCORE = {
+    c: re.compile(rf"^[\s>*_#\-•\d.)]*{c}\b[^\n\d]{{0,60}}?{_NUM}(?:\s*(?:/|out of)\s*(\d+))?", re.I | re.M)
+    for c in CATEGORIES
+}
+_LOOSE_SCORE = {
+    c: re.compile(rf"\b{c}\b[^\n\d]{{0,40}}?{_NUM}(?:\s*(?:/|out of)\s*(\d+))?", re.I) for c in CATEGORIES
+}
+_AGE_LETTER = re.compile(
+    r"\bage(?:[\s_-]*group)?\b[^\nA-Za-z0-9]{0,20}(?:group\s+)?\(?\b([A-Fa-f])\b(?![\w'-])", re.I
+)
+_AGE_RANGE = re.compile(r"\bage(?:[\s_-]*group)?\b[^\n\d]{0,30}?(3 or under|\d{1,2}\s*[-–]\s*\d{1,2})", re.I)
+
+
+@dataclass
+class ParsedGrades:
+    scores: dict[str, float]
+    age_group: str | None
+    ok: bool
+    reason: str | None = None
+
+
+def _from_json(text: str) -> dict[str, Any] | None:
+    match = re.search(r"\{.*\}", text, re.S)
+    if not match:
+        return None
+    try:
+        data = json.loads(match.group(0))
+    except ValueError:
+        return None
+    return {str(k).lower().replace(" ", "_"): v for k, v in data.items()} if isinstance(data, dict) else None
+
+
+def _range_to_letter(value: str) -> str | None:
+    value = re.sub(r"\s+", "", value.replace("–", "-")).lower()
+    for letter, span in AGE_GROUPS.items():
+        if value == span.replace(" ", "").lower():
+            return letter
+    return None
+
+
+def parse_grades(answer: str | None) -> ParsedGrades:
+    """Grades 1-10 for each category and an age group A-F from a judge answer; never raises.
+
+    Accepts the requested line format and common variants (`**Grammar:** 8/10`, `- Plot - 7`, `Age group: B
+    (4-5)`, `Age: 4-5`, a JSON object). Any missing or out-of-range field makes the answer malformed.
+    """
+    if not isinstance(answer, str) or not answer.strip():
+        return ParsedGrades({}, None, False, "empty answer")
+    scores: dict[str, float] = {}
+    problems = []
+    data = _from_json(answer)
+    for cat in CATEGORIES:
+        value = None
+        if data and isinstance(data.get(cat), int | float | str):
+            try:
+                value = float(data[cat])
+            except ValueError:
+                value = None
+        if value is None:
+            match = _LINE_SCORE[cat].search(answer) or _LOOSE_SCORE[cat].search(answer)
+            if match:
+                value = float(match.group(1))
+                scale = match.group(2)
+                if scale and float(scale) not in (10.0,):
+                    problems.append(f"{cat} on a /{scale} scale")
+                    continue
+        if value is None:
+            problems.append(f"no {cat} grade")
+        elif not 1 <= value <= 10:
+            problems.append(f"{cat} grade {value:g} outside 1-10")
+        else:
+            scores[cat] = value
+    age = None
+    if data:
+        raw_age = data.get("age_group", data.get("age"))
+        if isinstance(raw_age, str):
+            age = (
+                raw_age.strip().upper()[:1]
+                if raw_age.strip()[:1].upper() in AGE_GROUPS
+                else _range_to_letter(raw_age)
+            )
+    if age is None:
+        match = _AGE_LETTER.search(answer)
+        if match:
+            age = match.group(1).upper()
+        else:
+            match = _AGE_RANGE.search(answer)
+            age = _range_to_letter(match.group(1)) if match else None
+    if age is None:
+        problems.append("no age group A-F")
+    return ParsedGrades(scores, age, not problems, "; ".join(problems) or None)
+
+
+# --------------------------------------------------------------------------------------- statistics
+
+
+def mean_ci(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
+    """Mean, sample std and a Student-t confidence interval (None below two values)."""
+    n = len(values)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "ci95": None}
+    mean = statistics.fmean(values)
+    if n < 2:
+        return {"n": 1, "mean": mean, "std": None, "ci95": None}
+    from scipy import stats
+
+    std = statistics.stdev(values)
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+
+
+def aggregate(graded: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts, per-category means with CIs, age-group counts, means per prompt category."""
+    ok = [g for g in graded if g["status"] == "ok"]
+    status = Counter(g["status"] for g in graded)
+    reasons = Counter(g.get("reason") for g in graded if g["status"] == "malformed")
+    scores = {c: mean_ci([g["scores"][c] for g in ok]) for c in CATEGORIES}
+    ages = Counter(g["age_group"] for g in ok)
+    by_category: dict[str, dict[str, float]] = {}
+    for cat in sorted({g.get("category") for g in ok if g.get("category")}):
+        group = [g for g in ok if g.get("category") == cat]
+        by_category[cat] = {c: statistics.fmean(g["scores"][c] for g in group) for c in CATEGORIES}
+        by_category[cat]["n"] = len(group)
+    return {
+        "num_completions": len(graded),
+        "graded": status.get("ok", 0),
+        "malformed": status.get("malformed", 0),
+        "failed": status.get("failed", 0),
+        "malformed_reasons": dict(reasons.most_common(10)),
+        "scores": scores,
+        "age_groups": {k: ages.get(k, 0) for k in AGE_GROUPS},
+        "by_prompt_category": by_category,
+    }
+
+
+# --------------------------------------------------------------------------------------- requests
+
+
+@dataclass
+class JudgeConfig:
+    base_url: str | None
+    model: str | None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    max_retries: int = 4
+    timeout: float = 120.0
+    max_tokens: int = 400
+    temperature: float = 0.0
+    two_turn: bool = True
+    backoff: float = 1.0  # seconds before the first retry; doubles each time
+
+    def api_key(self) -> str:
+        """The key from the environment; local servers (localhost, 127.0.0.1) need none."""
+        if not self.base_url or not self.model:
+            raise ConfigError("the judge needs --judge_base_url and --judge_model")
+        key = os.environ.get(self.api_key_env)
+        if key:
+            return key
+        host = urlsplit(self.base_url).hostname or ""
+        if host in ("localhost", "127.0.0.1", "::1", "0.0.0.0"):
+            return "EMPTY"
+        raise ConfigError(
+            f"no API key for the judge at {public_url(self.base_url)}: export {self.api_key_env}=... "
+            "(or name another variable with --judge_api_key_env)"
+        )
+
+    def check(self) -> None:
+        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0:
+            raise ConfigError(
+                "judge_concurrency >= 1, judge_max_retries >= 0 and judge_timeout > 0 are required"
+            )
+        self.api_key()
+
+
+def public_url(url: str | None) -> str | None:
+    """The URL without credentials or query string (safe to write into results)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class RequestFailed(Exception):
+    pass
+
+
+async def _chat(client, messages: list[dict[str, str]], config: JudgeConfig) -> str:
+    import openai
+
+    retryable = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
+    for attempt in range(config.max_retries + 1):
+        try:
+            response = await client.chat.completions.create(
+                model=config.model,
+                messages=messages,
+                temperature=config.temperature,
+                max_tokens=config.max_tokens,
+            )
+            if not response.choices:
+                return ""
+            return response.choices[0].message.content or ""
+        except retryable as err:
+            if attempt == config.max_retries:
+                raise RequestFailed(f"{type(err).__name__}: {err}") from err
+            await asyncio.sleep(config.backoff * 2**attempt * (0.5 + random.random()))
+        except openai.APIStatusError as err:  # 4xx other than 429: retrying will not help
+            raise RequestFailed(f"{type(err).__name__} {err.status_code}: {err.message}") from err
+    raise RequestFailed("unreachable")
+
+
+async def _grade_one(client, row: dict[str, Any], config: JudgeConfig) -> dict[str, Any]:
+    out = {k: row.get(k) for k in ("id", "prompt_id", "category", "prompt", "completion")}
+    try:
+        if config.two_turn:
+            assessment = await _chat(client, assessment_messages(row["prompt"], row["completion"]), config)
+            answer = await _chat(
+                client, grading_messages(row["prompt"], row["completion"], assessment), config
+            )
+        else:
+            assessment = None
+            answer = await _chat(client, single_turn_messages(row["prompt"], row["completion"]), config)
+    except RequestFailed as err:
+        return {**out, "status": "failed", "error": str(err), "scores": {}, "age_group": None}
+    parsed = parse_grades(answer)
+    return {
+        **out,
+        "status": "ok" if parsed.ok else "malformed",
+        "reason": parsed.reason,
+        "scores": parsed.scores,
+        "age_group": parsed.age_group,
+        "assessment": assessment,
+        "answer": answer,
+    }
+
+
+async def grade_async(
+    rows: list[dict[str, Any]], config: JudgeConfig, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Grade every row (`prompt`, `completion`), at most `config.concurrency` requests at a time, in order."""
+    import openai
+    from tqdm.auto import tqdm
+
+    client = openai.AsyncOpenAI(
+        base_url=config.base_url, api_key=config.api_key(), max_retries=0, timeout=config.timeout
+    )
+    semaphore = asyncio.Semaphore(config.concurrency)
+    bar = tqdm(total=len(rows), desc=f"judging with {config.model}", unit="story", disable=not progress)
+
+    async def one(row):
+        async with semaphore:
+            result = await _grade_one(client, row, config)
+        bar.update(1)
+        return result
+
+    try:
+        return await asyncio.gather(*(one(r) for r in rows))
+    finally:
+        bar.close()
+        await client.close()
+
+
+def run_judge(rows: list[dict[str, Any]], config: JudgeConfig, progress: bool = True):
+    """Grade `rows` and return (per-row results, summary for eval_results.json)."""
+    config.check()
+    start = time.perf_counter()
+    graded = asyncio.run(grade_async(rows, config, progress))
+    summary = {
+        "model": config.model,
+        "base_url": public_url(config.base_url),
+        "scheme": "two-turn" if config.two_turn else "single-turn",
+        "temperature": config.temperature,
+        **aggregate(graded),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return graded, summary
