@@ -1,0 +1,276 @@
+"""Story synthesis: seeded prompts, backends, resumable / sharded jobs, failure injection, a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+
+from tinystories.config import ConfigError
+from tinystories.instruct import parse_example
+from tinystories.synthesis import SynthesisArguments, Vocabulary, run
+from tinystories.synthesis.job import read_shard, shard_dir
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_openai_server import FakeOpenAIServer, expected_outcome, fake_story, ok_plan
+
+REPO = Path(__file__).resolve().parents[1]
+FEATURES = {"Dialogue", "Twist", "BadEnding", "MoralValue", "Foreshadowing", "Conflict"}
+
+
+def _args(tmp_path: Path, **kw) -> SynthesisArguments:
+    defaults = dict(output_dir=str(tmp_path / "out"), backend="template", num_stories=40, flush_every=10)
+    defaults.update(kw)
+    return SynthesisArguments(**defaults)
+
+
+# ----------------------------------------------------------------------------------- vocabulary / prompts
+def test_vocabulary_files():
+    vocab = Vocabulary()
+    sizes = {pos: len(words) for pos, words in vocab.words.items()}
+    assert 1400 <= sum(sizes.values()) <= 1700, sizes
+    assert min(sizes.values()) >= 300
+    assert set(vocab.features) == FEATURES
+    for words in vocab.words.values():
+        assert all(w.isalpha() and w.islower() for w in words)
+
+
+def test_prompts_are_seeded_and_independent_of_order():
+    vocab = Vocabulary()
+    a = [vocab.spec(7, i) for i in range(200)]
+    b = [vocab.spec(7, i) for i in reversed(range(200))][::-1]
+    assert [s.prompt for s in a] == [s.prompt for s in b]
+    assert [s.prompt for s in a] != [vocab.spec(8, i).prompt for i in range(200)]
+    assert len({s.prompt for s in a}) == 200
+    spec = a[0]
+    assert f'verb "{spec.verb}"' in spec.prompt and f'noun "{spec.noun}"' in spec.prompt
+    assert spec.verb in vocab.words["verb"] and spec.noun in vocab.words["noun"]
+    # features: each drawn with its probability; the sentence for each is in the prompt
+    with_dialogue = [s for s in a if "Dialogue" in s.features]
+    assert 60 <= len(with_dialogue) <= 140  # p = 0.5 over 200
+    assert all(vocab.features["Dialogue"].instruction in s.prompt for s in with_dialogue)
+    assert any(not s.features for s in a) and all("features" not in s.prompt for s in a if not s.features)
+
+
+# ------------------------------------------------------------------------------------------- template jobs
+def test_template_job_instruct_records_and_merge(tmp_path):
+    result = run(_args(tmp_path, mode="instruct", num_stories=30))
+    assert result["merge"]["generated"] == 30 and result["merge"]["missing"] == 0
+    ds = load_from_disk(str(tmp_path / "out" / "dataset"))
+    assert len(ds) == 30 and ds["index"] == list(range(30))
+    row = ds[0]
+    assert row["backend"] == "template" and "not an LLM" in row["model"]
+    assert json.loads(row["generation_config"])["seed"] == 42
+    for row in ds:
+        example = parse_example(row["text"])
+        assert example.story == row["story"].strip()
+        assert example.order == row["instruction_fields"] and example.order
+        if "words" in example.order:
+            assert example.words == row["words"]
+        if "summary" in example.order:
+            assert example.summary == row["summary"]
+        if "random_sentence" in example.order:
+            assert row["random_sentence"] in row["story"]
+        for word in row["words"]:
+            assert word in row["story"]
+    orders = {tuple(r) for r in ds["instruction_fields"]}
+    assert len(orders) > 5  # random subsets and orders
+
+
+def test_sharded_job_equals_single_job(tmp_path):
+    single = run(_args(tmp_path / "a", num_stories=25))
+    assert single["merge"]["generated"] == 25
+    out = tmp_path / "b" / "out"
+    for k in range(3):
+        r = run(_args(tmp_path / "b", num_stories=25, num_shards=3, shard_index=k))
+        assert ("merge" in r) == (k == 2)  # merged once every shard is done
+    r = run(_args(tmp_path / "b", num_stories=25, num_shards=3, merge_only=True))
+    assert r["merge"]["generated"] == 25 and r["merge"]["missing"] == 0
+    a = load_from_disk(str(tmp_path / "a" / "out" / "dataset"))
+    b = load_from_disk(str(out / "dataset"))
+    assert a["id"] == b["id"] and a["text"] == b["text"]
+
+
+def test_resume_guards(tmp_path):
+    run(_args(tmp_path, num_stories=10))
+    with pytest.raises(ConfigError, match="different job"):
+        run(_args(tmp_path, num_stories=10, seed=1))
+    with pytest.raises(ConfigError, match="shard_index"):
+        _args(tmp_path, num_shards=2, shard_index=2).validate()
+    with pytest.raises(ConfigError, match="--model"):
+        _args(tmp_path, backend="openai").validate()
+
+
+# --------------------------------------------------------------------------------------- openai backend
+def test_failure_injection_every_record_generated_or_failed(tmp_path):
+    with FakeOpenAIServer(slow_seconds=1.5) as server:
+        args = _args(
+            tmp_path, backend="openai", model="fake", base_url=server.url, num_stories=60, concurrency=8,
+            request_timeout=0.75, max_retries=3, backoff_base=0.01, backoff_max=0.05,
+        )  # fmt: skip
+        result = run(args)
+        actions = dict(server.actions)
+    merged = result["merge"]
+    ds = load_from_disk(str(tmp_path / "out" / "dataset"))
+    failed = load_from_disk(str(tmp_path / "out" / "failed"))
+    ids = set(ds["id"]) | set(failed["id"])
+    assert len(ids) == 60 and not set(ds["id"]) & set(failed["id"])
+    assert merged["generated"] + merged["failed"] == 60 and merged["missing"] == 0
+    # every injected failure kind was exercised, and each record ended as the plan says
+    for action in ("500", "429", "400", "drop", "malformed", "empty", "slow"):
+        assert actions.get(action, 0) > 0, actions
+    assert all(expected_outcome(p) == "generated" for p in ds["generation_prompt"])
+    assert all(expected_outcome(p) == "failed" for p in failed["generation_prompt"])
+    assert all(t == fake_story(p) for t, p in zip(ds["text"], ds["generation_prompt"], strict=True))
+    for row in failed:
+        if row["status_code"] == 400:
+            assert row["attempts"] == 1 and "BadRequest" in row["error"]
+        else:
+            assert row["status_code"] == 500 and row["attempts"] == 4  # 1 + max_retries
+    # resume with retry_failed: the permanent failures fail again, nothing is duplicated
+    with FakeOpenAIServer() as server:
+        args.base_url, args.retry_failed = server.url, True
+        again = run(args)
+    assert again["merge"]["generated"] == merged["generated"] and again["merge"]["failed"] == merged["failed"]
+
+
+def _wait_for_parts(directory: Path, n: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(list(directory.glob("data-*.parquet"))) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"job ended before being killed: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    raise AssertionError("no parquet parts appeared")
+
+
+def test_kill_and_resume_no_loss_no_duplicates(tmp_path):
+    out = tmp_path / "out"
+    n = 120
+    with FakeOpenAIServer(ok_plan, delay=0.03) as server:
+        cmd = [
+            sys.executable, "-m", "tinystories.cli", "data", "--backend", "openai", "--model", "fake",
+            "--base_url", server.url, "--num_stories", str(n), "--concurrency", "4", "--flush_every", "8",
+            "--output_dir", str(out), "--num_shards", "2", "--shard_index", "0",
+        ]  # fmt: skip
+        env = {**os.environ, "OPENAI_API_KEY": "test"}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            _wait_for_parts(shard_dir(out, 0, 2), 2, proc)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        before, _ = read_shard(shard_dir(out, 0, 2))
+        assert 0 < before.num_rows < n // 2  # killed midway; whole parts only
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120, env=env)  # resume shard 0
+        subprocess.run([*cmd[:-1], "1"], check=True, capture_output=True, timeout=120, env=env)  # shard 1
+    ds = load_from_disk(str(out / "dataset"))
+    assert len(ds) == n and len(set(ds["id"])) == n and ds["index"] == list(range(n))
+    assert all(t == fake_story(p) for t, p in zip(ds["text"], ds["generation_prompt"], strict=True))
+    first, _ = read_shard(shard_dir(out, 0, 2))
+    assert first.num_rows == n // 2  # the resumed shard holds each of its records exactly once
+
+
+# ----------------------------------------------------------------------------- real server: transformers serve
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory, gpt_neo_tokenizer_dir):
+    import torch
+    from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoConfig(
+        vocab_size=50257, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+        attention_types=[[["global", "local"], 1]], window_size=256, max_position_embeddings=512,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("model") / "tiny-gpt-neo"
+    GPTNeoForCausalLM(config).save_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(gpt_neo_tokenizer_dir)
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    tok.save_pretrained(path)
+    return path
+
+
+def test_end_to_end_against_transformers_serve(tmp_path, tiny_chat_model):
+    exe = Path(sys.executable).parent / "transformers"
+    if not exe.exists():
+        pytest.skip("transformers CLI not installed (pip install 'transformers[serving]')")
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (closed in finally, after the server)
+    server = subprocess.Popen(
+        [str(exe), "serve", str(tiny_chat_model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                pytest.fail(
+                    f"transformers serve did not start: {(tmp_path / 'serve.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.5)
+        args = _args(
+            tmp_path, backend="openai", model=str(tiny_chat_model), base_url=f"http://127.0.0.1:{port}/v1",
+            mode="instruct", num_stories=3, concurrency=2, max_new_tokens=12, request_timeout=60, max_retries=1,
+            extra_body=json.dumps({"generation_config": json.dumps({"do_sample": True})}),
+        )  # fmt: skip
+        result = run(args)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+    assert result["merge"]["generated"] == 3, result
+    ds = load_from_disk(str(tmp_path / "out" / "dataset"))
+    for row in ds:
+        assert row["backend"] == "openai" and row["model"] == str(tiny_chat_model)
+        assert row["story"] and row["summary"] and row["completion_tokens"] == 12
+        assert parse_example(row["text"]).story == row["story"]
+
+
+def test_transformers_backend_batched(tmp_path, tiny_chat_model):
+    result = run(_args(tmp_path, backend="transformers", model=str(tiny_chat_model), num_stories=4,
+                       batch_size=4, max_new_tokens=8))  # fmt: skip
+    assert result["merge"]["generated"] + result["merge"]["failed"] == 4
+    ds = load_from_disk(str(tmp_path / "out" / "dataset"))
+    assert set(ds["backend"]) == {"transformers"}
+
+
+def test_vllm_backend_is_optional(tmp_path):
+    pytest.importorskip("openai")
+    try:
+        import vllm  # noqa: F401
+
+        pytest.skip("vllm is installed: the GPU smoke test covers it")
+    except ImportError:
+        pass
+    with pytest.raises(ConfigError, match="pip install vllm"):
+        run(_args(tmp_path, backend="vllm", model="x", num_stories=2))
