@@ -154,7 +154,7 @@ def stage_folder(
     if repo_type == "model":
         cards.update_model_card(stage, repo_id=repo_id)
         _fix_adapter_config(stage)
-    elif (stage / cards.CARD_INFO_FILE).is_file():
+    elif repo_type == "dataset" and (stage / cards.CARD_INFO_FILE).is_file():
         cards.write_dataset_card(stage, cards._read_json(stage / cards.CARD_INFO_FILE) or {}, repo_id=repo_id)
     for path in sorted(stage.rglob("*")):
         if path.is_file() and (path.suffix in TEXT_SUFFIXES or path.name == "README.md"):
@@ -199,7 +199,8 @@ def _check_token_and_repo(api, repo_id: str, private: bool, revision: str | None
     if role == "read":
         raise ConfigError(f"your token is read-only: create a write token and {LOGIN_HINT}")
     try:
-        api.create_repo(repo_id, token=token, private=private, repo_type=repo_type, exist_ok=True)
+        space = {"space_sdk": "gradio"} if repo_type == "space" else {}
+        api.create_repo(repo_id, token=token, private=private, repo_type=repo_type, exist_ok=True, **space)
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, token=token, repo_type=repo_type, exist_ok=True)
     except HfHubHTTPError as e:
@@ -220,8 +221,10 @@ def push_folder(
     """Stage `folder` and upload it to `repo_id`; returns the staged path (dry run) or the commit URL."""
     from huggingface_hub import HfApi
 
-    if repo_type not in ("model", "dataset"):
-        raise ConfigError(f"repo_type must be 'model' or 'dataset', got {repo_type!r}")
+    if repo_type not in ("model", "dataset", "space"):
+        raise ConfigError(
+            f"repo_type must be 'model', 'dataset' or 'space' (metric modules), got {repo_type!r}"
+        )
     _split_repo(repo_id)
     _check_folder(Path(folder), repo_type)
     if dry_run:
@@ -246,7 +249,9 @@ class PushArguments:
         default=None, metadata={"help": "folder to upload (a trained model dir or a dataset dir)"}
     )
     repo: str = field(default=None, metadata={"help": "target Hub repo id, `user/name`"})
-    repo_type: str = field(default="model", metadata={"help": "model or dataset"})
+    repo_type: str = field(
+        default="model", metadata={"help": "model, dataset, or space (an evaluate metric module)"}
+    )
     private: bool = field(default=False, metadata={"help": "create the repo private"})
     revision: str | None = field(default=None, metadata={"help": "branch to push to (created if missing)"})
     commit_message: str | None = field(default=None, metadata={"help": "commit message"})
@@ -275,14 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         files = sorted(p.relative_to(result).as_posix() for p in Path(result).rglob("*") if p.is_file())
         print(f"staged {len(files)} files for {args.repo_type} repo {args.repo}: {', '.join(files)}")
-    else:
-        print(
-            f"pushed {args.model} to https://huggingface.co/{'datasets/' if args.repo_type == 'dataset' else ''}{args.repo}"
-        )
-        print(f"commit: {result}")
-    print(
-        result
-        if args.dry_run
-        else f"https://huggingface.co/{'datasets/' if args.repo_type == 'dataset' else ''}{args.repo}"
-    )
+        print(result)  # last line: the staged folder
+        return 0
+    prefix = {"model": "", "dataset": "datasets/", "space": "spaces/"}[args.repo_type]
+    print(f"pushed {args.model} (commit {result})")
+    print(f"https://huggingface.co/{prefix}{args.repo}")
     return 0
