@@ -65,8 +65,9 @@ def iter_txt_stories(path: str | os.PathLike) -> Iterator[str]:
                 buffer = [parts[-1]]
             else:
                 buffer.append(line)
-    if buffer:
-        yield "".join(buffer)
+    tail = "".join(buffer)
+    if tail.strip():  # whitespace after the last separator is not a story
+        yield tail
 
 
 def _txt_generator(paths: list[str], stamps: list[tuple[int, float]]):  # stamps invalidate the cache

@@ -78,8 +78,8 @@ class PretrainConfig(TrainingArguments):
     eval_steps: int = 200
     save_steps: int = 200
     save_total_limit: int | None = 3
-    report_to: str | list[str] = "tensorboard"
-    include_num_input_tokens_seen: str | bool = "non_padding"
+    report_to: None | str | list[str] = "tensorboard"
+    include_num_input_tokens_seen: str = "non_padding"
     global_batch_size: int | None = field(
         default=None,
         metadata={"help": "sequences per optimizer step across all processes; sets gradient_accumulation_steps"},

@@ -1,0 +1,82 @@
+# TinyStories recipes. Every target depends on `install`, so a fresh clone needs no separate step.
+# Variables (all optional): SIZE DATA TOKENIZER MODEL BASE OUTPUT_DIR ACCELERATE NUM_GPUS ARGS
+#                           IN OUT (dedup)  REPO DRY_RUN STAGE_DIR (push)  REVISION (pull)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+TS      := $(PY) -m tinystories.cli
+
+SIZES      := $(sort $(basename $(notdir $(filter-out recipes/pretrain/quickstart.yaml,$(wildcard recipes/pretrain/*.yaml)))))
+SIZE       ?= 33M
+DATA       ?=
+TOKENIZER  ?=
+MODEL      ?=
+BASE       ?=
+OUTPUT_DIR ?=
+ARGS       ?=
+REPO       ?=
+DRY_RUN    ?=
+STAGE_DIR  ?=
+REVISION   ?=
+IN         ?=
+OUT        ?=
+
+# Launcher: picked from the hardware unless ACCELERATE is given (a file in accelerate_configs/).
+GPU_COUNT := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+NUM_GPUS  ?= $(if $(filter-out 0,$(GPU_COUNT)),$(GPU_COUNT),1)
+ACCELERATE ?= $(if $(filter 0,$(or $(GPU_COUNT),0)),cpu,$(if $(filter 1,$(NUM_GPUS)),single_gpu,multi_gpu))
+ifeq ($(ACCELERATE),cpu)
+LAUNCH := $(PY)
+else
+LAUNCH := $(VENV)/bin/accelerate launch --config_file accelerate_configs/$(ACCELERATE).yaml --num_processes $(NUM_GPUS)
+endif
+
+opt = $(if $(2),$(1) $(2))
+
+.PHONY: help install test test-slow lint format quickstart train tokenizer sft lora generate eval data dedup push pull bench clean
+
+help:
+	@echo "make install | quickstart | test | train SIZE=<$(subst $() ,|,$(SIZES))> | sft | lora | eval | data | dedup | push | pull | bench"
+	@echo "variables: DATA TOKENIZER MODEL BASE OUTPUT_DIR ACCELERATE NUM_GPUS ARGS IN OUT REPO DRY_RUN STAGE_DIR"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	DS_BUILD_OPS=0 $(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m slow $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff format --check src tests && $(VENV)/bin/ruff check src tests
+
+format: install
+	$(VENV)/bin/ruff format src tests && $(VENV)/bin/ruff check --fix src tests
+
+quickstart: install
+	bash scripts/quickstart.sh
+
+check-size:
+	@test -f recipes/pretrain/$(SIZE).yaml || { echo "error: unknown SIZE=$(SIZE); valid sizes: $(SIZES)" >&2; exit 2; }
+	@test -f accelerate_configs/$(ACCELERATE).yaml || { echo "error: unknown ACCELERATE=$(ACCELERATE); valid: $(basename $(notdir $(wildcard accelerate_configs/*.yaml)))" >&2; exit 2; }
+
+train: install check-size
+	$(LAUNCH) -m tinystories.cli train --config recipes/pretrain/$(SIZE).yaml \
+		$(call opt,--dataset_name,$(DATA)) $(call opt,--tokenizer_name,$(TOKENIZER)) \
+		$(call opt,--output_dir,$(OUTPUT_DIR)) $(if $(filter cpu%,$(ACCELERATE)),--use_cpu true) $(ARGS)
+
+tokenizer: install
+	$(TS) tokenizer $(call opt,--dataset_name,$(DATA)) $(call opt,--tokenizer_name,$(TOKENIZER)) \
+		--output_dir $(or $(OUTPUT_DIR),outputs/tokenizer) $(ARGS)
+
+clean:
+	rm -rf outputs/quickstart outputs/bench

@@ -1,0 +1,26 @@
+#!/bin/bash
+# Multi-node pretraining on Slurm: one `accelerate launch` per node, DeepSpeed ZeRO-2 by default.
+#   sbatch --nodes=2 scripts/slurm_train.sh 33M [deepspeed_zero2] [extra args...]
+#SBATCH --job-name=tinystories-train
+#SBATCH --ntasks-per-node=1
+#SBATCH --gres=gpu:8
+#SBATCH --cpus-per-task=64
+#SBATCH --exclusive
+#SBATCH --output=outputs/slurm/%x-%j.out
+set -euo pipefail
+SIZE=${1:-33M}
+ACCELERATE=${2:-deepspeed_zero2}
+shift $(( $# > 2 ? 2 : $# ))
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+NUM_PROCESSES=$(( SLURM_NNODES * GPUS_PER_NODE ))
+MAIN_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+MAIN_PORT=${MAIN_PORT:-29500}
+cd "${SLURM_SUBMIT_DIR:-.}"
+srun --kill-on-bad-exit=1 bash -c "
+  .venv/bin/accelerate launch \
+    --config_file accelerate_configs/${ACCELERATE}.yaml \
+    --num_machines ${SLURM_NNODES} --num_processes ${NUM_PROCESSES} \
+    --machine_rank \$SLURM_NODEID --main_process_ip ${MAIN_HOST} --main_process_port ${MAIN_PORT} \
+    --rdzv_backend c10d \
+    -m tinystories.cli train --config recipes/pretrain/${SIZE}.yaml --output_dir outputs/TinyStories-${SIZE} $*
+"
