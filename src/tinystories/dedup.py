@@ -753,11 +753,17 @@ def run_benchmark(
         source = "template backend stories"
     texts, near_of, exact_of = make_benchmark_corpus(base, num_stories)
     eval_prompts = read_eval_prompts([DEFAULT_EVAL_PROMPTS]) if DEFAULT_EVAL_PROMPTS.is_file() else []
-    t0 = time.perf_counter()
+
+    def cpu() -> float:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    cpu0, t0 = cpu(), time.perf_counter()
     result = deduplicate(
         texts, len(texts), num_proc=num_proc, eval_prompts=eval_prompts, progress=False, **kwargs
     )
     seconds = time.perf_counter() - t0
+    cpu_seconds = cpu() - cpu0  # workers are counted once the pool has exited
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {
