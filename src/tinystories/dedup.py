@@ -443,7 +443,8 @@ def deduplicate(
 
     seen = 0
     if num_proc > 1 and num_texts > batch_size:
-        ctx = mp.get_context("spawn")  # no fork of a process that may hold threads (pyarrow, tokenizers)
+        # fork (as `datasets.map(num_proc=...)` does on Linux): workers start at once, without re-importing
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(num_proc, initializer=_init_worker, initargs=(cfg,)) as pool:
             pending: collections.deque = collections.deque()
             for task in _batches(texts, batch_size):  # at most 2 batches per worker in flight: bounded memory
@@ -592,7 +593,9 @@ def run(args: DedupArguments) -> dict[str, Any]:
         if not eval_paths:
             logger.warning("no evaluation prompts found (%s): decontamination skipped", DEFAULT_EVAL_PROMPTS)
     prompts = read_eval_prompts(eval_paths) if (args.decontaminate and eval_paths) else []
+    t0 = time.perf_counter()
     ds = load_input(args.input, args.split)
+    t_load = time.perf_counter() - t0
     column = args.text_column or ("story" if "story" in ds.column_names else "text")
     if column not in ds.column_names:
         raise _config_error(
@@ -617,6 +620,7 @@ def run(args: DedupArguments) -> dict[str, Any]:
         num_proc=args.num_proc,
         batch_size=args.batch_size,
     )
+    t1 = time.perf_counter()
     kept_idx = np.flatnonzero(result.keep)
     dropped_idx = np.flatnonzero(~result.keep)
     ds.select(kept_idx).save_to_disk(str(out / "data"))
@@ -624,7 +628,9 @@ def run(args: DedupArguments) -> dict[str, Any]:
     dropped = dropped.add_column("reason", [result.reason[i] for i in dropped_idx.tolist()])
     dropped = dropped.add_column("duplicate_of", result.duplicate_of[dropped_idx].tolist())
     dropped = dropped.add_column("similarity", result.similarity[dropped_idx].tolist())
-    dropped = dropped.add_column("matched_prompt", [result.matched.get(i) for i in dropped_idx.tolist()])
+    dropped = dropped.add_column(
+        "matched_prompt", [result.matched_prompt.get(i) for i in dropped_idx.tolist()]
+    )
     dropped = dropped.add_column("input_index", dropped_idx.tolist())
     dropped.save_to_disk(str(out / "dropped"))
     if args.write_txt:
