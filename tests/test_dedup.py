@@ -56,11 +56,11 @@ def test_planted_duplicates_precision_recall(stories):
     base = stories[:600]
     texts = list(base)
     near_of, exact_of = {}, {}
-    for k in range(60):  # near duplicates: 2-3 words edited
+    for _ in range(60):  # near duplicates: 2-3 words edited
         src = rng.randrange(len(base))
         near_of[len(texts)] = src
         texts.append(_edit(base[src], rng, rng.choice([2, 3])))
-    for k in range(30):  # exact after normalisation: case and spacing only
+    for _ in range(30):  # exact after normalisation: case and spacing only
         src = rng.randrange(len(base))
         exact_of[len(texts)] = src
         texts.append(base[src].upper().replace(" ", "  "))

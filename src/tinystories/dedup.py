@@ -638,12 +638,17 @@ def run(args: DedupArguments) -> dict[str, Any]:
             for i, text in enumerate(_iter_column(ds.select(kept_idx), column)):
                 f.write(("<|endoftext|>\n" if i else "") + text.strip() + "\n")
     stats = {
-        "source": args.input,
+        "source": _display_path(args.input) if Path(args.input).exists() else args.input,
         "text_column": column,
         **result.stats,
-        "eval_prompts_files": eval_paths or [],
+        "eval_prompts_files": [_display_path(p) for p in eval_paths or []],
     }
-    stats["eval_prompts_files"] = [_display_path(p) for p in stats["eval_prompts_files"]]
+    stats["seconds"] = {
+        "load": round(t_load, 3),
+        **result.stats["seconds"],
+        "write": round(time.perf_counter() - t1, 3),
+        "end_to_end": round(time.perf_counter() - t0, 3),
+    }
     (out / "dedup_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
 
