@@ -79,7 +79,7 @@ class PretrainConfig(TrainingArguments):
     save_steps: int = 200
     save_total_limit: int | None = 3
     report_to: None | str | list[str] = "tensorboard"
-    include_num_input_tokens_seen: str = "non_padding"
+    include_num_input_tokens_seen: str = "all"  # packed blocks hold no padding (and pad == eos)
     global_batch_size: int | None = field(
         default=None,
         metadata={"help": "sequences per optimizer step across all processes; sets gradient_accumulation_steps"},
