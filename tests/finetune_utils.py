@@ -21,7 +21,12 @@ _STOP = {"there", "their", "they", "were", "with", "that", "this", "what", "when
 
 
 def build_tiny_model_dir(
-    out_dir: Path, tokenizer_dir: Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0
+    out_dir: Path,
+    tokenizer_dir: Path,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    seed: int = 0,
+    max_position_embeddings: int = 512,
 ) -> Path:
     """Save a randomly initialised tiny GPT-Neo + the GPT-Neo tokenizer in `out_dir` (safetensors)."""
     from transformers import AutoTokenizer, GPTNeoForCausalLM
@@ -29,7 +34,12 @@ def build_tiny_model_dir(
     from tinystories.sizes import build_config
 
     torch.manual_seed(seed)
-    config = build_config(hidden_size=hidden_size, num_layers=num_layers, num_heads=4)
+    config = build_config(
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=4,
+        max_position_embeddings=max_position_embeddings,
+    )
     model = GPTNeoForCausalLM(config)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
