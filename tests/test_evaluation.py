@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from eval_utils import make_tiny_model_dir, train_tiny_tokenizer
 
+from eval_utils import make_tiny_model_dir, train_tiny_tokenizer
 from tinystories import evaluation
 from tinystories.config import ConfigError
 from tinystories.metrics import bits_per_byte, num_utf8_bytes, perplexity
@@ -33,7 +33,7 @@ def tiny(stories, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_models")
     long_ctx = make_tiny_model_dir(root / "long", tokenizer, max_positions=1024, seed=1)
     short_ctx = make_tiny_model_dir(root / "short", tokenizer, max_positions=64, seed=2)
-    texts = stories[300:312] + ["Tom said: “Wow — café!” 🐶"]  # multi-byte UTF-8 on purpose
+    texts = [*stories[300:312], "Tom said: “Wow — café!” 🐶"]  # multi-byte UTF-8 on purpose
     return long_ctx, short_ctx, tokenizer, texts
 
 
@@ -158,7 +158,16 @@ def test_eval_cli_writes_results_completions_and_card(tiny, tmp_path, monkeypatc
     model_b = Path(shutil.copytree(short_ctx, tmp_path / "model_b"))
     write_model_card(model_a, {"stage": "pretrain", "size": "tiny", "datasets": ["roneneldan/TinyStories"]})
     data = _write_jsonl(tmp_path / "stories.jsonl", texts * 2)  # 26 stories -> held-out fraction 0.25
-    args = ["--model", str(model_a), "--model", str(model_b), "--data", str(data), "--validation_fraction", "0.25"]
+    args = [
+        "--model",
+        str(model_a),
+        "--model",
+        str(model_b),
+        "--data",
+        str(data),
+        "--validation_fraction",
+        "0.25",
+    ]
     args += ["--num_prompts", "2", "--num_completions", "2", "--max_new_tokens", "6", "--batch_size", "4"]
     assert evaluation.main(args) == 0
     out = capsys.readouterr().out
@@ -168,7 +177,9 @@ def test_eval_cli_writes_results_completions_and_card(tiny, tmp_path, monkeypatc
     for res in (res_a, res_b):
         assert {"loss", "perplexity", "bits_per_byte", "num_tokens", "num_bytes", "data", "split"} <= set(res)
         assert res["data"] == "stories.jsonl" and res["split"] == "validation" and res["num_stories"] == 7
-        assert res["bits_per_byte"] == pytest.approx(bits_per_byte(res["total_nll"], res["num_bytes"]), rel=1e-12)
+        assert res["bits_per_byte"] == pytest.approx(
+            bits_per_byte(res["total_nll"], res["num_bytes"]), rel=1e-12
+        )
     assert res_a["max_length"] == 512 and res_b["max_length"] == 64  # min(max_position_embeddings, 512)
 
     # the same held-out stories, scored directly, give the same numbers
@@ -198,7 +209,16 @@ def test_eval_hub_id_writes_under_outputs_eval(tiny, tmp_path, monkeypatch, hub_
     hub_cache.add("someone/TinyStories-tiny", long_ctx)
     monkeypatch.chdir(tmp_path)
     data = _write_jsonl(tmp_path / "val.jsonl", texts)
-    args = ["--model", "someone/TinyStories-tiny", "--data", str(data), "--split", "train", "--generate", "false"]
+    args = [
+        "--model",
+        "someone/TinyStories-tiny",
+        "--data",
+        str(data),
+        "--split",
+        "train",
+        "--generate",
+        "false",
+    ]
     assert evaluation.main(args) == 0
     res = json.loads((tmp_path / "outputs/eval/someone__TinyStories-tiny/eval_results.json").read_text())
     # a local file without splits is held out like in training: 13 stories, ceil(10%) = 2 held out
@@ -209,7 +229,9 @@ def test_eval_config_errors(tiny, tmp_path, monkeypatch):
     long_ctx, *_ = tiny
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):  # before any model is loaded
-        evaluation.main(["--model", str(long_ctx), "--judge_base_url", "https://api.example.com/v1", "--judge_model", "m"])
+        evaluation.main(
+            ["--model", str(long_ctx), "--judge_base_url", "https://api.example.com/v1", "--judge_model", "m"]
+        )
     with pytest.raises(ConfigError, match="judge_model"):
         evaluation.main(["--model", str(long_ctx), "--judge_base_url", "http://127.0.0.1:1/v1"])
     with pytest.raises(ConfigError, match="prompts file"):
@@ -222,7 +244,10 @@ def test_repeated_model_flags_are_merged():
 
 
 def test_eval_prompts_file():
-    rows = [json.loads(line) for line in (REPO / "data_generation" / "eval_prompts.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (REPO / "data_generation" / "eval_prompts.jsonl").read_text().splitlines()
+    ]
     assert 45 <= len(rows) <= 60
     assert {r["category"] for r in rows} == {
         "grammar",

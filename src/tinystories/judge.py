@@ -82,12 +82,16 @@ def single_turn_messages(prompt: str, completion: str) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------------------- parsing
 
 _NUM = r"(\d+(?:\.\d+)?)"
+# Text between a category name and its grade, which must not run into another category's name.
+_GAP = r"(?:(?!grammar|creativity|consistency|plot|age\b)[^\n\d]){{0,{n}}}?"
 _LINE_SCORE = {
-    c: re.compile(rf"^[\s>*_#\-•\d.)]*{c}\b[^\n\d]{{0,60}}?{_NUM}(?:\s*(?:/|out of)\s*(\d+))?", re.I | re.M)
+    c: re.compile(
+        rf"^[\s>*_#\-•\d.)]*{c}\b{_GAP.format(n=60)}{_NUM}(?:\s*(?:/|out of)\s*(\d+))?", re.I | re.M
+    )
     for c in CATEGORIES
 }
 _LOOSE_SCORE = {
-    c: re.compile(rf"\b{c}\b[^\n\d]{{0,40}}?{_NUM}(?:\s*(?:/|out of)\s*(\d+))?", re.I) for c in CATEGORIES
+    c: re.compile(rf"\b{c}\b{_GAP.format(n=40)}{_NUM}(?:\s*(?:/|out of)\s*(\d+))?", re.I) for c in CATEGORIES
 }
 _AGE_LETTER = re.compile(
     r"\bage(?:[\s_-]*group)?\b[^\nA-Za-z0-9]{0,20}(?:group\s+)?\(?\b([A-Fa-f])\b(?![\w'-])", re.I
