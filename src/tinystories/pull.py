@@ -14,6 +14,7 @@ fix (a revision that has them, e.g. the Hub's conversion PR `refs/pr/<n>`).
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +99,11 @@ def pull(repo_id: str, revision: str | None = None, local_dir: str | None = None
         )
     try:
         folder = snapshot_download(
-            repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS, local_dir=local_dir, repo_type="model"
+            repo_id,
+            revision=revision,
+            allow_patterns=ALLOW_PATTERNS,
+            local_dir=None if files is None else local_dir,
+            repo_type="model",
         )
     except LocalEntryNotFoundError as e:
         raise ConfigError(
@@ -106,6 +111,18 @@ def pull(repo_id: str, revision: str | None = None, local_dir: str | None = None
             f"with network access. ({e})"
         ) from None
     folder = Path(folder)
+    if local_dir and files is None:  # offline: copy the cached snapshot (symlinks resolved) into local_dir
+        import shutil
+
+        def _ignore(directory, names):
+            return [
+                n
+                for n in names
+                if Path(directory, n).is_file() and not any(fnmatch(n, p) for p in ALLOW_PATTERNS)
+            ]
+
+        shutil.copytree(folder, local_dir, dirs_exist_ok=True, ignore=_ignore)
+        folder = Path(local_dir)
     if not any(folder.glob("*.safetensors")):
         raise ConfigError(
             f"no safetensors weights in the downloaded {repo_id}: pass a --revision that has them"
