@@ -14,8 +14,8 @@ fix (a revision that has them, e.g. the Hub's conversion PR `refs/pr/<n>`).
 from __future__ import annotations
 
 import json
-from fnmatch import fnmatch
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 from tinystories.config import ConfigError, parse_args
