@@ -1,7 +1,7 @@
 #!/bin/bash
 # Synthesis as a Slurm job array: task k of N generates shard k of N of the recipe's job.
 #
-#   sbatch --array=0-15 data_generation/slurm_generate.sh recipes/data/tinystories.yaml [--key value ...]
+#   mkdir -p outputs/slurm && sbatch --array=0-15 data_generation/slurm_generate.sh recipes/data/tinystories.yaml [--key value ...]
 #   # merge once every task has finished (or chain it with --dependency=afterok:<array job id>):
 #   sbatch --dependency=afterok:<jobid> --wrap \
 #     "tinystories data --config recipes/data/tinystories.yaml --num_shards 16 --merge_only true"
@@ -22,9 +22,11 @@
 #SBATCH --time=24:00:00
 #SBATCH --requeue
 #SBATCH --signal=B:TERM@120
-#SBATCH --output=logs/%x-%A_%a.out
+#SBATCH --output=outputs/slurm/%x-%A_%a.out
 
 set -euo pipefail
+cd "${SLURM_SUBMIT_DIR:-.}"
+if [ -x .venv/bin/tinystories ]; then PATH="$PWD/.venv/bin:$PATH"; fi
 RECIPE=${1:?usage: sbatch --array=0-N data_generation/slurm_generate.sh RECIPE [--key value ...]}
 shift
 if [ "${SLURM_ARRAY_TASK_MIN:-0}" != "0" ]; then
@@ -36,7 +38,7 @@ SHARD=${SLURM_ARRAY_TASK_ID:-0}
 PORT=${PORT:-8000}
 MODEL=${MODEL:-$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1])).get('model') or '')" "$RECIPE")}
 BACKEND=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1])).get('backend', 'openai'))" "$RECIPE")
-mkdir -p logs
+mkdir -p outputs/slurm
 
 SERVER_PID=""
 cleanup() { if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi; }
@@ -47,12 +49,12 @@ if [ "$BACKEND" != "openai" ]; then
     :  # local backends (transformers, vllm offline engine, template) need no server
 elif [ -z "${BASE_URL:-}" ]; then
     # shellcheck disable=SC2086
-    vllm serve "$MODEL" --host 127.0.0.1 --port "$PORT" ${VLLM_ARGS:-} > "logs/vllm-${SLURM_JOB_ID:-local}-${SHARD}.log" 2>&1 &
+    vllm serve "$MODEL" --host 127.0.0.1 --port "$PORT" ${VLLM_ARGS:-} > "outputs/slurm/vllm-${SLURM_JOB_ID:-local}-${SHARD}.log" 2>&1 &
     SERVER_PID=$!
     BASE_URL="http://127.0.0.1:${PORT}/v1"
     for _ in $(seq 1 360); do  # up to 30 min for weights to load
         if curl -sf "http://127.0.0.1:${PORT}/health" > /dev/null; then break; fi
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then echo "vllm serve exited; see logs/" >&2; exit 1; fi
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then echo "vllm serve exited; see outputs/slurm/" >&2; exit 1; fi
         sleep 5
     done
     curl -sf "http://127.0.0.1:${PORT}/health" > /dev/null || { echo "vllm serve did not become healthy" >&2; exit 1; }

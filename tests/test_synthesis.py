@@ -274,3 +274,22 @@ def test_vllm_backend_is_optional(tmp_path):
         pass
     with pytest.raises(ConfigError, match="pip install vllm"):
         run(_args(tmp_path, backend="vllm", model="x", num_stories=2))
+
+
+def test_merge_pushes_to_hub(tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    pushed = {}
+
+    def fake_push(self, repo_id, **kwargs):  # the Hub is unreachable here: record the call instead
+        pushed.update(repo_id=repo_id, rows=len(self), columns=self.column_names, **kwargs)
+
+    monkeypatch.setattr(Dataset, "push_to_hub", fake_push)
+    with pytest.raises(ConfigError, match="hub_dataset_id"):
+        run(_args(tmp_path, push_to_hub=True))
+    result = run(
+        _args(tmp_path, num_stories=12, push_to_hub=True, hub_dataset_id="me/tiny", hub_private=True)
+    )
+    assert result["merge"]["pushed_to"] == "me/tiny"
+    assert pushed["repo_id"] == "me/tiny" and pushed["rows"] == 12 and pushed["private"] is True
+    assert "generation_prompt" in pushed["columns"]

@@ -181,6 +181,12 @@ class SynthesisArguments:
         default=1.0, metadata={"help": "openai: first retry delay (s), doubled per retry, jittered"}
     )
     backoff_max: float = field(default=60.0)
+    vllm_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": "vllm backend: JSON of extra vllm.LLM(...) arguments, e.g. '{\"tensor_parallel_size\": 8}'"
+        },
+    )
     batch_size: int = field(
         default=32, metadata={"help": "transformers / vllm / template: prompts per batch"}
     )
@@ -197,6 +203,17 @@ class SynthesisArguments:
         return SamplingConfig(
             self.max_new_tokens, self.temperature, self.top_p, self.seed, extra, self.system_prompt
         )
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        if not self.vllm_kwargs:
+            return {}
+        try:
+            kwargs = json.loads(self.vllm_kwargs)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--vllm_kwargs must be a JSON object: {err}") from err
+        if not isinstance(kwargs, dict):
+            raise ConfigError("--vllm_kwargs must be a JSON object, e.g. '{\"tensor_parallel_size\": 2}'")
+        return kwargs
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -219,6 +236,8 @@ class SynthesisArguments:
             raise ConfigError("--push_to_hub needs --hub_dataset_id <user>/<name>")
         if not 0 < self.instruct_keep_probability <= 1:
             raise ConfigError("instruct_keep_probability must be in (0, 1]")
+        self.sampling()  # --extra_body / --vllm_kwargs parse now, not after the shards are read
+        self.engine_kwargs()
 
     def fingerprint(self, vocab: Vocabulary) -> dict[str, Any]:
         """What must not change between a run and its resume (changing it would mix two datasets)."""
@@ -532,6 +551,7 @@ def run_shard(args: SynthesisArguments, backend=None) -> dict[str, Any]:
                     max_retries=args.max_retries,
                     backoff_base=args.backoff_base,
                     backoff_max=args.backoff_max,
+                    vllm_kwargs=args.engine_kwargs(),
                 )
             builder = RecordBuilder(args, vocab, backend)
             writer = ShardWriter(directory, args.flush_every, args.flush_seconds)
