@@ -201,9 +201,12 @@ class Hasher:
                 dgrams, downers = self._batch_ngrams(
                     word_hashes, story_of_word, num_words, cfg.decontaminate_ngram
                 )
-            found = np.isin(dgrams, cfg.prompt_grams)
-            for i in np.unique(downers[found]).tolist():
-                hits[i] = np.unique(dgrams[found & (downers == i)])
+            found = np.flatnonzero(np.isin(dgrams, cfg.prompt_grams))
+            if len(found):  # grams are grouped by story: split the matches at each new owner
+                owner_of_hit = downers[found]
+                cuts = np.flatnonzero(owner_of_hit[1:] != owner_of_hit[:-1]) + 1
+                for group in np.split(found, cuts):
+                    hits[int(downers[group[0]])] = np.unique(dgrams[group])
         return {"exact": exact, "signatures": signatures, "num_words": num_words, "hits": hits}
 
     @staticmethod
