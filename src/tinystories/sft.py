@@ -102,7 +102,11 @@ class TinyStoriesSFTConfig(SFTConfig):
     packing_strategy: str = field(
         default="wrapped", metadata={"help": "'wrapped' (GPT-Neo cannot pack padding-free)"}
     )
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
+    # TRL defaults the deprecated alias `gradient_checkpointing` to True; unset, `activation_checkpointing`
+    # (transformers' new name, off by default) decides. `--activation_checkpointing true` trades compute for memory.
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "deprecated alias of activation_checkpointing"}
+    )
     include_num_input_tokens_seen: str = field(
         default="non_padding", metadata={"help": "count trained tokens (for tokens/s and the card)"}
     )
