@@ -157,7 +157,7 @@ def _wait_for_parts(directory: Path, n: int, proc: subprocess.Popen, timeout: fl
 def test_kill_and_resume_no_loss_no_duplicates(tmp_path):
     out = tmp_path / "out"
     n = 120
-    with FakeOpenAIServer(ok_plan, delay=0.03) as server:
+    with FakeOpenAIServer(ok_plan, delay=0.15) as server:
         cmd = [
             sys.executable, "-m", "tinystories.cli", "data", "--backend", "openai", "--model", "fake",
             "--base_url", server.url, "--num_stories", str(n), "--concurrency", "4", "--flush_every", "8",

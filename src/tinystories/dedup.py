@@ -293,9 +293,10 @@ def candidate_pairs(
     rng = np.random.default_rng(seed + 1)
     mult = rng.integers(1, 2**63, size=rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     pairs = []
-    sig = signatures[idx]
-    for band in range(bands):
-        block = sig[:, band * rows : (band + 1) * rows].astype(np.uint64)
+    every = len(idx) == len(signatures)
+    for band in range(bands):  # one (n, rows) slice at a time: no copy of the whole signature matrix
+        cols = slice(band * rows, (band + 1) * rows)
+        block = (signatures[:, cols] if every else signatures[idx, cols]).astype(np.uint64)
         keys = (block * mult[None, :]).sum(axis=1, dtype=np.uint64) ^ np.uint64(band)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
