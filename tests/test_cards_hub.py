@@ -65,6 +65,8 @@ def trained(tiny_dir, tmp_path):
         "config": json.loads((folder / "config.json").read_text()),
         "hyperparameters": {
             "learning_rate": 5e-4,
+            "lr_scheduler_type": "SchedulerType.CONSTANT",
+            "train_tokens": 40960,
             "weight_decay": 0.1,
             "output_dir": str(folder),
             "hub_token": FAKE_TOKEN,
@@ -195,6 +197,10 @@ def test_dataset_card(tmp_path):
 
 def test_dry_run_stages_exactly_the_upload(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    (trained / "runs" / "Nov22").mkdir(parents=True)
+    (trained / "runs" / "Nov22" / "events.out.tfevents.1").write_bytes(b"\x00args" + str(trained).encode())
+    (trained / "loss_curve.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    (trained / "extra.dat").write_bytes(b"\x00\x01" + str(trained / "x").encode())
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     assert hub.main(["--model", str(trained), "--repo", "alice/TinyStories-tiny", "--dry_run", "true"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
@@ -203,7 +209,10 @@ def test_dry_run_stages_exactly_the_upload(trained, tmp_path, monkeypatch, capsy
     files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
     assert "model.safetensors" in files and "config.json" in files and "README.md" in files
     assert "tokenizer.json" in files and "eval_results.json" in files and "trainer_state.json" in files
-    assert not any(f.startswith("checkpoint-") or f == "training_args.bin" for f in files)
+    assert not any(f.startswith(("checkpoint-", "runs/")) or f == "training_args.bin" for f in files)
+    assert (
+        "loss_curve.png" in files and "extra.dat" not in files
+    )  # a binary file with a local path is left out
     text = _all_text(stage)
     assert str(tmp_path) not in text and FAKE_TOKEN not in text
     assert 'from_pretrained("alice/TinyStories-tiny")' in (stage / "README.md").read_text()

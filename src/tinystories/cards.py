@@ -34,7 +34,8 @@ DATA_LICENSE = "cdla-sharing-1.0"
 DEFAULT_PROMPT = "Once upon a time, there was a little girl named Lily. She loved to"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_SECRET_KEY = re.compile(r"token|secret|api_key|apikey|password", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"(^|_)(token|secret|api_?key|password|credentials?)($|_)", re.IGNORECASE)
+_ENUM_STR = re.compile(r"^[A-Z]\w*\.([A-Z][A-Z0-9_]*)$")  # str(SchedulerType.CONSTANT) -> "constant"
 # What a local path looks like inside text we are about to publish.
 _ABS_PATH = re.compile(
     r"(?<![\w:/.])(/(?:home|root|tmp|work|Users|mnt|data|scratch|var|private)/[^\s\"'`|)]+)"
@@ -153,7 +154,11 @@ def _fmt(value: Any) -> str:
         return f"{value:.3e}"
     if isinstance(value, list | tuple | dict):
         return f"`{json.dumps(value)}`"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    text = str(getattr(value, "value", value))
+    match = _ENUM_STR.match(text)
+    if match:
+        text = match.group(1).lower()
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _millions(n: int) -> str:
@@ -166,6 +171,18 @@ def _size_name(info: Mapping[str, Any]) -> str | None:
     if info.get("num_parameters"):
         return _millions(int(info["num_parameters"]))
     return None
+
+
+def _size_phrase(size: str | None, info: Mapping[str, Any]) -> str:
+    if info.get("stage") == "lora" or not size:
+        return ""
+    n = info.get("num_parameters")
+    count = f", {_millions(int(n))} parameters" if n else ""
+    return (
+        f" (TinyStories-{size} configuration{count})"
+        if size != "custom"
+        else (f" ({_millions(int(n))} parameters)" if n else "")
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -283,7 +300,7 @@ def build_model_card(
         "lora": "a LoRA adapter (PEFT)",
     }.get(stage, "a GPT-Neo causal language model")
     summary = (
-        f"**{model_name}** is {kind}{f' with {size} parameters' if size and stage != 'lora' else ''} "
+        f"**{model_name}** is {kind}{_size_phrase(size, info)} "
         "that writes short, simple stories in the vocabulary of a 3–4 year old."
     )
     if stage == "sft":
@@ -360,6 +377,17 @@ def build_model_card(
             "GPT-3.5/GPT-4 for 3–4 year olds."
         )
 
+    data_rows = []
+    for split, stats in (info.get("data_stats") or {}).items():
+        if isinstance(stats, Mapping):
+            parts = [
+                f"{stats[k]:,} {label}"
+                for k, label in (("stories", "stories"), ("tokens", "tokens"), ("bytes", "UTF-8 bytes"))
+                if isinstance(stats.get(k), int)
+            ]
+            if parts:
+                data_rows.append((split, ", ".join(parts)))
+
     samples = []
     for s in (info.get("samples") or (eval_results or {}).get("samples") or [])[:5]:
         if isinstance(s, Mapping) and s.get("completion") is not None:
@@ -384,6 +412,7 @@ def build_model_card(
             f"[`{d}`](https://huggingface.co/datasets/{d})" if is_hub_id(d) else f"`{d}`" for d in datasets
         ],
         data_note=data_note,
+        data_rows=data_rows,
         eval_rows=eval_rows,
         eval_dataset=public_name(
             str((eval_results or {}).get("dataset") or (eval_results or {}).get("data") or "")
@@ -414,10 +443,10 @@ def write_model_card(
     model_dir.mkdir(parents=True, exist_ok=True)
     stored = _read_json(model_dir / CARD_INFO_FILE) or {}
     info = {**stored, **sanitize_run_info({**stored, **dict(run_info or {})})}
-    if not info.get("config"):
-        info["config"] = _config_from_dir(model_dir)
+    info["config"] = {**_config_from_dir(model_dir), **(info.get("config") or {})}
     if repo_id:
         info["repo_id"] = repo_id
+        info["model_name"] = repo_id.split("/")[-1]  # the published name, also in model-index
     eval_results = _read_json(model_dir / EVAL_RESULTS_FILE) or info.get("eval_results")
     persisted = {k: v for k, v in info.items() if k != "eval_results"}
     (model_dir / CARD_INFO_FILE).write_text(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from tinystories import cards
 from tinystories.config import ConfigError, parse_args
+
+logger = logging.getLogger(__name__)
 
 # Never uploaded: training state and pickles (training_args.bin records local paths), caches, VCS folders.
 EXCLUDE = (
@@ -38,6 +41,8 @@ EXCLUDE = (
     "wandb",
     ".ipynb_checkpoints",
     "*.lock",
+    "runs",  # TensorBoard events embed the training arguments, local paths included
+    "events.out.tfevents*",
 )
 TEXT_SUFFIXES = {".json", ".jsonl", ".md", ".txt", ".yaml", ".yml", ".csv", ".py", ".cfg", ".j2"}
 MODEL_FILES = ("*.safetensors",)
@@ -157,9 +162,23 @@ def stage_folder(
     elif repo_type == "dataset" and (stage / cards.CARD_INFO_FILE).is_file():
         cards.write_dataset_card(stage, cards._read_json(stage / cards.CARD_INFO_FILE) or {}, repo_id=repo_id)
     for path in sorted(stage.rglob("*")):
-        if path.is_file() and (path.suffix in TEXT_SUFFIXES or path.name == "README.md"):
+        if not path.is_file():
+            continue
+        if path.suffix in TEXT_SUFFIXES or path.name == "README.md":
             _clean_text_file(path, path.relative_to(stage), folder, token)
+        elif path.suffix != ".safetensors" and path.stat().st_size < 64 * 2**20:
+            _check_binary_file(path, path.relative_to(stage), folder, token)
     return stage
+
+
+def _check_binary_file(path: Path, rel: Path, folder: Path, token: str | None) -> None:
+    """Binary files are not rewritten: one holding the token stops the push, one holding a local path is left out."""
+    data = path.read_bytes()
+    if token and token.encode() in data:
+        raise ConfigError(f"{rel} contains your Hub token: refusing to stage or upload it; remove the file")
+    if any(prefix.encode() in data for prefix in _local_prefixes(folder)):
+        logger.warning("leaving %s out of the upload: it records local paths", rel)
+        path.unlink()
 
 
 def _get_token() -> str | None:
@@ -168,11 +187,19 @@ def _get_token() -> str | None:
     return get_token()
 
 
-def _check_token_and_repo(api, repo_id: str, private: bool, revision: str | None, repo_type: str) -> str:
-    """Fail before any upload: token present and valid, namespace writable, repo (and branch) ready."""
-    from huggingface_hub import constants
+def check_push_ready(repo_id: str | None, api=None) -> str:
+    """Token present and valid, Hub reachable, namespace writable; returns the token. Creates nothing.
+
+    Training scripts call this at start-up when `--push_to_hub` is set, so a missing token fails in seconds,
+    not after hours of training.
+    """
+    from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    if not repo_id:
+        raise ConfigError("pushing needs a repo id: pass --hub_model_id <user/name> (make: REPO=user/name)")
+    api = api or HfApi()
+    _split_repo(repo_id)
     token = _get_token()
     if not token:
         raise ConfigError(f"no Hugging Face token found: {LOGIN_HINT}, then run the push again")
@@ -198,6 +225,14 @@ def _check_token_and_repo(api, repo_id: str, private: bool, revision: str | None
     role = (me.get("auth") or {}).get("accessToken", {}).get("role")
     if role == "read":
         raise ConfigError(f"your token is read-only: create a write token and {LOGIN_HINT}")
+    return token
+
+
+def _check_token_and_repo(api, repo_id: str, private: bool, revision: str | None, repo_type: str) -> str:
+    """Fail before any upload: token present and valid, namespace writable, repo (and branch) ready."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = check_push_ready(repo_id, api)
     try:
         space = {"space_sdk": "gradio"} if repo_type == "space" else {}
         api.create_repo(repo_id, token=token, private=private, repo_type=repo_type, exist_ok=True, **space)
@@ -286,3 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pushed {args.model} (commit {result})")
     print(f"https://huggingface.co/{prefix}{args.repo}")
     return 0
+
+
+def check_push_access(repo_id: str | None, private: bool = False, repo_type: str = "model") -> str:
+    """For recipes that push at the end of training: check token and repo before any training starts."""
+    from huggingface_hub import HfApi
+
+    if not repo_id:
+        raise ConfigError("--push_to_hub needs --hub_model_id <user/name> (the repo to create or update)")
+    _split_repo(repo_id)
+    return _check_token_and_repo(HfApi(), repo_id, private, None, repo_type)
