@@ -380,3 +380,36 @@ def test_pull_refuses_pickle_only_repos(tmp_path, hub_cache):
         pull.pull("someone/missing")
     with pytest.raises(ConfigError, match="Hub id"):
         pull.pull("not a repo id!")
+
+
+def test_dataset_push_exports_parquet_and_card(tmp_path, hub_cache, monkeypatch, stories):
+    from datasets import Dataset, load_dataset
+
+    out = tmp_path / "outputs" / "dedup"
+    Dataset.from_dict({"text": stories[:40]}).save_to_disk(str(out / "data"))
+    Dataset.from_dict({"text": stories[40:43], "reason": ["exact_duplicate"] * 3}).save_to_disk(
+        str(out / "dropped")
+    )
+    stats = {"input": 45, "contaminated": 1, "exact_duplicates": 3, "near_duplicates": 1, "kept": 40}
+    stats |= {"params": {"threshold": 0.8, "num_perm": 128}, "source": str(tmp_path / "raw.jsonl")}
+    (out / "dedup_stats.json").write_text(json.dumps(stats))
+    stage = Path(
+        hub.push_folder(
+            out, "alice/tiny-stories", dry_run=True, stage_dir=tmp_path / "stage", repo_type="dataset"
+        )
+    )
+    files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
+    assert files == ["README.md", "data/train-00000-of-00001.parquet", "dedup_stats.json"]
+    card = (stage / "README.md").read_text()
+    for needle in ("| kept | 40 |", "| exact duplicates removed | 3 |", "`threshold`=0.8", "| train | 40 |"):
+        assert needle in card, needle
+    assert str(tmp_path) not in card and str(tmp_path) not in (stage / "dedup_stats.json").read_text()
+    # The repo as the Hub would serve it, resolved from the offline cache by repo id; `load_dataset` on the
+    # snapshot infers splits from the file names exactly as it does for a Hub repo (data/train-*.parquet).
+    from huggingface_hub import snapshot_download
+
+    hub_cache.add("alice/tiny-stories", stage, repo_type="dataset")
+    snapshot = snapshot_download("alice/tiny-stories", repo_type="dataset")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "ds_cache"))
+    loaded = load_dataset(snapshot)
+    assert list(loaded) == ["train"] and loaded["train"]["text"] == stories[:40]

@@ -547,11 +547,12 @@ def write_dataset_card(
     ):
         if dedup.get(key) is not None:
             dedup_rows.append((label, _fmt(dedup[key])))
-    extra = {
-        k: v
-        for k, v in dedup.items()
-        if k not in {"input", "exact_duplicates", "near_duplicates", "contaminated", "kept"}
-    }
+    params = dedup.get("params")
+    extra = (
+        params
+        if isinstance(params, Mapping)
+        else {k: v for k, v in dedup.items() if k in ("threshold", "num_perm")}
+    )
     dedup_note = ("Settings: " + ", ".join(f"`{k}`={_fmt(v)}" for k, v in extra.items())) if extra else ""
     splits = [(k, _fmt(v)) for k, v in (info.get("splits") or {}).items()]
     card = DatasetCard.from_template(

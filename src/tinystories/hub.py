@@ -143,8 +143,11 @@ def stage_folder(
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     token = _get_token()
+    dataset_source = _find_saved_dataset(folder) if repo_type == "dataset" else None
     for src in sorted(folder.rglob("*")):
         rel = src.relative_to(folder)
+        if dataset_source is not None and rel.parts[0] not in DATASET_SIDE_FILES:
+            continue  # the dataset itself is exported to parquet below
         if _excluded(rel) or src.is_dir() or (src.is_symlink() and not src.exists()):
             continue
         dst = stage / rel
@@ -159,8 +162,12 @@ def stage_folder(
     if repo_type == "model":
         cards.update_model_card(stage, repo_id=repo_id)
         _fix_adapter_config(stage)
-    elif repo_type == "dataset" and (stage / cards.CARD_INFO_FILE).is_file():
-        cards.write_dataset_card(stage, cards._read_json(stage / cards.CARD_INFO_FILE) or {}, repo_id=repo_id)
+    elif repo_type == "dataset":
+        info = cards._read_json(folder / cards.CARD_INFO_FILE) or {}
+        if dataset_source is not None:
+            info = {**_export_parquet(dataset_source, stage), **info}
+        if dataset_source is not None or info or not (stage / "README.md").is_file():
+            cards.write_dataset_card(stage, {**_synthesis_info(folder), **info}, repo_id=repo_id)
     for path in sorted(stage.rglob("*")):
         if not path.is_file():
             continue
@@ -169,6 +176,67 @@ def stage_folder(
         elif path.suffix != ".safetensors" and path.stat().st_size < 64 * 2**20:
             _check_binary_file(path, path.relative_to(stage), folder, token)
     return stage
+
+
+DATASET_SIDE_FILES = ("dedup_stats.json", "stats.json", "README.md", cards.CARD_INFO_FILE)
+PARQUET_SHARD_BYTES = 256 * 2**20
+
+
+def _find_saved_dataset(folder: Path) -> Path | None:
+    """The `save_to_disk` dataset of a dedup (`data/`) or synthesis (`dataset/`) output, or the folder itself."""
+    for candidate in (folder / "data", folder / "dataset", folder):
+        if (candidate / "state.json").is_file() or (candidate / "dataset_dict.json").is_file():
+            return candidate
+    return None
+
+
+def _export_parquet(source: Path, stage: Path) -> dict:
+    """Write `data/<split>-NNNNN-of-NNNNN.parquet` (what `load_dataset(repo_id)` reads); returns card info."""
+    from datasets import DatasetDict, load_from_disk
+
+    loaded = load_from_disk(str(source))
+    splits = loaded if isinstance(loaded, DatasetDict) else {"train": loaded}
+    (stage / "data").mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for name, split in splits.items():
+        n = max(1, -(-split.data.nbytes // PARQUET_SHARD_BYTES))
+        for i in range(n):
+            split.shard(n, i, contiguous=True).to_parquet(
+                str(stage / "data" / f"{name}-{i:05d}-of-{n:05d}.parquet")
+            )
+        columns = columns or list(split.column_names)
+    text_note = (
+        "the story in the `text` column"
+        if "text" in columns
+        else f"columns {', '.join(f'`{c}`' for c in columns)}"
+    )
+    return {
+        "splits": {name: len(split) for name, split in splits.items()},
+        "num_stories": sum(len(split) for split in splits.values()),
+        "format": f"Parquet shards under `data/`, one story per row: {text_note}.",
+    }
+
+
+def _synthesis_info(folder: Path) -> dict:
+    """Generation settings recorded by `tinystories data` (stats.json `job`), for the dataset card."""
+    stats = cards._read_json(folder / "stats.json") or {}
+    job = stats.get("job") or {}
+    info = {}
+    if job:
+        info = {
+            "variant": "instruct" if job.get("mode") == "instruct" else "tinystories",
+            "backend": job.get("backend"),
+            "generator_model": job.get("model"),
+            "seed": job.get("seed"),
+        }
+        if stats.get("generated") is not None:
+            info["summary"] = (
+                f"{stats['generated']:,} synthetic short stories for training tiny language models."
+            )
+    dedup = cards._read_json(folder / "dedup_stats.json")
+    if dedup:
+        info["dedup"] = dedup
+    return {k: v for k, v in info.items() if v is not None}
 
 
 def _check_binary_file(path: Path, rel: Path, folder: Path, token: str | None) -> None:
