@@ -10,8 +10,8 @@ Training suite, per model size, in one run on the same real TinyStories tokens:
   no padding), the fused linear cross-entropy (`tinystories.losses`), fused AdamW, bf16 on a GPU.
 
 Both run through the real `transformers.Trainer` with the same hyper-parameters; both see exactly the same
-real (non-padding) tokens: the stories are clipped to `block_size`, packed, and the stock path gets the
-same token stream cut at the same point. Throughput is real tokens per second over the steps after
+real (non-padding) tokens: the stories (+ EOS) are packed, and the stock path gets the same token stream
+cut at the same point, one story per row (a story longer than `block_size` takes several rows). Throughput is real tokens per second over the steps after
 `--warmup_steps`. Each path runs in its own fresh process, so its peak memory (RSS on CPU, CUDA peak
 allocation on a GPU) is its own. `--levers` also measures each lever on its own (stock + one lever).
 
@@ -172,19 +172,18 @@ def prepare_tokens(args: BenchArguments, tokenizer) -> dict:
         )
     stories = raw.shuffle(seed=args.seed).select(range(want))
     tokenized = tokenize_stories(stories, tokenizer)
-    # stories longer than the context are clipped, for both paths alike
-    tokenized = tokenized.map(lambda ex: {"input_ids": ex["input_ids"][: args.block_size]}, desc="clipping")
     packed = pack_tokenized(tokenized, args.block_size)
     n_blocks = len(packed)
     if n_blocks == 0:
         raise ConfigError(f"{want} stories hold less than one {args.block_size}-token block: raise --steps")
     budget = n_blocks * args.block_size  # pack_tokenized drops the tail: cut the stock stream there too
-    rows: list[list[int]] = []
+    rows: list[list[int]] = []  # one story per row; a story longer than the context is split into rows
     for ids in tokenized["input_ids"]:
-        if budget <= 0:
-            break
-        rows.append(ids[:budget])
-        budget -= len(rows[-1])
+        for start in range(0, len(ids), args.block_size):
+            if budget <= 0:
+                break
+            rows.append(ids[start : start + min(args.block_size, budget)])
+            budget -= len(rows[-1])
     real_tokens = sum(map(len, rows))
     assert real_tokens == n_blocks * args.block_size
     per_step = real_tokens / math.ceil(len(rows) / args.batch_size)
@@ -193,7 +192,7 @@ def prepare_tokens(args: BenchArguments, tokenizer) -> dict:
         "stock_rows": rows,
         "packed_rows": packed["input_ids"],
         "real_tokens": real_tokens,
-        "stories": len(rows),
+        "stock_row_count": len(rows),
         "packed_batch_size": packed_batch,
         "mean_story_tokens": round(real_tokens / len(rows), 1),
     }
