@@ -56,6 +56,8 @@ def make_tiny_model_dir(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     GenerationConfig(
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
     ).save_pretrained(folder)
     return folder
