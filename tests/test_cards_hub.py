@@ -413,3 +413,22 @@ def test_dataset_push_exports_parquet_and_card(tmp_path, hub_cache, monkeypatch,
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "ds_cache"))
     loaded = load_dataset(snapshot)
     assert list(loaded) == ["train"] and loaded["train"]["text"] == stories[:40]
+
+
+def test_push_without_network_fails_clearly(trained, tmp_path, monkeypatch):
+    import huggingface_hub.constants as c
+    from huggingface_hub import HfApi
+
+    class ConnectError(Exception):  # what httpx raises: not an OSError
+        pass
+
+    def no_network(api, token=None, **kw):
+        raise ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    rec = _Recorder(monkeypatch)
+    monkeypatch.setattr(HfApi, "whoami", no_network)
+    with pytest.raises(ConfigError, match="cannot reach the Hub"):
+        hub.push_folder(trained, "alice/x", stage_dir=tmp_path / "stage")
+    assert rec.calls == [] and not (tmp_path / "stage").exists()

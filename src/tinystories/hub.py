@@ -282,8 +282,10 @@ def check_push_ready(repo_id: str | None, api=None) -> str:
         raise ConfigError("HF_HUB_OFFLINE=1 is set: unset it to push (or use DRY_RUN=1)") from None
     except HfHubHTTPError as e:
         raise ConfigError(f"the Hub rejected your token ({e}); {LOGIN_HINT}") from None
-    except OSError as e:
-        raise ConfigError(f"cannot reach the Hub to check your token ({e}); check your connection") from None
+    except Exception as e:  # connection errors (httpx's are not OSError)
+        raise ConfigError(
+            f"cannot reach the Hub to check your token ({type(e).__name__}: {e}); check your connection"
+        ) from None
     orgs = {o.get("name") for o in me.get("orgs", []) if isinstance(o, dict)}
     if user != me.get("name") and user not in orgs:
         raise ConfigError(
@@ -308,6 +310,8 @@ def _check_token_and_repo(api, repo_id: str, private: bool, revision: str | None
             api.create_branch(repo_id, branch=revision, token=token, repo_type=repo_type, exist_ok=True)
     except HfHubHTTPError as e:
         raise ConfigError(f"cannot create or access {repo_type} repo {repo_id!r}: {e}") from None
+    except Exception as e:
+        raise ConfigError(f"cannot reach the Hub to create {repo_id!r} ({type(e).__name__}: {e})") from None
     return token
 
 

@@ -14,6 +14,7 @@ fix (a revision that has them, e.g. the Hub's conversion PR `refs/pr/<n>`).
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -73,7 +74,13 @@ def _remote_files(repo_id: str, revision: str | None) -> list[str] | None:
         raise ConfigError(
             f"{repo_id!r} is gated: accept its terms on the Hub and log in with `hf auth login`"
         ) from None
-    except (OfflineModeIsEnabled, OSError):
+    except OfflineModeIsEnabled:
+        return None
+    except Exception as err:  # no connection (httpx errors are not OSError): the cache may still have it
+        print(
+            f"warning: cannot reach the Hub ({type(err).__name__}: {err}); trying the local HF cache",
+            file=sys.stderr,
+        )
         return None
 
 
