@@ -82,7 +82,9 @@ def test_data_format_detection(tmp_path, sample_txt, stories):
     assert fmt == "instruct" and data["train"].column_names == ["prompt", "completion"]
 
 
-def test_lora_from_hub_id_merge_and_reload(tmp_path, hub_cache, gpt_neo_tokenizer_dir, stories, monkeypatch):
+def test_lora_from_hub_id_merge_and_reload(
+    tmp_path, hub_cache, gpt_neo_tokenizer_dir, stories, monkeypatch, capsys
+):
     """`tinystories lora` from a base given by Hub id (offline cache), on plain stories; adapter + merged export."""
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
@@ -134,3 +136,15 @@ def test_lora_from_hub_id_merge_and_reload(tmp_path, hub_cache, gpt_neo_tokenize
     gen = json.loads((out / "merged" / "generation_config.json").read_text())
     assert gen["eos_token_id"] == 50256 and gen["max_length"] <= 512
     assert "lora" in (out / "merged" / "README.md").read_text()
+
+    # `tinystories generate --model <adapter dir>` merges the adapter onto its Hub base: same story as merged/
+    from tinystories.generate import generate_story
+    from tinystories.generate import main as generate_main
+    from tinystories.tokenizer import load_tokenizer
+
+    expected = generate_story(
+        merged, load_tokenizer(str(out / "merged")), "Once", max_new_tokens=6, temperature=0
+    )
+    capsys.readouterr()
+    generate_main(["--model", str(out), "--prompt", "Once", "--temperature", "0", "--max_new_tokens", "6"])
+    assert capsys.readouterr().out.strip() == ("Once" + expected).strip()

@@ -26,7 +26,7 @@ TRAINED_CONTEXT = 512  # tokens the TinyStories models were trained on; quality 
 class GenerateArguments:
     model: str = field(
         default="roneneldan/TinyStories-Instruct-33M",
-        metadata={"help": "Hub id or local directory of a causal LM (a merged LoRA export works too)"},
+        metadata={"help": "Hub id or local dir of a causal LM, or a LoRA adapter dir (merged onto its base)"},
     )
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)"})
     prompt: str | None = field(
@@ -158,6 +158,24 @@ def build_generation_prompt(args: GenerateArguments) -> tuple[str, bool]:
     return prompt, is_instruct
 
 
+def load_for_generation(name_or_path: str, revision: str | None = None, dtype=None):
+    """A causal LM from a Hub id or dir; a LoRA adapter dir (`tinystories lora` output) is merged onto its base."""
+    from pathlib import Path
+
+    from tinystories.modeling import install_attention, load_model
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        # the base named in adapter_config.json (a Hub id, or a path relative to the current directory)
+        model = AutoPeftModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, use_safetensors=True, trust_remote_code=False
+        )
+        return install_attention(model.merge_and_unload())
+    return load_model(name_or_path, revision=revision, dtype=dtype)
+
+
 def _resolve_device(name: str) -> torch.device:
     if name != "auto":
         return torch.device(name)
@@ -180,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--dtype {args.dtype!r}: use float32, bfloat16 or float16")
     prompt, _ = build_generation_prompt(args)
 
-    from tinystories.modeling import load_model
     from tinystories.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.model, revision=args.revision)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = load_model(args.model, revision=args.revision, dtype=dtype).to(_resolve_device(args.device))
+    model = load_for_generation(args.model, revision=args.revision, dtype=dtype).to(
+        _resolve_device(args.device)
+    )
     try:
         stories = generate_story(
             model,
