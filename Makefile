@@ -36,6 +36,11 @@ endif
 
 opt = $(if $(2),$(1) $(2))
 
+# Without a GPU the recipes' 1280 x 512-token optimizer step is out of reach: on the CPU launcher,
+# `make train` applies these overrides first (ARGS still wins). `make train CPU_ARGS=` keeps the recipe.
+CPU_ARGS ?= --per_device_train_batch_size 8 --global_batch_size 16 --eval_steps 50 --save_steps 50 \
+	--max_eval_samples 200 --dataloader_num_workers 0 --use_cpu true
+
 .PHONY: help install test test-slow lint format quickstart train tokenizer sft lora generate eval data dedup push pull bench clean
 
 help:
@@ -70,9 +75,11 @@ check-size:
 	@test -f accelerate_configs/$(ACCELERATE).yaml || { echo "error: unknown ACCELERATE=$(ACCELERATE); valid: $(basename $(notdir $(wildcard accelerate_configs/*.yaml)))" >&2; exit 2; }
 
 train: install check-size
+	$(if $(filter cpu,$(ACCELERATE)),@echo "no GPU launcher: CPU overrides $(CPU_ARGS) (set CPU_ARGS= to keep the recipe's batch)" >&2)
 	$(LAUNCH) -m tinystories.cli train --config recipes/pretrain/$(SIZE).yaml \
 		$(call opt,--dataset_name,$(DATA)) $(call opt,--tokenizer_name,$(TOKENIZER)) \
-		$(call opt,--output_dir,$(OUTPUT_DIR)) $(if $(filter cpu%,$(ACCELERATE)),--use_cpu true) $(ARGS)
+		$(call opt,--output_dir,$(OUTPUT_DIR)) $(if $(filter cpu,$(ACCELERATE)),$(CPU_ARGS)) \
+		$(if $(filter cpu_%,$(ACCELERATE)),--use_cpu true) $(ARGS)
 
 tokenizer: install
 	$(TS) tokenizer $(call opt,--dataset_name,$(DATA)) $(call opt,--tokenizer_name,$(TOKENIZER)) \

@@ -13,7 +13,7 @@ STORIES = [
     "Once upon a time, there was a cat.\nThe cat was happy.",
     "Tom had a red ball. He liked it.",
     "   ",
-    "Sue saw a big tree. \"Wow!\" she said.",
+    'Sue saw a big tree. "Wow!" she said.',
     "The sun was hot. Ben ate ice cream.",
     "",
     "A bird sang a song.",
@@ -34,9 +34,9 @@ def write_all_formats(tmp_path):
     paths["disk"] = tmp_path / "saved"
     Dataset.from_dict({"text": STORIES}).save_to_disk(str(paths["disk"]))
     paths["disk_dict"] = tmp_path / "saved_dict"
-    DatasetDict(train=Dataset.from_dict({"text": STORIES[:5]}), validation=Dataset.from_dict({"text": STORIES[5:]})).save_to_disk(
-        str(paths["disk_dict"])
-    )
+    DatasetDict(
+        train=Dataset.from_dict({"text": STORIES[:5]}), validation=Dataset.from_dict({"text": STORIES[5:]})
+    ).save_to_disk(str(paths["disk_dict"]))
     return paths
 
 
@@ -109,7 +109,9 @@ class CharTokenizer:
 def test_packing_is_exact():
     texts = [f"story {i} " + "x" * (i % 17) for i in range(300)]
     block = 16
-    packed, stats = pack_dataset(Dataset.from_dict({"text": texts}), CharTokenizer(), block, return_stats=True)
+    packed, stats = pack_dataset(
+        Dataset.from_dict({"text": texts}), CharTokenizer(), block, return_stats=True
+    )
     stream = [t for s in texts for t in [*map(ord, s), 0]]  # EOS after every story
     n_blocks = len(stream) // block  # one map batch: only the final tail is dropped
     assert len(texts) < PACK_BATCH_SIZE

@@ -30,7 +30,16 @@ def _env():
 
 
 def _train(out, sample_txt, launcher: list[str], per_device: int) -> list[dict]:
-    cmd = [*launcher, "-m", "tinystories.cli", "train", "--dataset_name", str(sample_txt), "--output_dir", str(out)]
+    cmd = [
+        *launcher,
+        "-m",
+        "tinystories.cli",
+        "train",
+        "--dataset_name",
+        str(sample_txt),
+        "--output_dir",
+        str(out),
+    ]
     cmd += [*COMMON, "--per_device_train_batch_size", str(per_device)]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -48,11 +57,19 @@ def single_process(tmp_path_factory, sample_txt):
 
 
 def _accelerate(repo_root, config):
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo_root / "accelerate_configs" / config)]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(repo_root / "accelerate_configs" / config),
+    ]
 
 
 def test_ddp_two_processes_match_single(tmp_path, sample_txt, repo_root, single_process):
-    train, evals = _losses(_train(tmp_path / "ddp", sample_txt, _accelerate(repo_root, "cpu_ddp.yaml"), per_device=4))
+    train, evals = _losses(
+        _train(tmp_path / "ddp", sample_txt, _accelerate(repo_root, "cpu_ddp.yaml"), per_device=4)
+    )
     ref_train, ref_evals = single_process
     assert len(train) == len(ref_train) == 3
     assert train == pytest.approx(ref_train, abs=2e-3)
@@ -62,7 +79,9 @@ def test_ddp_two_processes_match_single(tmp_path, sample_txt, repo_root, single_
 
 def test_deepspeed_zero2_two_processes_match_single(tmp_path, sample_txt, repo_root, single_process):
     out = tmp_path / "ds"
-    train, evals = _losses(_train(out, sample_txt, _accelerate(repo_root, "cpu_deepspeed_zero2.yaml"), per_device=4))
+    train, evals = _losses(
+        _train(out, sample_txt, _accelerate(repo_root, "cpu_deepspeed_zero2.yaml"), per_device=4)
+    )
     ref_train, ref_evals = single_process
     assert len(train) == len(ref_train)
     # DeepSpeed steps with its own (CPU) Adam implementation: close, not bit-equal

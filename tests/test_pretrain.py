@@ -42,7 +42,14 @@ def test_eval_loss_drops_and_result_generates(tmp_path, sample_txt):
     assert 0 < last["eval_bits_per_byte"] < first["eval_bits_per_byte"]
 
     # the final save: safetensors (no pickle), tokenizer, generation config with eos, plot, card
-    for name in ["model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "loss_curve.png", "README.md"]:
+    for name in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "generation_config.json",
+        "loss_curve.png",
+        "README.md",
+    ]:
         assert (out / name).is_file(), name
     assert not (out / "pytorch_model.bin").exists()
     gen = json.loads((out / "generation_config.json").read_text())
@@ -87,23 +94,56 @@ def test_finished_run_is_not_overwritten(tmp_path, sample_txt):
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"weights")
     with pytest.raises(ConfigError, match="already holds a finished model"):
-        pretrain.main(["--dataset_name", str(sample_txt), "--output_dir", str(out), *TINY, "--max_steps", "1"])
+        pretrain.main(
+            ["--dataset_name", str(sample_txt), "--output_dir", str(out), *TINY, "--max_steps", "1"]
+        )
     assert (out / "model.safetensors").read_bytes() == b"weights"
 
 
-def test_bad_input_fails_fast(tmp_path, sample_txt):
+def test_bad_input_fails_fast(tmp_path, sample_txt, monkeypatch):
     with pytest.raises(ConfigError, match="unknown size '5M'.*1M, 3M, 8M, 28M, 33M, 1L-21M, 2L-33M"):
-        pretrain.main(["--size", "5M", "--dataset_name", str(sample_txt), "--output_dir", str(tmp_path / "x")])
+        pretrain.main(
+            ["--size", "5M", "--dataset_name", str(sample_txt), "--output_dir", str(tmp_path / "x")]
+        )
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("size: 1M\nlearning_rat: 0.001\n")
     with pytest.raises(ConfigError, match="learning_rat.*did you mean learning_rate"):
         pretrain.main(["--config", str(recipe)])
     with pytest.raises(ConfigError, match="does not exist"):
-        pretrain.main(["--size", "1M", "--dataset_name", str(tmp_path / "nope.txt"), "--output_dir", str(tmp_path / "y")])
+        pretrain.main(
+            [
+                "--size",
+                "1M",
+                "--dataset_name",
+                str(tmp_path / "nope.txt"),
+                "--output_dir",
+                str(tmp_path / "y"),
+            ]
+        )
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with pytest.raises(ConfigError, match="is empty"):
         pretrain.main(["--size", "1M", "--dataset_name", str(empty), "--output_dir", str(tmp_path / "z")])
+    # a push at the end of training is checked before any data is read
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
+    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
+    with pytest.raises(ConfigError, match="no Hugging Face token found"):
+        pretrain.main(
+            [
+                "--size",
+                "1M",
+                "--dataset_name",
+                str(tmp_path / "nope.txt"),
+                "--push_to_hub",
+                "true",
+                "--hub_model_id",
+                "me/m",
+            ]
+        )
 
 
 def test_make_train_rejects_unknown_size(repo_root):

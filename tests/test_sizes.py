@@ -39,7 +39,9 @@ RELEASED_33M = {
 def test_config_matches_released(name):
     spec = SIZES[name]
     config = build_config(name, max_position_embeddings=RELEASED_MAX_POSITIONS)
-    expected_types = [[["global"], 1]] if spec.num_layers == 1 else [[["global", "local"], spec.num_layers // 2]]
+    expected_types = (
+        [[["global"], 1]] if spec.num_layers == 1 else [[["global", "local"], spec.num_layers // 2]]
+    )
     fields = {k: v for k, v in RELEASED_33M.items() if k != "attention_layers"}
     released = GPTNeoConfig(
         **{

@@ -204,7 +204,9 @@ def load_stories(
         if not 0 < validation_fraction < 1:
             raise ConfigError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
         if len(train) < 2:
-            raise ConfigError(f"dataset {data!r} has {len(train)} story: too few to hold out a validation split")
+            raise ConfigError(
+                f"dataset {data!r} has {len(train)} story: too few to hold out a validation split"
+            )
         split = train.train_test_split(test_size=validation_fraction, seed=seed, shuffle=True)
         train, validation = split["train"], split["test"]
         validation_from = "held_out_fraction"
@@ -253,7 +255,9 @@ def tokenize_stories(
 
 def _pack_batch(batch, block_size: int):
     flat = np.fromiter(
-        (t for ids in batch["input_ids"] for t in ids), dtype=np.int64, count=sum(map(len, batch["input_ids"]))
+        (t for ids in batch["input_ids"] for t in ids),
+        dtype=np.int64,
+        count=sum(map(len, batch["input_ids"])),
     )
     n_blocks = len(flat) // block_size
     blocks = flat[: n_blocks * block_size].reshape(n_blocks, block_size)

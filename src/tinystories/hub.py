@@ -394,12 +394,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"https://huggingface.co/{prefix}{args.repo}")
     return 0
 
-
-def check_push_access(repo_id: str | None, private: bool = False, repo_type: str = "model") -> str:
-    """For recipes that push at the end of training: check token and repo before any training starts."""
-    from huggingface_hub import HfApi
-
-    if not repo_id:
-        raise ConfigError("--push_to_hub needs --hub_model_id <user/name> (the repo to create or update)")
-    _split_repo(repo_id)
-    return _check_token_and_repo(HfApi(), repo_id, private, None, repo_type)

@@ -10,7 +10,9 @@ from tinystories.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-MODEL_FIX = "pass MODEL=<local model dir> (a folder with config.json and model.safetensors) or a reachable Hub id"
+MODEL_FIX = (
+    "pass MODEL=<local model dir> (a folder with config.json and model.safetensors) or a reachable Hub id"
+)
 ATTENTION_BACKENDS = ("sdpa", "flex", "eager")
 
 

@@ -18,6 +18,7 @@ from transformers import GPTNeoForCausalLM, TrainingArguments, set_seed
 
 from tinystories.config import ConfigError, parse_args
 from tinystories.data import PackedCollator, load_stories, pack_dataset
+from tinystories.losses import use_fused_cross_entropy
 from tinystories.modeling import check_attn_implementation, install_attention, load_model
 from tinystories.sizes import SIZES, build_config, count_non_embedding_params, size_names
 from tinystories.tokenizer import DEFAULT_TOKENIZER, prepare_tokenizer
@@ -32,12 +33,17 @@ class ModelArguments:
     hidden_size: int | None = field(default=None, metadata={"help": "override the width (paper's grid)"})
     num_layers: int | None = field(default=None, metadata={"help": "override the depth (paper's grid)"})
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "continue pretraining from a checkpoint (Hub id or dir) instead of a new model"}
+        default=None,
+        metadata={"help": "continue pretraining from a checkpoint (Hub id or dir) instead of a new model"},
     )
     max_position_embeddings: int | None = field(
         default=None, metadata={"help": "position table size; default: block_size (the trained context)"}
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa (default), flex (GPU) or eager"})
+    fused_cross_entropy: bool = field(
+        default=True,
+        metadata={"help": "chunked LM-head + cross-entropy: never materialises the (tokens, vocab) logits"},
+    )
 
 
 @dataclass
@@ -45,9 +51,13 @@ class DataArguments:
     dataset_name: str = field(default="roneneldan/TinyStories", metadata={"help": "Hub id or local path"})
     dataset_config_name: str | None = None
     dataset_revision: str | None = None
-    eval_dataset_name: str | None = field(default=None, metadata={"help": "separate eval data (else validation split)"})
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "separate eval data (else validation split)"}
+    )
     text_column: str = "text"
-    validation_fraction: float = field(default=0.1, metadata={"help": "held out of local data without a split"})
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "held out of local data without a split"}
+    )
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     block_size: int = field(default=512, metadata={"help": "tokens per training sequence (paper: 512)"})
@@ -56,7 +66,9 @@ class DataArguments:
     vocab_size: int | None = field(
         default=None, metadata={"help": "trim to the K most frequent tokens (paper: 10000), or the BPE size"}
     )
-    train_tokenizer: bool = field(default=False, metadata={"help": "train an own byte-level BPE of --vocab_size"})
+    train_tokenizer: bool = field(
+        default=False, metadata={"help": "train an own byte-level BPE of --vocab_size"}
+    )
 
 
 @dataclass
@@ -78,14 +90,20 @@ class PretrainConfig(TrainingArguments):
     eval_steps: int = 200
     save_steps: int = 200
     save_total_limit: int | None = 3
-    report_to: None | str | list[str] = "tensorboard"
+    report_to: str | list[str] | None = "tensorboard"
     include_num_input_tokens_seen: str = "all"  # packed blocks hold no padding (and pad == eos)
     global_batch_size: int | None = field(
         default=None,
-        metadata={"help": "sequences per optimizer step across all processes; sets gradient_accumulation_steps"},
+        metadata={
+            "help": "sequences per optimizer step across all processes; sets gradient_accumulation_steps"
+        },
     )
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "replace a finished run in output_dir"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on a bf16 GPU, else fp32), bf16, fp16, fp32"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "replace a finished run in output_dir"}
+    )
+    precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 on a bf16 GPU, else fp32), bf16, fp16, fp32"}
+    )
 
 
 def configure_precision(args: PretrainConfig) -> None:
@@ -114,8 +132,17 @@ def configure_batch(args: PretrainConfig) -> None:
 
 def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer) -> GPTNeoForCausalLM:
     if model_args.model_name_or_path:
-        return load_model(model_args.model_name_or_path, attn_implementation=model_args.attn_implementation)
-    config = build_config(
+        model = load_model(model_args.model_name_or_path, attn_implementation=model_args.attn_implementation)
+    else:
+        model = GPTNeoForCausalLM(new_config(model_args, data_args, tokenizer))
+        model = install_attention(model, model_args.attn_implementation)
+    if model_args.fused_cross_entropy:
+        use_fused_cross_entropy(model)
+    return model
+
+
+def new_config(model_args: ModelArguments, data_args: DataArguments, tokenizer):
+    return build_config(
         size=model_args.size if not (model_args.hidden_size and model_args.num_layers) else None,
         hidden_size=model_args.hidden_size,
         num_layers=model_args.num_layers,
@@ -123,8 +150,6 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer)
         max_position_embeddings=model_args.max_position_embeddings or data_args.block_size,
         eos_token_id=tokenizer.eos_token_id,
     )
-    model = GPTNeoForCausalLM(config)
-    return install_attention(model, model_args.attn_implementation)
 
 
 def validate(model_args: ModelArguments, data_args: DataArguments, args: PretrainConfig) -> None:
@@ -136,9 +161,9 @@ def validate(model_args: ModelArguments, data_args: DataArguments, args: Pretrai
     if limit and data_args.block_size > limit:
         raise ConfigError(f"block_size {data_args.block_size} exceeds max_position_embeddings {limit}")
     if args.push_to_hub:
-        from tinystories.hub import check_push_access
+        from tinystories.hub import check_push_ready
 
-        check_push_access(args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)))
+        check_push_ready(args.hub_model_id)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,9 +199,15 @@ def main(argv: list[str] | None = None) -> int:
             text_column=data_args.text_column,
             num_proc=data_args.preprocessing_num_workers,
         )
-        pack = dict(block_size=data_args.block_size, num_proc=data_args.preprocessing_num_workers, return_stats=True)
-        train_set, train_stats = pack_dataset(stories["train"], tokenizer, text_column=data_args.text_column, **pack)
-        eval_set, eval_stats = pack_dataset(stories["validation"], tokenizer, text_column=data_args.text_column, **pack)
+        pack = dict(
+            block_size=data_args.block_size, num_proc=data_args.preprocessing_num_workers, return_stats=True
+        )
+        train_set, train_stats = pack_dataset(
+            stories["train"], tokenizer, text_column=data_args.text_column, **pack
+        )
+        eval_set, eval_stats = pack_dataset(
+            stories["validation"], tokenizer, text_column=data_args.text_column, **pack
+        )
     if len(train_set) == 0:
         raise ConfigError(
             f"the training data holds {train_stats.tokens} tokens, less than one block of {data_args.block_size}: "
@@ -211,10 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         "num_parameters": n_params,
         "num_non_embedding_parameters": n_non_emb,
         "datasets": [data_args.dataset_name],
-        "tokenizer": data_args.tokenizer_name if not data_args.vocab_size else f"{data_args.tokenizer_name} trimmed to {len(tokenizer)}",
+        "tokenizer": data_args.tokenizer_name
+        if not data_args.vocab_size
+        else f"{data_args.tokenizer_name} trimmed to {len(tokenizer)}",
         "hyperparameters": {
             "learning_rate": args.learning_rate,
-            "lr_scheduler_type": str(args.lr_scheduler_type),
+            "lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
             "weight_decay": args.weight_decay,
             "adam_betas": [args.adam_beta1, args.adam_beta2],
             "per_device_train_batch_size": args.per_device_train_batch_size,

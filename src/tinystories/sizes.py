@@ -79,7 +79,9 @@ def build_config(
 ) -> GPTNeoConfig:
     """A released size by name, optionally with width/depth overridden (the paper's grid)."""
     if size is not None and size not in SIZES:
-        raise ConfigError(f"unknown size {size!r}: valid sizes are {size_names()} (or pass --hidden_size/--num_layers)")
+        raise ConfigError(
+            f"unknown size {size!r}: valid sizes are {size_names()} (or pass --hidden_size/--num_layers)"
+        )
     spec = SIZES[size] if size is not None else None
     hidden = hidden_size or (spec.hidden_size if spec else None)
     layers = num_layers or (spec.num_layers if spec else None)

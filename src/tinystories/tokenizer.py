@@ -82,7 +82,9 @@ def _merge_parents(model: dict) -> dict[str, tuple[str, str]]:
     return parents
 
 
-def select_trimmed_vocab(tokenizer_json: dict, counts: np.ndarray, k: int, eos_token: str = EOS_TOKEN) -> TrimResult:
+def select_trimmed_vocab(
+    tokenizer_json: dict, counts: np.ndarray, k: int, eos_token: str = EOS_TOKEN
+) -> TrimResult:
     vocab: dict[str, int] = dict(tokenizer_json["model"]["vocab"])
     for added in tokenizer_json.get("added_tokens", []):
         vocab.setdefault(added["content"], added["id"])
@@ -90,7 +92,9 @@ def select_trimmed_vocab(tokenizer_json: dict, counts: np.ndarray, k: int, eos_t
     parents = _merge_parents(tokenizer_json["model"])
     base = [t for t in vocab if t not in parents and t != eos_token]  # the byte alphabet
     if k < len(base) + 1:
-        raise ConfigError(f"--vocab_size {k} is too small: a byte-level tokenizer needs at least {len(base) + 1}")
+        raise ConfigError(
+            f"--vocab_size {k} is too small: a byte-level tokenizer needs at least {len(base) + 1}"
+        )
     kept: set[str] = set(base) | {eos_token}
 
     def closure(token: str) -> list[str]:
@@ -120,7 +124,9 @@ def select_trimmed_vocab(tokenizer_json: dict, counts: np.ndarray, k: int, eos_t
     return TrimResult(kept_ids, len(kept_ids), eos_new, coverage, {"requested": k, "kept": len(kept_ids)})
 
 
-def build_trimmed_tokenizer_json(tokenizer_json: dict, result: TrimResult, eos_token: str = EOS_TOKEN) -> dict:
+def build_trimmed_tokenizer_json(
+    tokenizer_json: dict, result: TrimResult, eos_token: str = EOS_TOKEN
+) -> dict:
     vocab: dict[str, int] = dict(tokenizer_json["model"]["vocab"])
     id_to_token = {i: t for t, i in vocab.items()}
     id_to_token[vocab.get(eos_token, -1)] = eos_token
@@ -269,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         max_train_samples: int | None = None
 
     (args,) = parse_args([TokenizerArguments], argv)
-    data = load_stories(args.dataset_name, text_column=args.text_column, max_train_samples=args.max_train_samples)
+    data = load_stories(
+        args.dataset_name, text_column=args.text_column, max_train_samples=args.max_train_samples
+    )
     tok = prepare_tokenizer(
         args.tokenizer_name,
         data["train"],

@@ -32,7 +32,9 @@ def resolve_resume(output_dir: str | Path, resume_from_checkpoint: str | None, o
     """
     if resume_from_checkpoint:
         if not Path(resume_from_checkpoint).is_dir():
-            raise ConfigError(f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint directory")
+            raise ConfigError(
+                f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint directory"
+            )
         return resume_from_checkpoint
     output_dir = Path(output_dir)
     if not output_dir.is_dir() or overwrite:
@@ -130,7 +132,9 @@ def generation_config_for(tokenizer, context: int = TRAINED_CONTEXT) -> Generati
     )
 
 
-def sample_generations(model, tokenizer, prompts: list[str], max_new_tokens: int = 120, seed: int = 0) -> list[dict]:
+def sample_generations(
+    model, tokenizer, prompts: list[str], max_new_tokens: int = 120, seed: int = 0
+) -> list[dict]:
     try:
         from tinystories.generate import generate_story
     except ImportError:  # generation module not installed in this build
@@ -179,7 +183,9 @@ def finish_run(
         "global_step": trainer.state.global_step,
     }
     if train_summary.get("train_runtime") and trainer.state.num_input_tokens_seen:
-        results["train_tokens_per_second"] = trainer.state.num_input_tokens_seen / train_summary["train_runtime"]
+        results["train_tokens_per_second"] = (
+            trainer.state.num_input_tokens_seen / train_summary["train_runtime"]
+        )
     (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
     save_loss_curve(history, output_dir / "loss_curve.png", title=run_info.get("model_name", output_dir.name))
 
@@ -204,6 +210,8 @@ def finish_run(
     if push:
         from tinystories.hub import push_folder
 
-        push_folder(output_dir, hub_model_id, private=hub_private, commit_message=f"Upload {info.get('stage')} run")
+        push_folder(
+            output_dir, hub_model_id, private=hub_private, commit_message=f"Upload {info.get('stage')} run"
+        )
     logger.info("run saved to %s", output_dir)
     return results
