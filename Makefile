@@ -41,7 +41,7 @@ opt = $(if $(2),$(1) $(2))
 CPU_ARGS ?= --per_device_train_batch_size 8 --global_batch_size 16 --eval_steps 50 --save_steps 50 \
 	--max_eval_samples 200 --dataloader_num_workers 0 --use_cpu true
 
-.PHONY: help install test test-slow lint format quickstart train tokenizer sft lora generate eval data dedup push pull bench clean
+.PHONY: help install test test-slow lint format quickstart check-size train tokenizer sft lora generate eval data dedup push pull bench clean
 
 help:
 	@echo "make install | quickstart | test | train SIZE=<$(subst $() ,|,$(SIZES))> | sft | lora | eval | data | dedup | push | pull | bench"
@@ -84,6 +84,43 @@ train: install check-size
 tokenizer: install
 	$(TS) tokenizer $(call opt,--dataset_name,$(DATA)) $(call opt,--tokenizer_name,$(TOKENIZER)) \
 		--output_dir $(or $(OUTPUT_DIR),outputs/tokenizer) $(ARGS)
+
+SFT_RECIPE  ?= sft-33M
+LORA_RECIPE ?= 33M
+DATA_RECIPE ?= tinystories
+
+sft: install
+	$(LAUNCH) -m tinystories.cli sft --config recipes/instruct/$(SFT_RECIPE).yaml \
+		$(call opt,--base_model,$(BASE)) $(call opt,--data,$(DATA)) $(call opt,--tokenizer_name,$(TOKENIZER)) \
+		$(call opt,--output_dir,$(OUTPUT_DIR)) $(if $(filter cpu%,$(ACCELERATE)),--use_cpu true) $(ARGS)
+
+lora: install
+	$(LAUNCH) -m tinystories.cli lora --config recipes/lora/$(LORA_RECIPE).yaml \
+		$(call opt,--base_model,$(BASE)) $(call opt,--data,$(DATA)) $(call opt,--tokenizer_name,$(TOKENIZER)) \
+		$(call opt,--output_dir,$(OUTPUT_DIR)) $(if $(filter cpu%,$(ACCELERATE)),--use_cpu true) $(ARGS)
+
+generate: install
+	$(TS) generate --model $(or $(MODEL),roneneldan/TinyStories-33M) $(ARGS)
+
+eval: install
+	$(TS) eval $(call opt,--model,$(MODEL)) $(call opt,--data,$(DATA)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
+
+data: install
+	$(TS) data --config recipes/data/$(DATA_RECIPE).yaml $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
+
+dedup: install
+	$(TS) dedup --config recipes/data/dedup.yaml --input $(or $(IN),outputs/data/tinystories) \
+		--output_dir $(or $(OUT),outputs/dedup/tinystories) $(ARGS)
+
+push: install
+	@test -n "$(MODEL)" -a -n "$(REPO)" || { echo "usage: make push MODEL=outputs/<run> REPO=<user>/<name> [DRY_RUN=1] [STAGE_DIR=dir] [ARGS='--private true --revision v1 --commit_message ...']" >&2; exit 2; }
+	$(TS) push --model $(MODEL) --repo $(REPO) $(if $(filter 1 true yes,$(DRY_RUN)),--dry_run true) $(call opt,--stage_dir,$(STAGE_DIR)) $(ARGS)
+
+pull: install
+	$(TS) pull --model $(or $(MODEL),roneneldan/TinyStories-33M) $(call opt,--revision,$(REVISION)) $(call opt,--local_dir,$(OUTPUT_DIR)) $(ARGS)
+
+bench: install
+	$(TS) bench $(ARGS)
 
 clean:
 	rm -rf outputs/quickstart outputs/bench

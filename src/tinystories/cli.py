@@ -42,8 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     if stage not in STAGES:
         print(f"error: unknown stage {stage!r}; valid stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
+    from tinystories.config import ConfigError
+
     module = importlib.import_module(STAGES[stage][0])
-    result = module.main(rest)
+    try:
+        result = module.main(rest)
+    except ConfigError as err:  # bad input: the message names the fix, a traceback adds nothing
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

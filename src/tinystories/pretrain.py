@@ -90,7 +90,7 @@ class PretrainConfig(TrainingArguments):
     eval_steps: int = 200
     save_steps: int = 200
     save_total_limit: int | None = 3
-    report_to: str | list[str] | None = "tensorboard"
+    report_to: None | str | list[str] = "tensorboard"  # noqa: RUF036 (HfArgumentParser needs None first)
     include_num_input_tokens_seen: str = "all"  # packed blocks hold no padding (and pad == eos)
     global_batch_size: int | None = field(
         default=None,
