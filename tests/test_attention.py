@@ -234,3 +234,26 @@ def test_fused_linear_cross_entropy_functional():
     g2 = torch.autograd.grad(ref * 3, (hidden, weight))
     for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b, atol=TOL, rtol=0)
+
+
+def test_fast_gelu_same_function_same_checkpoint():
+    from transformers.activations import GELUTanh
+
+    from tinystories.attention import use_fast_gelu
+
+    torch.manual_seed(0)
+    stock = GPTNeoForCausalLM(tiny_config()).train()
+    fast = use_fast_gelu(use_fast_attention(copy.deepcopy(stock)))
+    assert isinstance(fast.transformer.h[0].mlp.act, GELUTanh)
+    assert list(stock.state_dict()) == list(fast.state_dict())
+    ids = torch.randint(0, 96, (2, 30))
+    for model in (stock, fast):
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+    worst = max(
+        (a.grad - b.grad).abs().max().item()
+        for a, b in zip(stock.parameters(), fast.parameters(), strict=True)
+    )
+    assert worst < TOL
+    use_fast_gelu(fast, enable=False)
+    assert type(fast.transformer.h[0].mlp.act).__name__ == "NewGELUActivation"

@@ -7,7 +7,8 @@ Training suite, per model size, in one run on the same real TinyStories tokens:
   own cross-entropy over the full logits, `adamw_torch`;
 * **default**: the project's pretraining path: the same model with `use_fast_attention` (SDPA on CPU,
   flex_attention on a GPU), stories packed into `block_size` blocks (`tinystories.data.pack_tokenized`,
-  no padding), the fused linear cross-entropy (`tinystories.losses`), fused AdamW, bf16 on a GPU.
+  no padding), the fused linear cross-entropy (`tinystories.losses`), the one-kernel tanh GELU
+  (`use_fast_gelu`, same function as `gelu_new`), fused AdamW, bf16 on a GPU.
 
 Both run through the real `transformers.Trainer` with the same hyper-parameters; both see exactly the same
 real (non-padding) tokens: the stories (+ EOS) are packed, and the stock path gets the same token stream
@@ -89,6 +90,7 @@ STOCK = {
     "workers": 0,
     "compile": False,
     "bf16": False,
+    "fast_gelu": False,
 }
 
 
@@ -103,6 +105,7 @@ def default_variant(device: str, backend: str, compile_: bool) -> dict:
         "workers": 2 if device == "cuda" else 0,
         "compile": compile_,
         "bf16": device == "cuda",
+        "fast_gelu": True,
     }
 
 
@@ -114,6 +117,7 @@ def lever_variants(device: str, default: dict) -> list[tuple[str, str, dict]]:
         ("+packing", "stock", {**STOCK, "packing": True}),
         ("+fused cross-entropy", "stock", {**STOCK, "fused_ce": True}),
         ("+fused AdamW", "stock", {**STOCK, "optim": "adamw_torch_fused"}),
+        ("+fused GELU", "stock", {**STOCK, "fast_gelu": True}),
         ("+dataloader workers", "stock", {**STOCK, "workers": 1 if device == "cpu" else 2}),
     ]
     if not default["compile"]:  # compile needs fixed shapes: measured on top of the default path
@@ -234,7 +238,7 @@ def run_variant(payload: dict) -> dict:
     )
     from transformers.utils import logging as hf_logging
 
-    from tinystories.attention import use_fast_attention
+    from tinystories.attention import use_fast_attention, use_fast_gelu
     from tinystories.data import PackedCollator
     from tinystories.losses import use_fused_cross_entropy
     from tinystories.sizes import build_config
@@ -249,6 +253,8 @@ def run_variant(payload: dict) -> dict:
     model = GPTNeoForCausalLM(config)
     if spec["attention"] != "eager":
         use_fast_attention(model, spec["attention"])
+    if spec.get("fast_gelu"):
+        use_fast_gelu(model)
     if spec["fused_ce"]:
         use_fused_cross_entropy(model, chunk_size=payload["chunk_size"])
 
