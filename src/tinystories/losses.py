@@ -87,6 +87,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
+@torch.compiler.disable  # data-dependent chunk loop: keep it out of torch.compile graphs (one clean break)
 def fused_linear_cross_entropy(
     hidden_states: torch.Tensor,
     weight: torch.Tensor,
