@@ -94,7 +94,7 @@ def generate_story(
     when `num_return_sequences > 1`. `max_new_tokens` is capped so that prompt + continuation fit in
     the model's trained context (512). `temperature <= 0` decodes greedily.
     """
-    from transformers import set_seed
+    from transformers import GenerationConfig, set_seed
 
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
@@ -122,15 +122,17 @@ def generate_story(
         set_seed(seed)
     was_training = model.training
     model.eval()
-    output = model.generate(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        max_new_tokens=max_new_tokens,
+    # A complete generation config: the checkpoint's own (max_length, top_k, ...) must not override these.
+    generation_config = GenerationConfig(
+        max_length=len(prompt_ids) + max_new_tokens,  # max_new_tokens would clash with a stored max_length
         do_sample=do_sample,
         num_return_sequences=num_return_sequences,
         eos_token_id=eos_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id,
         **sampling,
+    )
+    output = model.generate(
+        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=generation_config
     )
     if was_training:
         model.train()
