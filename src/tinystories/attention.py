@@ -56,8 +56,16 @@ __all__ = [
 ]
 
 
-@functools.lru_cache(maxsize=32)
 def _band_mask(
+    q_len: int, kv_len: int, window: int, device: torch.device, q_offset: int | None = None
+) -> torch.Tensor:
+    """Cached eagerly; built inside the graph under torch.compile (dynamo ignores lru_cache)."""
+    if torch.compiler.is_compiling():
+        return _build_band_mask(q_len, kv_len, window, device, q_offset)
+    return _cached_band_mask(q_len, kv_len, window, device, q_offset)
+
+
+def _build_band_mask(
     q_len: int, kv_len: int, window: int, device: torch.device, q_offset: int | None = None
 ) -> torch.Tensor:
     """(q_len, kv_len) causal band; queries at q_offset.. (default: bottom-right, the last q_len keys)."""
@@ -65,6 +73,9 @@ def _band_mask(
     q_pos = torch.arange(start, start + q_len, device=device)[:, None]
     kv_pos = torch.arange(kv_len, device=device)[None, :]
     return (kv_pos <= q_pos) & (q_pos - kv_pos < window)
+
+
+_cached_band_mask = functools.lru_cache(maxsize=32)(_build_band_mask)
 
 
 def sliding_window_mask(
