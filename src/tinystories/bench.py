@@ -68,6 +68,10 @@ class BenchArguments:
     block_size: int = field(default=512, metadata={"help": "packed sequence length (the paper's context)"})
     warmup_steps: int = field(default=1, metadata={"help": "steps left out of the timing"})
     levers: bool = field(default=False, metadata={"help": "also measure each lever on its own"})
+    compile_lever: bool = field(
+        default=False,
+        metadata={"help": "with --levers: also default + torch.compile (minutes to compile on CPU)"},
+    )
     backend: str = field(default="auto", metadata={"help": "attention of the default path: auto, sdpa, flex"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the default path"})
     chunk_size: int = field(default=256, metadata={"help": "rows per chunk of the fused cross-entropy"})
@@ -109,7 +113,7 @@ def default_variant(device: str, backend: str, compile_: bool) -> dict:
     }
 
 
-def lever_variants(device: str, default: dict) -> list[tuple[str, str, dict]]:
+def lever_variants(device: str, default: dict, compile_lever: bool = True) -> list[tuple[str, str, dict]]:
     """(name, baseline name, spec): each lever on its own on top of its baseline."""
     attn = default["attention"]
     levers = [
@@ -120,7 +124,9 @@ def lever_variants(device: str, default: dict) -> list[tuple[str, str, dict]]:
         ("+fused GELU", "stock", {**STOCK, "fast_gelu": True}),
         ("+dataloader workers", "stock", {**STOCK, "workers": 1 if device == "cpu" else 2}),
     ]
-    if not default["compile"]:  # compile needs fixed shapes: measured on top of the default path
+    if (
+        compile_lever and not default["compile"]
+    ):  # compile needs fixed shapes: measured on top of the default path
         levers.append(("default+torch.compile", "default", {**default, "compile": True}))
     return levers
 
@@ -387,7 +393,7 @@ def bench_train(args: BenchArguments, device: str, sizes: list[str]) -> dict:
         runs: dict[str, dict] = {}
         plan = [("stock", None, STOCK), ("default", "stock", default)]
         if args.levers:
-            plan += lever_variants(device, default)
+            plan += lever_variants(device, default, args.compile_lever)
         for name, baseline, spec in plan:
             print(f"[bench] {size} {name} ...", flush=True)
             result = _run({**base, "spec": spec}, args.isolate)
