@@ -63,7 +63,7 @@ class BenchArguments:
     tokenizer: str = field(
         default=DEFAULT_TOKENIZER_DIR, metadata={"help": "GPT-Neo tokenizer dir or Hub id"}
     )
-    steps: int = field(default=6, metadata={"help": "optimizer steps of the stock path (it sets the tokens)"})
+    steps: int = field(default=4, metadata={"help": "optimizer steps of the stock path (it sets the tokens)"})
     batch_size: int = field(default=8, metadata={"help": "stories per stock step (packed: same real tokens)"})
     block_size: int = field(default=512, metadata={"help": "packed sequence length (the paper's context)"})
     warmup_steps: int = field(default=1, metadata={"help": "steps left out of the timing"})
