@@ -60,8 +60,7 @@ def iter_txt_stories(path: str | os.PathLike) -> Iterator[str]:
                 parts = line.split(STORY_SEPARATOR)
                 buffer.append(parts[0])
                 yield "".join(buffer)
-                for middle in parts[1:-1]:
-                    yield middle
+                yield from parts[1:-1]
                 buffer = [parts[-1]]
             else:
                 buffer.append(line)
@@ -118,6 +117,46 @@ def _load_local(path: Path) -> Dataset | DatasetDict:
 def looks_like_path(name: str) -> bool:
     """A Hub id is `name` or `org/name`; anything else (./x, /x, a/b/c, x.txt) is meant as a local path."""
     return name.startswith((".", "/", "~")) or name.endswith(LOCAL_SUFFIXES) or name.count("/") > 1
+
+
+def hub_txt_splits(repo_id: str, revision: str | None) -> tuple[str, str | None] | None:
+    """(train .txt, validation .txt) of a Hub dataset that only holds official-format `.txt` files.
+
+    `datasets.load_dataset` reads such files line by line (the Instruct release becomes ~22M one-line
+    rows), which cuts every example apart; they are downloaded and split at `<|endoftext|>` instead.
+    Returns None for a repo with a structured format (parquet/json/arrow), which `load_stories` reads.
+    """
+    from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    try:
+        files = list_repo_files(repo_id, repo_type="dataset", revision=revision)
+    except OfflineModeIsEnabled:
+        try:
+            folder = snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True)
+        except Exception:
+            return None  # not cached: let load_stories raise its clear error
+        files = [str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file()]
+    except Exception:
+        return None
+    structured = (".parquet", ".arrow", ".json", ".jsonl", ".csv")
+    if any(f.endswith(structured) for f in files):
+        return None
+    txt = [f for f in files if f.endswith(".txt")]
+    train = [f for f in txt if "train" in Path(f).name.lower()]
+    valid = [f for f in txt if any(k in Path(f).name.lower() for k in ("valid", "val.", "test"))]
+    if not train:
+        return None
+    if len(train) > 1 or len(valid) > 1:
+        raise ConfigError(
+            f"dataset {repo_id!r} has several .txt files per split ({train + valid}): download the one you "
+            "want and pass it as DATA=<file> (and EVAL_DATA/--eval_data for validation)"
+        )
+
+    def fetch(name: str) -> str:
+        return hf_hub_download(repo_id, name, repo_type="dataset", revision=revision)
+
+    return fetch(train[0]), (fetch(valid[0]) if valid else None)
 
 
 def _load_hub(name: str, revision: str | None, config_name: str | None) -> DatasetDict:
@@ -179,6 +218,11 @@ def load_stories(
     return_stats: bool = False,
 ) -> DatasetDict | tuple[DatasetDict, LoadStats]:
     """`DatasetDict(train=..., validation=...)` with non-empty stories in `text_column`."""
+    if config_name is None and not Path(data).expanduser().exists() and not looks_like_path(data):
+        txt = hub_txt_splits(data, revision)  # an official-format .txt release on the Hub
+        if txt is not None:
+            data, hub_eval = txt
+            eval_data = eval_data or hub_eval
     raw = load_raw(data, revision, config_name)
     dropped = 0
     if isinstance(raw, DatasetDict):
@@ -241,7 +285,7 @@ def tokenize_stories(
         texts = batch[text_column]
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         if add_eos:
-            ids = [x + [eos] for x in ids]
+            ids = [[*x, eos] for x in ids]
         return {"input_ids": ids, "num_bytes": [len(t.encode("utf-8")) for t in texts]}
 
     return ds.map(

@@ -67,7 +67,10 @@ def default_stage_dir(repo_id: str) -> Path:
     return Path("outputs") / "push" / f"{user}__{name}"
 
 
-def _excluded(rel: Path) -> bool:
+def _excluded(rel: Path, adapter: bool = False) -> bool:
+    """`adapter`: a LoRA folder, whose `merged/` export is a separate model (`make push MODEL=.../merged`)."""
+    if adapter and rel.parts and rel.parts[0] == "merged":
+        return True
     return any(fnmatch.fnmatch(part, pat) for part in rel.parts for pat in EXCLUDE)
 
 
@@ -144,11 +147,12 @@ def stage_folder(
     stage.mkdir(parents=True)
     token = _get_token()
     dataset_source = _find_saved_dataset(folder) if repo_type == "dataset" else None
+    adapter = (folder / "adapter_config.json").is_file()
     for src in sorted(folder.rglob("*")):
         rel = src.relative_to(folder)
         if dataset_source is not None and rel.parts[0] not in DATASET_SIDE_FILES:
             continue  # the dataset itself is exported to parquet below
-        if _excluded(rel) or src.is_dir() or (src.is_symlink() and not src.exists()):
+        if _excluded(rel, adapter) or src.is_dir() or (src.is_symlink() and not src.exists()):
             continue
         dst = stage / rel
         dst.parent.mkdir(parents=True, exist_ok=True)

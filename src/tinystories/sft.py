@@ -166,61 +166,15 @@ def validate_training_args(training_args: SFTConfig, model_context: int | None =
 
 
 # ------------------------------------------------------------------------------------------------ data
-def _hub_txt_splits(repo_id: str, revision: str | None) -> tuple[str, str | None] | None:
-    """(train .txt, validation .txt) of a Hub dataset that only holds official-format `.txt` files.
-
-    `datasets.load_dataset` reads such files line by line (the Instruct release becomes ~22M one-line
-    rows), which cuts every example apart; they are downloaded and split at `<|endoftext|>` instead.
-    Returns None for a repo with a structured format (parquet/json/arrow), which `load_stories` reads.
-    """
-    from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
-    try:
-        files = list_repo_files(repo_id, repo_type="dataset", revision=revision)
-    except OfflineModeIsEnabled:
-        try:
-            folder = snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True)
-        except Exception:
-            return None  # not cached: let load_stories raise its clear error
-        files = [str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file()]
-    except Exception:
-        return None
-    structured = (".parquet", ".arrow", ".json", ".jsonl", ".csv")
-    if any(f.endswith(structured) for f in files):
-        return None
-    txt = [f for f in files if f.endswith(".txt")]
-    train = [f for f in txt if "train" in Path(f).name.lower()]
-    valid = [f for f in txt if any(k in Path(f).name.lower() for k in ("valid", "val.", "test"))]
-    if not train:
-        return None
-    if len(train) > 1 or len(valid) > 1:
-        raise ConfigError(
-            f"dataset {repo_id!r} has several .txt files per split ({train + valid}): download the one you "
-            "want and pass it as DATA=<file> (and EVAL_DATA/--eval_data for validation)"
-        )
-
-    def fetch(name: str) -> str:
-        return hf_hub_download(repo_id, name, repo_type="dataset", revision=revision)
-
-    return fetch(train[0]), (fetch(valid[0]) if valid else None)
-
-
 def load_example_splits(args: FinetuneArguments):
     """DatasetDict(train, validation) of raw examples in `args.text_column` from any accepted source."""
-    from tinystories.data import load_stories, looks_like_path
+    from tinystories.data import load_stories
 
-    data, eval_data = args.data, args.eval_data
-    if not Path(data).expanduser().exists() and not looks_like_path(data):
-        txt = _hub_txt_splits(data, args.data_revision)
-        if txt is not None:
-            data, hub_eval = txt
-            eval_data = eval_data or hub_eval
     return load_stories(
-        data,
+        args.data,
         validation_fraction=args.validation_fraction,
         text_column=args.text_column,
-        eval_data=eval_data,
+        eval_data=args.eval_data,
         revision=args.data_revision,
         max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples,
@@ -466,13 +420,10 @@ def prepare_run(training_args: SFTConfig) -> tuple[str | None, bool]:
 
     validate_training_args(training_args)
     push = bool(training_args.push_to_hub)
-    if push:
-        try:
-            from tinystories.hub import check_push_access
-        except ImportError:  # older hub module: the push itself reports access problems
-            check_push_access = None
-        if check_push_access is not None:
-            check_push_access(training_args.hub_model_id or Path(training_args.output_dir).name)
+    if push:  # token and repo are checked before any data is read
+        from tinystories.hub import check_push_ready
+
+        check_push_ready(training_args.hub_model_id)
     training_args.push_to_hub = False
     resume = resolve_resume(
         training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir
