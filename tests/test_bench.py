@@ -57,6 +57,7 @@ def test_bench_train_and_dedup_json(tmp_path, sample_txt, gpt_neo_tokenizer_dir,
     assert default["steps"] == math.ceil(stock["real_tokens"] / 128 / data["packed_batch_size"])
     for run in (stock, default):
         assert run["tokens_per_second"] > 0 and run["peak_rss_mb"] > 0 and run["seconds"] > 0
+        assert run["tokens_per_cpu_second"] > 0 and run["cpu_seconds"] > 0
         assert 0 < run["timed_tokens"] < run["real_tokens"]  # the warm-up step is left out
         assert run["first_loss"] == pytest.approx(10.8, abs=0.5)  # ln(50257) at init: a real model trained
     assert (
@@ -65,6 +66,9 @@ def test_bench_train_and_dedup_json(tmp_path, sample_txt, gpt_neo_tokenizer_dir,
     assert stock["spec"]["attention"] == "eager" and not stock["spec"]["packing"]
     assert res["ratio_default_over_stock"] == pytest.approx(
         default["tokens_per_second"] / stock["tokens_per_second"], rel=0.02
+    )
+    assert res["cpu_time_ratio_default_over_stock"] == pytest.approx(
+        default["tokens_per_cpu_second"] / stock["tokens_per_cpu_second"], rel=0.02
     )
     assert report["dedup"]["num_stories"] == 400 and report["dedup"]["stories_per_second"] > 0
     assert report["machine"]["device"] == "cpu"

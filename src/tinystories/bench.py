@@ -401,10 +401,10 @@ def bench_train(args: BenchArguments, device: str, sizes: list[str]) -> dict:
             result["baseline"] = baseline
             runs[name] = result
         for result in runs.values():
-            if result["baseline"] and runs[result["baseline"]]["tokens_per_second"]:
-                result["speedup"] = round(
-                    result["tokens_per_second"] / runs[result["baseline"]]["tokens_per_second"], 2
-                )
+            base_run = runs[result["baseline"]] if result["baseline"] else None
+            for key, out_key in (("tokens_per_second", "speedup"), ("tokens_per_cpu_second", "cpu_speedup")):
+                if base_run and base_run[key] and result[key]:
+                    result[out_key] = round(result[key] / base_run[key], 2)
         out["sizes"][size] = {
             "runs": runs,
             "ratio_default_over_stock": runs["default"].get("speedup"),
