@@ -38,7 +38,7 @@ opt = $(if $(2),$(1) $(2))
 
 # Without a GPU the recipes' 1280 x 512-token optimizer step is out of reach: on the CPU launcher,
 # `make train` applies these overrides first (ARGS still wins). `make train CPU_ARGS=` keeps the recipe.
-CPU_ARGS ?= --per_device_train_batch_size 8 --global_batch_size 16 --eval_steps 50 --save_steps 50 \
+CPU_ARGS ?= --per_device_train_batch_size 8 --global_batch_size 8 --eval_steps 50 --save_steps 50 \
 	--max_eval_samples 200 --dataloader_num_workers 0 --use_cpu true
 
 .PHONY: help install test test-slow lint format quickstart check-size train tokenizer sft lora generate eval data dedup push pull bench clean
