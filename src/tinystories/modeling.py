@@ -23,12 +23,13 @@ def check_attn_implementation(name: str) -> str:
 
 
 def install_attention(model, attn_implementation: str = "sdpa"):
-    """GPT-Neo gets the project's exact SDPA/flex attention; other models keep what transformers chose."""
+    """GPT-Neo gets the project's exact SDPA/flex attention (and fused GELU); other models keep theirs."""
     check_attn_implementation(attn_implementation)
     if getattr(model.config, "model_type", None) != "gpt_neo" or attn_implementation == "eager":
         return model
-    from tinystories.attention import use_fast_attention
+    from tinystories.attention import use_fast_attention, use_fast_gelu
 
+    use_fast_gelu(model)  # one-kernel tanh GELU: the same function as gelu_new
     return use_fast_attention(model, backend=attn_implementation)
 
 
