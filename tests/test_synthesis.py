@@ -112,10 +112,11 @@ def test_resume_guards(tmp_path):
 
 # --------------------------------------------------------------------------------------- openai backend
 def test_failure_injection_every_record_generated_or_failed(tmp_path):
-    with FakeOpenAIServer(slow_seconds=1.5) as server:
+    # the timeout leaves a loaded 2-core machine (CI) ample time for every non-slow reply
+    with FakeOpenAIServer(slow_seconds=6.0) as server:
         args = _args(
             tmp_path, backend="openai", model="fake", base_url=server.url, num_stories=60, concurrency=8,
-            request_timeout=0.75, max_retries=3, backoff_base=0.01, backoff_max=0.05,
+            request_timeout=3.0, max_retries=3, backoff_base=0.01, backoff_max=0.05,
         )  # fmt: skip
         result = run(args)
         actions = dict(server.actions)
