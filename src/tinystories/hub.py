@@ -397,4 +397,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pushed {args.model} (commit {result})")
     print(f"https://huggingface.co/{prefix}{args.repo}")
     return 0
-

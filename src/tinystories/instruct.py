@@ -71,7 +71,9 @@ def randomize_fields(
 ) -> InstructExample:
     """Random subset (each field kept with `keep_probability`, at least one) in random order."""
     present = example.present_fields()
-    kept = [f for f in present if rng.random() < keep_probability] or ([rng.choice(present)] if present else [])
+    kept = [f for f in present if rng.random() < keep_probability] or (
+        [rng.choice(present)] if present else []
+    )
     rng.shuffle(kept)
     return InstructExample(
         story=example.story,
