@@ -170,6 +170,7 @@ def finish_run(
     if trainer.eval_dataset is not None:
         metrics = trainer.evaluate()
     if not trainer.is_world_process_zero():
+        shutdown_distributed(trainer)  # wait for rank 0's writes, then leave the process group cleanly
         return metrics
     tokenizer.save_pretrained(output_dir)
     generation_config_for(tokenizer, context).save_pretrained(output_dir)
@@ -214,4 +215,15 @@ def finish_run(
             output_dir, hub_model_id, private=hub_private, commit_message=f"Upload {info.get('stage')} run"
         )
     logger.info("run saved to %s", output_dir)
+    shutdown_distributed(trainer)
     return results
+
+
+def shutdown_distributed(trainer: Trainer) -> None:
+    """Barrier, then destroy the process group: a rank that exits while another still holds the group
+    (gloo / DeepSpeed's shared-memory comm threads) can abort at interpreter shutdown."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+        dist.destroy_process_group()
