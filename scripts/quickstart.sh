@@ -28,15 +28,15 @@ $TS sft --config recipes/instruct/quickstart.yaml
 stage "5/7 LoRA adapter (PEFT) + merged export"
 $TS lora --config recipes/lora/quickstart.yaml
 
+stage "generate a story with the SFT model (Instruct prompt)"
+$TS generate --model $Q/sft --words dog ball happy --features Dialogue --max_new_tokens 120 --seed 0
+
 stage "6/7 evaluate: held-out loss, bits per byte, completions of the evaluation prompts"
 $TS eval --model $Q/pretrain $Q/sft $Q/lora/merged --data $Q/dedup/data --text_column story \
     --max_samples 100 --num_prompts 5 --max_new_tokens 80
 
 stage "7/7 stage the upload (model card with the eval results) without pushing"
 $TS push --model $Q/pretrain --repo tinystories-quickstart/TinyStories-1M-toy --dry_run true
-
-stage "generate a story with the SFT model"
-$TS generate --model $Q/sft --words dog ball happy --features Dialogue --max_new_tokens 120 --seed 0
 
 echo
 echo "quickstart finished in ${SECONDS}s: outputs under $Q, staged upload under outputs/push/"

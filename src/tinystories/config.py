@@ -7,6 +7,7 @@ A recipe YAML is one reproducible run. Keys map onto dataclass fields (TRL's `Tr
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,30 @@ from typing import Any
 
 import yaml
 from trl import TrlParser
+
+TRAINED_CONTEXT = 512  # tokens the TinyStories models were trained at; quality degrades past it
+LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+
+
+def looks_like_path(name: str) -> bool:
+    """A Hub id is `name` or `org/name`; anything else (./x, /x, a/b/c, x.txt) is meant as a local path."""
+    return name.startswith((".", "/", "~")) or name.endswith(LOCAL_SUFFIXES) or name.count("/") > 1
+
+
+def offline_hint() -> str:
+    """Appended to Hub errors: the usual reason a download fails on a configured machine."""
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    return " (HF_HUB_OFFLINE is set)" if offline else ""
+
+
+def setup_logging() -> None:
+    """Logging of a training entry point: timestamps for ours, warnings only from transformers."""
+    import logging
+
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
 
 
 class ConfigError(ValueError):

@@ -22,7 +22,7 @@ import datasets
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from tinystories.config import ConfigError
+from tinystories.config import LOCAL_SUFFIXES, ConfigError, looks_like_path, offline_hint
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ STORY_SEPARATOR = "<|endoftext|>"
 TEXT_SUFFIXES = (".txt",)
 JSON_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
-LOCAL_SUFFIXES = TEXT_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES
 PACK_BATCH_SIZE = 2000
 DATA_FIX = (
     "pass DATA=<path> with a .txt (<|endoftext|> between stories), .jsonl/.json or .parquet file "
@@ -114,11 +113,6 @@ def _load_local(path: Path) -> Dataset | DatasetDict:
         raise ConfigError(f"could not read {str(path)!r} as {builder}: {err}. {DATA_FIX}") from err
 
 
-def looks_like_path(name: str) -> bool:
-    """A Hub id is `name` or `org/name`; anything else (./x, /x, a/b/c, x.txt) is meant as a local path."""
-    return name.startswith((".", "/", "~")) or name.endswith(LOCAL_SUFFIXES) or name.count("/") > 1
-
-
 def hub_txt_splits(repo_id: str, revision: str | None) -> tuple[str, str | None] | None:
     """(train .txt, validation .txt) of a Hub dataset that only holds official-format `.txt` files.
 
@@ -163,8 +157,7 @@ def _load_hub(name: str, revision: str | None, config_name: str | None) -> Datas
     try:
         return datasets.load_dataset(name, config_name, revision=revision)
     except Exception as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-        hint = " (HF_HUB_OFFLINE is set)" if offline else ""
+        hint = offline_hint()
         raise ConfigError(
             f"could not load dataset {name!r} from the Hugging Face Hub{hint}: {type(err).__name__}: {err}. "
             f"Without Hub access, {DATA_FIX}."
@@ -276,7 +269,7 @@ def text_num_bytes(texts: Iterable[str]) -> int:
 def tokenize_stories(
     ds: Dataset, tokenizer, text_column: str = "text", num_proc: int | None = None, add_eos: bool = True
 ) -> Dataset:
-    """One row per story: `input_ids` (story tokens + EOS) and `num_bytes` (UTF-8 bytes of the story)."""
+    """One row per story: `input_ids` (story tokens + EOS), `num_tokens` and `num_bytes` (UTF-8 bytes)."""
     eos = tokenizer.eos_token_id
     if add_eos and eos is None:
         raise ConfigError("the tokenizer has no eos_token: set one (GPT-Neo uses <|endoftext|>)")
@@ -286,7 +279,11 @@ def tokenize_stories(
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         if add_eos:
             ids = [[*x, eos] for x in ids]
-        return {"input_ids": ids, "num_bytes": [len(t.encode("utf-8")) for t in texts]}
+        return {
+            "input_ids": ids,
+            "num_tokens": [len(x) for x in ids],
+            "num_bytes": [len(t.encode("utf-8")) for t in texts],
+        }
 
     return ds.map(
         tokenize,
@@ -352,9 +349,10 @@ def pack_dataset(
     packed = pack_tokenized(tokenized, block_size, num_proc=num_proc)
     if not return_stats:
         return packed
-    lengths = tokenized.with_format("numpy")["input_ids"]
-    n_tokens = int(sum(len(x) for x in lengths))
-    n_bytes = int(np.sum(tokenized.with_format("numpy")["num_bytes"]))
+    import pyarrow.compute as pc
+
+    table = tokenized.data  # map output: no indices mapping, the Arrow table is the dataset
+    n_tokens, n_bytes = (int(pc.sum(table.column(c)).as_py() or 0) for c in ("num_tokens", "num_bytes"))
     stats = PackStats(
         stories=len(tokenized),
         tokens=n_tokens,

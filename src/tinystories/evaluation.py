@@ -34,12 +34,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from tinystories.config import ConfigError, parse_args
+from tinystories.config import TRAINED_CONTEXT, ConfigError, parse_args
 from tinystories.metrics import bits_per_byte, perplexity
 
 logger = logging.getLogger(__name__)
 
-TRAINED_CONTEXT = 512
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "data_generation" / "eval_prompts.jsonl"
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-TRAINED_CONTEXT = 512  # tokens the TinyStories models were trained on; quality degrades past it
+from tinystories.config import TRAINED_CONTEXT
 
 
 @dataclass

@@ -38,7 +38,6 @@ from tinystories.sft import (
     load_example_splits,
     plain_sample_generations,
     prepare_run,
-    report,
     run_info_for,
     sample_generations,
     to_prompt_completion,
@@ -274,7 +273,7 @@ def run(args: LoraScriptArguments, training_args: TinyStoriesLoraConfig) -> dict
     """data → base (+4-bit) → SFTTrainer(peft_config=LoRA) → train → shared tail → merged export."""
     from transformers import set_seed
 
-    from tinystories.training import finish_run
+    from tinystories.training import finish_run, print_summary
 
     validate_lora_args(args)
     resume, push = prepare_run(training_args)
@@ -330,18 +329,15 @@ def run(args: LoraScriptArguments, training_args: TinyStoriesLoraConfig) -> dict
     )
     if args.merge and trainer.is_world_process_zero():
         export_merged(args, training_args.output_dir, tokenizer, run_info, context)
-    report(results, training_args.output_dir, trainer)
+    print_summary(results, training_args.output_dir, trainer, label="eval loss (stories)")
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    import transformers
-
-    from tinystories.config import parse_args
+    from tinystories.config import parse_args, setup_logging
 
     args, training_args = parse_args([LoraScriptArguments, TinyStoriesLoraConfig], argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
+    setup_logging()
     run(args, training_args)
     return 0
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
-from tinystories.config import ConfigError
+from tinystories.config import ConfigError, looks_like_path, offline_hint
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ def load_model(
 
     check_attn_implementation(attn_implementation)
     path = Path(name_or_path).expanduser()
-    if (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1) and not path.exists():
+    if looks_like_path(name_or_path) and not path.exists():
         raise ConfigError(f"model path {name_or_path!r} does not exist: {MODEL_FIX}")
     if path.is_dir() and not (path / "config.json").is_file():
         raise ConfigError(f"{name_or_path!r} has no config.json: {MODEL_FIX}")
@@ -60,9 +59,8 @@ def load_model(
             **kwargs,
         )
     except Exception as err:
-        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
         raise ConfigError(
-            f"could not load model {name_or_path!r}{offline}: {type(err).__name__}: {err}. {MODEL_FIX}. "
+            f"could not load model {name_or_path!r}{offline_hint()}: {type(err).__name__}: {err}. {MODEL_FIX}. "
             "Only safetensors weights are loaded (no pickle); `tinystories pull` explains repos without them."
         ) from err
     return install_attention(model, attn_implementation)

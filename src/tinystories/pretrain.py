@@ -7,22 +7,26 @@ load recipe → load stories → tokenizer (base / trimmed / trained) → pack �
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 from dataclasses import dataclass, field
 
 import torch
-import transformers
 from transformers import GPTNeoForCausalLM, TrainingArguments, set_seed
 
-from tinystories.config import ConfigError, parse_args
+from tinystories.config import ConfigError, parse_args, setup_logging
 from tinystories.data import PackedCollator, load_stories, pack_dataset
 from tinystories.losses import use_fused_cross_entropy
 from tinystories.modeling import check_attn_implementation, install_attention, load_model
 from tinystories.sizes import SIZES, build_config, count_non_embedding_params, size_names
 from tinystories.tokenizer import DEFAULT_TOKENIZER, prepare_tokenizer
-from tinystories.training import BitsPerByteTrainer, TokensPerSecondCallback, finish_run, resolve_resume
+from tinystories.training import (
+    BitsPerByteTrainer,
+    TokensPerSecondCallback,
+    finish_run,
+    print_summary,
+    resolve_resume,
+)
 
 logger = logging.getLogger("tinystories.pretrain")
 
@@ -168,8 +172,7 @@ def validate(model_args: ModelArguments, data_args: DataArguments, args: Pretrai
 
 def main(argv: list[str] | None = None) -> int:
     model_args, data_args, args = parse_args((ModelArguments, DataArguments, PretrainConfig), argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
+    setup_logging()
     validate(model_args, data_args, args)
     configure_precision(args)
     configure_batch(args)
@@ -271,12 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         hub_private=bool(args.hub_private_repo),
         sample_prompts=["Once upon a time", "Lily and her dog went to the park. They"],
     )
-    if trainer.is_world_process_zero() and "eval_loss" in results:
-        print(
-            f"eval loss {results['eval_loss']:.4f} | perplexity {math.exp(results['eval_loss']):.2f} | "
-            f"bits/byte {results.get('eval_bits_per_byte', float('nan')):.4f} | saved to {args.output_dir}",
-            file=sys.stderr,
-        )
+    print_summary(results, args.output_dir, trainer)
     return 0
 
 

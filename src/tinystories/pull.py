@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 
-from tinystories.config import ConfigError, parse_args
+from tinystories.config import TRAINED_CONTEXT, ConfigError, parse_args
 
 ALLOW_PATTERNS = [
     "*.safetensors",
@@ -37,7 +37,6 @@ ALLOW_PATTERNS = [
     "*.jinja",
 ]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".pkl", ".ot")
-TRAINED_CONTEXT = 512
 
 
 @dataclass

@@ -19,22 +19,19 @@ padding-free, which needs per-sequence position ids that GPT-Neo's attention ign
 from __future__ import annotations
 
 import logging
-import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trl import SFTConfig
 
-from tinystories.config import ConfigError
+from tinystories.config import TRAINED_CONTEXT, ConfigError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE = "roneneldan/TinyStories-33M"
 DEFAULT_INSTRUCT_DATA = "roneneldan/TinyStoriesInstruct"
-TRAINED_CONTEXT = 512
 # Instruct prompts for the sample generations written into the model card.
 SAMPLE_PROMPTS: list[dict[str, Any]] = [
     {"words": ["dog", "ball", "happy"], "features": ["Dialogue"]},
@@ -436,7 +433,7 @@ def run(args: SFTScriptArguments, training_args: TinyStoriesSFTConfig) -> dict[s
     """load data → base model → SFTTrainer → train → shared tail. Returns the final metrics."""
     from transformers import set_seed
 
-    from tinystories.training import finish_run
+    from tinystories.training import finish_run, print_summary
 
     resume, push = prepare_run(training_args)
     set_seed(training_args.seed)
@@ -463,27 +460,15 @@ def run(args: SFTScriptArguments, training_args: TinyStoriesSFTConfig) -> dict[s
         hub_private=bool(training_args.hub_private_repo),
         context=min(training_args.max_length, TRAINED_CONTEXT),
     )
-    report(results, training_args.output_dir, trainer)
+    print_summary(results, training_args.output_dir, trainer, label="eval loss (stories)")
     return results
 
 
-def report(results: dict[str, Any], output_dir: str, trainer) -> None:
-    if trainer.is_world_process_zero() and "eval_loss" in results:
-        print(
-            f"eval loss (stories) {results['eval_loss']:.4f} | perplexity {math.exp(min(results['eval_loss'], 50)):.2f}"
-            f" | bits/byte {results.get('eval_bits_per_byte', float('nan')):.4f} | saved to {output_dir}",
-            file=sys.stderr,
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
-    import transformers
-
-    from tinystories.config import parse_args
+    from tinystories.config import parse_args, setup_logging
 
     args, training_args = parse_args([SFTScriptArguments, TinyStoriesSFTConfig], argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
+    setup_logging()
     run(args, training_args)
     return 0
 

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 from transformers import GPTNeoConfig
 
-from tinystories.config import ConfigError
+from tinystories.config import TRAINED_CONTEXT, ConfigError
 
 RELEASED_MAX_POSITIONS = 2048  # what the released config.json files store
-TRAINED_CONTEXT = 512  # what the released models were trained at
 GPT_NEO_VOCAB = 50257
 GPT_NEO_EOS = 50256
 

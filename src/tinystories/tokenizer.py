@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tinystories.config import ConfigError
+from tinystories.config import TRAINED_CONTEXT, ConfigError, looks_like_path, offline_hint
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOKENIZER = "EleutherAI/gpt-neo-125M"
 EOS_TOKEN = "<|endoftext|>"
-TRAINED_CONTEXT = 512
 TOKENIZER_FIX = "pass TOKENIZER=<local tokenizer dir> (or --tokenizer_name) or a reachable Hub id"
 
 
@@ -41,14 +39,13 @@ def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER, revision: str | None =
     from transformers import AutoTokenizer
 
     path = Path(name_or_path).expanduser()
-    if (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1) and not path.exists():
+    if looks_like_path(name_or_path) and not path.exists():
         raise ConfigError(f"tokenizer path {name_or_path!r} does not exist: {TOKENIZER_FIX}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, use_fast=True, **kwargs)
     except Exception as err:
-        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
         raise ConfigError(
-            f"could not load tokenizer {name_or_path!r}{offline}: {type(err).__name__}: {err}. {TOKENIZER_FIX}"
+            f"could not load tokenizer {name_or_path!r}{offline_hint()}: {type(err).__name__}: {err}. {TOKENIZER_FIX}"
         ) from err
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token

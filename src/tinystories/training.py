@@ -16,11 +16,10 @@ from typing import Any
 from transformers import GenerationConfig, Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from tinystories.config import ConfigError
+from tinystories.config import TRAINED_CONTEXT, ConfigError
 
 logger = logging.getLogger(__name__)
 
-TRAINED_CONTEXT = 512
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 
 
@@ -217,6 +216,20 @@ def finish_run(
     logger.info("run saved to %s", output_dir)
     shutdown_distributed(trainer)
     return results
+
+
+def print_summary(
+    results: dict[str, Any], output_dir: str | Path, trainer: Trainer, label: str = "eval loss"
+) -> None:
+    """One stderr line at the end of a training run: final eval loss, perplexity, bits per byte, where it went."""
+    import sys
+
+    if trainer.is_world_process_zero() and "eval_loss" in results:
+        print(
+            f"{label} {results['eval_loss']:.4f} | perplexity {math.exp(min(results['eval_loss'], 50)):.2f}"
+            f" | bits/byte {results.get('eval_bits_per_byte', float('nan')):.4f} | saved to {output_dir}",
+            file=sys.stderr,
+        )
 
 
 def shutdown_distributed(trainer: Trainer) -> None:
