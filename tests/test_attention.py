@@ -15,7 +15,7 @@ from tinystories.attention import (
     sliding_window_mask,
     use_fast_attention,
 )
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 from tinystories.losses import fused_linear_cross_entropy, use_fused_cross_entropy
 
 TOL = 1e-5

@@ -11,7 +11,7 @@ import math
 import pytest
 
 from tinystories.bench import BenchArguments, main, prepare_tokens
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 
 
 def test_prepare_tokens_same_stream(sample_txt, gpt_neo_tokenizer):

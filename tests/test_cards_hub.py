@@ -10,7 +10,7 @@ import torch
 
 from eval_utils import make_tiny_model_dir, train_tiny_tokenizer
 from tinystories import cards, hub, pull
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 
 FAKE_TOKEN = "hf_FAKEfakeFAKEfakeFAKEfakeFAKEfake01"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from datasets import Dataset, DatasetDict
 
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 from tinystories.data import PACK_BATCH_SIZE, iter_txt_stories, load_stories, pack_dataset
 
 STORIES = [

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 from tinystories.dedup import (
     DedupArguments,
     HashConfig,

@@ -11,7 +11,7 @@ import torch
 
 from eval_utils import make_tiny_model_dir, train_tiny_tokenizer
 from tinystories import evaluation
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 from tinystories.metrics import bits_per_byte, num_utf8_bytes, perplexity
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tinystories import judge
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 
 GOOD = "Grammar: 8\nCreativity: 6\nConsistency: 9\nPlot: 7\nAge group: B"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from finetune_utils import TINY_HUB_ID, build_tiny_model_dir, publish_tiny_model, write_instruct_txt
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 from tinystories.lora import (
     GPT_NEO_TARGET_MODULES,
     LoraScriptArguments,

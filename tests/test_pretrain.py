@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tinystories import pretrain
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 
 TINY = [
     "--max_train_samples", "600", "--max_eval_samples", "60",

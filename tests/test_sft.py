@@ -7,7 +7,7 @@ import json
 import pytest
 
 from finetune_utils import TINY_HUB_ID, build_tiny_model_dir, publish_tiny_model, write_instruct_txt
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 from tinystories.instruct import split_prompt_completion
 from tinystories.sft import (
     SFTScriptArguments,

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 from tinystories.sizes import (
     RELEASED_MAX_POSITIONS,
     SIZES,

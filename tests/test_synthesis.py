@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 from tinystories.instruct import parse_example
 from tinystories.synthesis import SynthesisArguments, Vocabulary, run
 from tinystories.synthesis.job import read_shard, shard_dir

@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 from tinystories.data import load_stories
 from tinystories.tokenizer import prepare_tokenizer, select_trimmed_vocab, train_bpe_tokenizer
 

@@ -22,18 +22,17 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
+from tinystories.paths import CARD_INFO_FILE, is_hub_id, looks_like_path, public_name, resolve_hub_id
+
 TEMPLATES = Path(__file__).parent / "templates"
 MODEL_CARD_TEMPLATE = TEMPLATES / "model_card.md.j2"
 DATASET_CARD_TEMPLATE = TEMPLATES / "dataset_card.md.j2"
-CARD_INFO_FILE = "card_info.json"
 EVAL_RESULTS_FILE = "eval_results.json"
-PULL_INFO_FILE = "pull_info.json"
 
 DEFAULT_LICENSE = "apache-2.0"
 DATA_LICENSE = "cdla-sharing-1.0"
 DEFAULT_PROMPT = "Once upon a time, there was a little girl named Lily. She loved to"
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _SECRET_KEY = re.compile(r"(^|_)(token|secret|api_?key|password|credentials?)($|_)", re.IGNORECASE)
 _ENUM_STR = re.compile(r"^[A-Z]\w*\.([A-Z][A-Z0-9_]*)$")  # str(SchedulerType.CONSTANT) -> "constant"
 # What a local path looks like inside text we are about to publish.
@@ -41,68 +40,11 @@ _ABS_PATH = re.compile(
     r"(?<![\w:/.])(/(?:home|root|tmp|work|Users|mnt|data|scratch|var|private)/[^\s\"'`|)]+)"
 )
 _WIN_PATH = re.compile(r"\b[A-Za-z]:\\[^\s\"'`|]+")
-_CACHE_SNAPSHOT = re.compile(r"(?:models|datasets)--([^/\\]+)--([^/\\]+)[/\\]snapshots[/\\]")
 
 JUDGE_CATEGORIES = ("grammar", "creativity", "consistency", "plot")
 
 
-# --------------------------------------------------------------------------- names and paths
-
-
-def _looks_local(value: str) -> bool:
-    return (
-        value.startswith(("/", "./", "../", "~", "\\"))
-        or bool(re.match(r"^[A-Za-z]:[\\/]", value))
-        or value.startswith(("outputs/", "outputs\\"))
-    )
-
-
-def is_hub_id(value: Any) -> bool:
-    """True for an `org/name` Hub repo id that is not a path on this machine."""
-    if not isinstance(value, str) or not _HUB_ID.match(value) or _looks_local(value):
-        return False
-    return not Path(value).exists()
-
-
-def resolve_hub_id(name_or_path: str | os.PathLike | None) -> str | None:
-    """The Hub repo id behind `name_or_path`, or None if it is only a local folder.
-
-    Understands Hub ids, HF-cache snapshot paths (`models--org--name/snapshots/<sha>`), and folders written by
-    `tinystories pull --local_dir` (`pull_info.json`) or by our training tail (`card_info.json` with `repo_id`).
-    """
-    if name_or_path is None:
-        return None
-    value = str(name_or_path)
-    if is_hub_id(value):
-        return value
-    match = _CACHE_SNAPSHOT.search(value)
-    if match:
-        return f"{match.group(1)}/{match.group(2)}"
-    folder = Path(value)
-    for name, key in ((PULL_INFO_FILE, "repo_id"), (CARD_INFO_FILE, "repo_id")):
-        f = folder / name
-        if f.is_file():
-            try:
-                repo_id = json.loads(f.read_text()).get(key)
-            except (OSError, ValueError):
-                continue
-            if is_hub_id(repo_id):
-                return repo_id
-    return None
-
-
-def public_name(value: Any) -> Any:
-    """A name safe to publish: Hub ids unchanged, local paths reduced to their basename."""
-    if not isinstance(value, str):
-        return value
-    if is_hub_id(value):
-        return value
-    hub_id = resolve_hub_id(value)
-    if hub_id:
-        return hub_id
-    if _looks_local(value) or os.sep in value or "/" in value:
-        return Path(value.rstrip("/\\")).name or value
-    return value
+# --------------------------------------------------------------------------- sanitizing
 
 
 def _sanitize(value: Any) -> Any:
@@ -110,7 +52,9 @@ def _sanitize(value: Any) -> Any:
         return {str(k): _sanitize(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
     if isinstance(value, list | tuple):
         return [_sanitize(v) for v in value]
-    if isinstance(value, str) and (_looks_local(value) or _ABS_PATH.search(value) or _WIN_PATH.search(value)):
+    if isinstance(value, str) and (
+        looks_like_path(value) or _ABS_PATH.search(value) or _WIN_PATH.search(value)
+    ):
         return public_name(value)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)

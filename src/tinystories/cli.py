@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from tinystories.core import ConfigError
+
 # stage name -> (module, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
     "train": ("tinystories.pretrain", "pretrain a GPT-Neo model (one of the released sizes or a custom one)"),
@@ -42,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     if stage not in STAGES:
         print(f"error: unknown stage {stage!r}; valid stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
-    from tinystories.config import ConfigError
 
     module = importlib.import_module(STAGES[stage][0])
     try:

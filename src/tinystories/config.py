@@ -7,42 +7,25 @@ A recipe YAML is one reproducible run. Keys map onto dataclass fields (TRL's `Tr
 from __future__ import annotations
 
 import difflib
-import os
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import transformers
 import yaml
 from trl import TrlParser
 
-TRAINED_CONTEXT = 512  # tokens the TinyStories models were trained at; quality degrades past it
-LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+from tinystories.core import ConfigError
 
-
-def looks_like_path(name: str) -> bool:
-    """A Hub id is `name` or `org/name`; anything else (./x, /x, a/b/c, x.txt) is meant as a local path."""
-    return name.startswith((".", "/", "~")) or name.endswith(LOCAL_SUFFIXES) or name.count("/") > 1
-
-
-def offline_hint() -> str:
-    """Appended to Hub errors: the usual reason a download fails on a configured machine."""
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-    return " (HF_HUB_OFFLINE is set)" if offline else ""
+__all__ = ["ConfigError", "check_keys", "load_recipe", "parse_args", "setup_logging"]
 
 
 def setup_logging() -> None:
-    """Logging of a training entry point: timestamps for ours, warnings only from transformers."""
-    import logging
-
-    import transformers
-
+    """Logging of an entry point: timestamps for ours, warnings only from transformers."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
-
-
-class ConfigError(ValueError):
-    """A recipe or command line that cannot be run; the message names the fix."""
 
 
 def _known_keys(parser: TrlParser) -> set[str]:

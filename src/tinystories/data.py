@@ -22,7 +22,9 @@ import datasets
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from tinystories.config import LOCAL_SUFFIXES, ConfigError, looks_like_path, offline_hint
+from tinystories.core import LOCAL_SUFFIXES, ConfigError, offline_hint
+from tinystories.paths import looks_like_path
+from tinystories.shards import is_synthesis_output, load_generated
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,8 @@ def _local_files(path: Path) -> list[Path]:
 
 
 def _load_local(path: Path) -> Dataset | DatasetDict:
+    if path.is_dir() and is_synthesis_output(path):  # a `tinystories data` job: its merged records
+        return load_generated(path)
     if path.is_dir() and (path / "dataset_dict.json").is_file():
         return datasets.load_from_disk(str(path))
     if path.is_dir() and (path / "state.json").is_file():

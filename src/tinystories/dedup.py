@@ -571,10 +571,7 @@ def load_input(source: str, split: str = "train"):
     from datasets import DatasetDict
 
     from tinystories.data import load_raw
-    from tinystories.synthesis.job import is_synthesis_output, load_generated
 
-    if Path(source).is_dir() and is_synthesis_output(source):
-        return load_generated(source)
     ds = load_raw(source)
     if isinstance(ds, DatasetDict):
         if split not in ds:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tinystories.config import ConfigError, looks_like_path, offline_hint
+from tinystories.core import ConfigError, offline_hint
+from tinystories.paths import looks_like_path
 
 logger = logging.getLogger(__name__)
 

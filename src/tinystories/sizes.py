@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from transformers import GPTNeoConfig
 
-from tinystories.config import TRAINED_CONTEXT, ConfigError
+from tinystories.core import TRAINED_CONTEXT, ConfigError
 
 RELEASED_MAX_POSITIONS = 2048  # what the released config.json files store
 GPT_NEO_VOCAB = 50257

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tinystories.config import TRAINED_CONTEXT, ConfigError, looks_like_path, offline_hint
+from tinystories.core import TRAINED_CONTEXT, ConfigError, offline_hint
+from tinystories.paths import looks_like_path
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 from transformers import GenerationConfig, Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from tinystories.config import TRAINED_CONTEXT, ConfigError
+from tinystories.core import TRAINED_CONTEXT, ConfigError
 
 logger = logging.getLogger(__name__)
 

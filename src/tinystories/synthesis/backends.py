@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 from tinystories.synthesis.prompts import PromptSpec, record_rng, split_sentences
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
+from tinystories.shards import (
+    FAILURE_SCHEMA,
+    RECORD_SCHEMA,
+    collect_shards,
+    is_synthesis_output,
+    load_generated,
+    read_shard,
+    shard_dir,
+)
 from tinystories.instruct import InstructExample, format_example, randomize_fields
 from tinystories.synthesis.backends import (
     Completion,
@@ -46,49 +55,6 @@ from tinystories.synthesis.prompts import PromptSpec, Vocabulary, random_sentenc
 
 logger = logging.getLogger(__name__)
 
-RECORD_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("index", pa.int64()),
-        ("seed", pa.int64()),
-        ("mode", pa.string()),
-        ("text", pa.string()),  # what a model trains on: the story, or the formatted Instruct example
-        ("story", pa.string()),
-        ("summary", pa.string()),
-        ("random_sentence", pa.string()),
-        ("words", pa.list_(pa.string())),  # [verb, noun, adjective]
-        ("features", pa.list_(pa.string())),
-        ("instruction_fields", pa.list_(pa.string())),  # Instruct: fields kept, in the order written
-        ("generation_prompt", pa.string()),
-        ("summary_prompt", pa.string()),
-        ("backend", pa.string()),
-        ("model", pa.string()),
-        ("generation_config", pa.string()),  # JSON: max_new_tokens, temperature, top_p, seed, extra_body
-        ("finish_reason", pa.string()),
-        ("completion_tokens", pa.int64()),
-        ("created_at", pa.string()),
-    ]
-)
-FAILURE_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("index", pa.int64()),
-        ("seed", pa.int64()),
-        ("mode", pa.string()),
-        ("words", pa.list_(pa.string())),
-        ("features", pa.list_(pa.string())),
-        ("generation_prompt", pa.string()),
-        ("stage", pa.string()),  # "story" or "summary"
-        ("error", pa.string()),
-        ("error_type", pa.string()),
-        ("status_code", pa.int64()),
-        ("attempts", pa.int64()),
-        ("backend", pa.string()),
-        ("model", pa.string()),
-        ("generation_config", pa.string()),
-        ("created_at", pa.string()),
-    ]
-)
 MODES = ("stories", "instruct")
 BACKENDS = ("openai", "transformers", "vllm", "template")
 
@@ -257,10 +223,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def shard_dir(output_dir: str | Path, shard_index: int, num_shards: int) -> Path:
-    return Path(output_dir) / "shards" / f"shard-{shard_index:05d}-of-{num_shards:05d}"
-
-
 def shard_indices(num_stories: int, num_shards: int, shard_index: int) -> range:
     return range(shard_index, num_stories, num_shards)
 
@@ -315,19 +277,6 @@ class ShardWriter:
             self._write(self.failures, FAILURE_SCHEMA, "failed")
             self.failures = []
         self._last_flush = time.monotonic()
-
-
-def _read_parts(paths: list[Path], schema: pa.Schema) -> pa.Table:
-    if not paths:
-        return schema.empty_table()
-    return pa.concat_tables([pq.read_table(p, schema=schema) for p in paths])
-
-
-def read_shard(directory: Path) -> tuple[pa.Table, pa.Table]:
-    """(records, failures) written so far in one shard directory."""
-    records = _read_parts(sorted(directory.glob("data-*.parquet")), RECORD_SCHEMA)
-    failures = _read_parts(sorted(directory.glob("failed-*.parquet")), FAILURE_SCHEMA)
-    return records, failures
 
 
 @contextlib.contextmanager
@@ -589,59 +538,6 @@ def run_shard(args: SynthesisArguments, backend=None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- merge
-def is_synthesis_output(path: str | Path) -> bool:
-    return (Path(path) / "shards").is_dir()
-
-
-def collect_shards(output_dir: str | Path) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
-    """All records and the failures that never succeeded, from every shard; sorted by index, no duplicates."""
-    root = Path(output_dir)
-    dirs = sorted((root / "shards").glob("shard-*-of-*"))
-    if not dirs:
-        raise ConfigError(
-            f"{str(root)!r} holds no shards/: run `tinystories data` with --output_dir {root} first"
-        )
-    jobs = [json.loads((d / "job.json").read_text()) for d in dirs if (d / "job.json").is_file()]
-    base = {k: v for k, v in jobs[0].items() if k != "num_shards"} if jobs else {}
-    for job in jobs[1:]:
-        if {k: v for k, v in job.items() if k != "num_shards"} != base:
-            raise ConfigError(f"shards in {str(root)!r} come from different jobs: merge each job on its own")
-    num_shards = {int(d.name.split("-of-")[1]) for d in dirs}
-    if len(num_shards) > 1:
-        raise ConfigError(
-            f"{str(root)!r} mixes shard layouts {sorted(num_shards)}: keep one --num_shards per job"
-        )
-    tables = [read_shard(d) for d in dirs]
-    records = pa.concat_tables([t[0] for t in tables]) if tables else RECORD_SCHEMA.empty_table()
-    failures = pa.concat_tables([t[1] for t in tables]) if tables else FAILURE_SCHEMA.empty_table()
-    records = _unique_sorted(records)
-    ok = set(records.column("id").to_pylist())
-    keep = [i for i, x in enumerate(failures.column("id").to_pylist()) if x not in ok]
-    failures = _unique_sorted(failures.take(pa.array(keep, type=pa.int64())), keep="last")
-    expected = base.get("num_stories")
-    n_shards = num_shards.pop()
-    stats = {
-        "expected": expected,
-        "generated": records.num_rows,
-        "failed": failures.num_rows,
-        "missing": (expected - records.num_rows - failures.num_rows) if expected is not None else None,
-        "num_shards": n_shards,
-        "shards_present": len(dirs),
-        "job": base,
-    }
-    return records, failures, stats
-
-
-def _unique_sorted(table: pa.Table, keep: str = "first") -> pa.Table:
-    ids = table.column("id").to_pylist()
-    order = range(len(ids)) if keep == "first" else range(len(ids) - 1, -1, -1)
-    seen: dict[str, int] = {}
-    for i in order:
-        seen.setdefault(ids[i], i)
-    table = table.take(pa.array(sorted(seen.values()), type=pa.int64()))
-    return table.sort_by([("index", "ascending")])
-
-
 def merge(args: SynthesisArguments) -> dict[str, Any]:
     from datasets import Dataset
 
@@ -661,17 +557,6 @@ def merge(args: SynthesisArguments) -> dict[str, Any]:
         dataset.push_to_hub(args.hub_dataset_id, private=args.hub_private)
         stats["pushed_to"] = args.hub_dataset_id
     return stats
-
-
-def load_generated(output_dir: str | Path):
-    """The merged `datasets.Dataset` of a synthesis output dir (merging shards on the fly if needed)."""
-    from datasets import Dataset, load_from_disk
-
-    root = Path(output_dir)
-    if (root / "dataset" / "state.json").is_file():
-        return load_from_disk(str(root / "dataset"))
-    records, _, _ = collect_shards(root)
-    return Dataset(records)
 
 
 def run(args: SynthesisArguments) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from tinystories.config import ConfigError
+from tinystories.core import ConfigError
 
 # src/tinystories/synthesis/prompts.py -> repository root / data_generation
 DEFAULT_DATA_GENERATION_DIR = Path(__file__).resolve().parents[3] / "data_generation"

@@ -1,0 +1,108 @@
+"""Hub id or local path: the one predicate, and the names that are safe to publish.
+
+Every stage that accepts "a Hub id or a local path" decides with `looks_like_path`; cards, eval results and
+adapter configs record names through `resolve_hub_id` / `public_name` / `display_path`, so no absolute local
+path reaches a file that may be shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from tinystories.core import LOCAL_SUFFIXES
+
+CARD_INFO_FILE = "card_info.json"
+PULL_INFO_FILE = "pull_info.json"
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+_CACHE_SNAPSHOT = re.compile(r"(?:models|datasets)--([^/\\]+)--([^/\\]+)[/\\]snapshots[/\\]")
+OUTPUT_ROOTS = ("outputs/", "outputs\\")  # where every stage writes: never a Hub namespace
+
+
+def _exists(value: str) -> bool:
+    try:
+        return "\n" not in value and Path(value).expanduser().exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a path here
+        return False
+
+
+def looks_like_path(name: str | os.PathLike) -> bool:
+    """True when `name` means a local path: it exists here, or cannot be a Hub id (`name` / `org/name`).
+
+    `./x`, `/x`, `~/x`, `C:\\x`, `a/b/c`, `x.txt` and anything under `outputs/` are paths even before they exist.
+    """
+    value = str(name)
+    if _exists(value):
+        return True
+    return (
+        value.startswith((".", "/", "~", "\\", *OUTPUT_ROOTS))
+        or bool(_WINDOWS_DRIVE.match(value))
+        or value.endswith(LOCAL_SUFFIXES)
+        or value.count("/") > 1
+    )
+
+
+def is_hub_id(value: Any) -> bool:
+    """True for an `org/name` Hub repo id that is not a path on this machine."""
+    return isinstance(value, str) and bool(_HUB_ID.match(value)) and not looks_like_path(value)
+
+
+def resolve_hub_id(name_or_path: str | os.PathLike | None) -> str | None:
+    """The Hub repo id behind `name_or_path`, or None if it is only a local folder.
+
+    Understands Hub ids, HF-cache snapshot paths (`models--org--name/snapshots/<sha>`), and folders written by
+    `tinystories pull --local_dir` (`pull_info.json`) or by the training tail (`card_info.json` with `repo_id`).
+    """
+    if name_or_path is None:
+        return None
+    value = str(name_or_path)
+    if is_hub_id(value):
+        return value
+    match = _CACHE_SNAPSHOT.search(value)
+    if match:
+        return f"{match.group(1)}/{match.group(2)}"
+    for name in (PULL_INFO_FILE, CARD_INFO_FILE):
+        path = Path(value) / name
+        if not path.is_file():
+            continue
+        try:
+            repo_id = json.loads(path.read_text()).get("repo_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if is_hub_id(repo_id):
+            return repo_id
+    return None
+
+
+def public_name(value: Any) -> Any:
+    """A name safe to publish: Hub ids unchanged (also behind a cache path), local paths reduced to their basename."""
+    if not isinstance(value, str) or is_hub_id(value):
+        return value
+    hub_id = resolve_hub_id(value)
+    if hub_id:
+        return hub_id
+    if looks_like_path(value) or os.sep in value or "/" in value:
+        return Path(value.rstrip("/\\")).name or value
+    return value
+
+
+def display_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """`path` relative to `root` (default: the current directory) when inside it, else its basename.
+
+    For files that record where their inputs came from (eval results, dedup stats, adapter configs).
+    """
+    resolved = Path(path).expanduser().resolve()
+    try:
+        return resolved.relative_to(Path(root or Path.cwd()).resolve()).as_posix()
+    except ValueError:
+        return resolved.name
+
+
+def data_name(data: str) -> str:
+    """What result files record as the data: the Hub id as given, else a path relative to here or a basename."""
+    return display_path(data) if _exists(data) else data
