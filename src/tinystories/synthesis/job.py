@@ -34,16 +34,15 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from tinystories.core import ConfigError
+from tinystories.instruct import InstructExample, format_example, randomize_fields
 from tinystories.shards import (
     FAILURE_SCHEMA,
     RECORD_SCHEMA,
     collect_shards,
-    is_synthesis_output,
     load_generated,
     read_shard,
     shard_dir,
 )
-from tinystories.instruct import InstructExample, format_example, randomize_fields
 from tinystories.synthesis.backends import (
     Completion,
     GenerationFailure,
