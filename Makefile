@@ -62,10 +62,10 @@ test-slow: install
 	$(PY) -m pytest -m slow $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff format --check src tests && $(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests benchmarks && $(VENV)/bin/ruff check src tests benchmarks
 
 format: install
-	$(VENV)/bin/ruff format src tests && $(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests benchmarks && $(VENV)/bin/ruff check --fix src tests benchmarks
 
 quickstart: install
 	bash scripts/quickstart.sh
@@ -120,7 +120,7 @@ pull: install
 	$(TS) pull --model $(or $(MODEL),roneneldan/TinyStories-33M) $(call opt,--revision,$(REVISION)) $(call opt,--local_dir,$(OUTPUT_DIR)) $(ARGS)
 
 bench: install
-	$(TS) bench $(ARGS)
+	$(PY) -m benchmarks.bench $(ARGS)
 
 clean:
 	rm -rf outputs/quickstart outputs/bench

@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+from benchmarks.dedup_bench import make_benchmark_corpus, run_benchmark, score
 from datasets import load_from_disk
 
 from tinystories.core import ConfigError
@@ -15,11 +16,8 @@ from tinystories.dedup import (
     HashConfig,
     Hasher,
     deduplicate,
-    make_benchmark_corpus,
     normalize_words,
     run,
-    run_benchmark,
-    score,
 )
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eval_utils import make_tiny_model_dir, train_tiny_tokenizer
-from tinystories import evaluation
+from tinystories import evaluation, metrics
 from tinystories.core import ConfigError
 from tinystories.metrics import bits_per_byte, num_utf8_bytes, perplexity
 
@@ -64,7 +64,7 @@ def test_windows_score_every_target_once():
     seq = list(range(23))
     for max_len, stride in [(8, 4), (8, 7), (5, 1), (30, 15), (23, 10)]:
         scored = []
-        for window, first in evaluation._windows(seq, max_len, stride):
+        for window, first in metrics._windows(seq, max_len, stride):
             assert 1 <= first < len(window) <= max_len
             scored += window[first:]
             if window[0] != 0:  # later windows keep max_len - stride tokens of context
@@ -86,7 +86,7 @@ def test_loss_equals_direct_unbatched_computation(tiny):
             assert ids.shape[1] <= 1024
             total += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
             tokens += ids.shape[1] - 1
-    got = evaluation.score_texts(model, tokenizer, texts, max_length=1024, batch_size=5, progress=False)
+    got = metrics.score_texts(model, tokenizer, texts, max_length=1024, batch_size=5, progress=False)
     assert got["num_tokens"] == tokens
     assert got["num_bytes"] == sum(len(t.encode("utf-8")) for t in texts)
     assert got["num_windows"] == len(texts)
@@ -95,7 +95,7 @@ def test_loss_equals_direct_unbatched_computation(tiny):
     assert got["bits_per_byte"] == pytest.approx(total / (math.log(2) * got["num_bytes"]), rel=1e-5)
     assert got["perplexity"] == pytest.approx(math.exp(total / tokens), rel=1e-5)
     # batching and padding do not change the numbers
-    one = evaluation.score_texts(model, tokenizer, texts, max_length=1024, batch_size=1, progress=False)
+    one = metrics.score_texts(model, tokenizer, texts, max_length=1024, batch_size=1, progress=False)
     assert one["total_nll"] == pytest.approx(got["total_nll"], rel=1e-6)
 
 
@@ -119,7 +119,7 @@ def test_long_stories_are_scored_in_windows_within_the_context(tiny):
                 total += model(input_ids=ids, labels=labels).loss.item() * n
                 tokens += n
                 done, start = end, end - (max_len - stride)
-    got = evaluation.score_texts(model, tokenizer, texts, max_length=max_len, stride=stride, progress=False)
+    got = metrics.score_texts(model, tokenizer, texts, max_length=max_len, stride=stride, progress=False)
     assert got["num_tokens"] == tokens == sum(len(tokenizer(t)["input_ids"]) + 1 for t in texts)
     assert got["num_windows"] > len(texts)
     assert got["total_nll"] == pytest.approx(total, rel=1e-5)
@@ -131,7 +131,7 @@ def test_bits_per_byte_metric_module_matches_eval(tiny):
     long_ctx, _, tokenizer, texts = tiny
     metric = evaluate.load(str(REPO / "metrics" / "bits_per_byte"))
     via_module = metric.compute(predictions=texts, model_id=str(long_ctx), max_length=1024)
-    direct = evaluation.score_texts(_load(long_ctx), tokenizer, texts, max_length=1024, progress=False)
+    direct = metrics.score_texts(_load(long_ctx), tokenizer, texts, max_length=1024, progress=False)
     assert via_module["num_tokens"] == direct["num_tokens"]
     assert via_module["bits_per_byte"] == pytest.approx(direct["bits_per_byte"], rel=1e-5)
     converted = metric.compute(predictions=["ab", "c"], nll=[math.log(2) * 4, math.log(2) * 2], num_tokens=3)
@@ -186,7 +186,7 @@ def test_eval_cli_writes_results_completions_and_card(tiny, tmp_path, monkeypatc
     from tinystories.data import load_stories
 
     held_out = list(load_stories(str(data), validation_fraction=0.25, seed=42)["validation"]["text"])
-    direct = evaluation.score_texts(_load(model_a), tokenizer, held_out, max_length=512, progress=False)
+    direct = metrics.score_texts(_load(model_a), tokenizer, held_out, max_length=512, progress=False)
     assert res_a["num_tokens"] == direct["num_tokens"]
     assert res_a["loss"] == pytest.approx(direct["loss"], rel=1e-5)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -13,11 +14,14 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import evaluate
 import pytest
 import torch
 
-from tinystories import judge
+from eval_utils import make_tiny_model_dir, train_tiny_tokenizer
+from tinystories import evaluation, judge
 from tinystories.core import ConfigError
+from tinystories.openai_client import RetryPolicy
 
 GOOD = "Grammar: 8\nCreativity: 6\nConsistency: 9\nPlot: 7\nAge group: B"
 
@@ -100,8 +104,6 @@ def test_parse_malformed_is_reported_not_raised(answer, reason):
 
 
 def test_parse_never_raises_on_noise():
-    import random
-
     rng = random.Random(0)
     alphabet = "Grammar:Plot Age group ABCDEF0123456789{}[]\"'/\n*-–.,"
     for _ in range(500):
@@ -226,13 +228,13 @@ ROWS = [
 
 
 def _config(url, **kw):
-    return judge.JudgeConfig(base_url=url, model="judge", backoff=0.01, **kw)
+    return judge.JudgeArguments(judge_base_url=url, judge_model="judge", judge_backoff=0.01, **kw)
 
 
 def test_retries_on_5xx_then_succeeds(scripted):
     server = scripted([(500, "boom"), (503, "busy"), (200, GOOD)])
     graded, summary = judge.run_judge(
-        ROWS[:1], _config(server.url, two_turn=False, max_retries=3), progress=False
+        ROWS[:1], _config(server.url, judge_single_turn=True, judge_max_retries=3), progress=False
     )
     assert server.calls == 3 and graded[0]["status"] == "ok" and summary["graded"] == 1
 
@@ -240,13 +242,13 @@ def test_retries_on_5xx_then_succeeds(scripted):
 def test_client_errors_fail_without_retry_and_do_not_stop_the_run(scripted):
     server = scripted([(400, "bad request")])
     graded, summary = judge.run_judge(
-        ROWS[:2], _config(server.url, two_turn=False, max_retries=3), progress=False
+        ROWS[:2], _config(server.url, judge_single_turn=True, judge_max_retries=3), progress=False
     )
     assert server.calls == 2 and summary["failed"] == 2 and "400" in graded[0]["error"]
 
 
 def test_unreachable_server_is_counted_as_failed():
-    config = _config(f"http://127.0.0.1:{_free_port()}/v1", max_retries=1, timeout=5)
+    config = _config(f"http://127.0.0.1:{_free_port()}/v1", judge_max_retries=1, judge_timeout=5)
     _, summary = judge.run_judge(ROWS[:2], config, progress=False)
     assert summary["failed"] == 2 and summary["graded"] == 0 and summary["scores"]["grammar"]["mean"] is None
 
@@ -254,7 +256,7 @@ def test_unreachable_server_is_counted_as_failed():
 def test_concurrency_is_bounded_and_order_kept(scripted):
     server = scripted([(200, GOOD)], delay=0.15)
     rows = [dict(r, id=f"r{i}") for i, r in enumerate(ROWS)]
-    graded, summary = judge.run_judge(rows, _config(server.url, concurrency=2), progress=False)
+    graded, summary = judge.run_judge(rows, _config(server.url, judge_concurrency=2), progress=False)
     assert server.calls == 12  # two turns per completion
     assert server.max_active == 2
     assert [g["id"] for g in graded] == [r["id"] for r in rows]
@@ -264,22 +266,41 @@ def test_concurrency_is_bounded_and_order_kept(scripted):
 
 def test_key_from_environment(monkeypatch):
     monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
+
+    def args(url):
+        return judge.JudgeArguments(judge_base_url=url, judge_model="m", judge_api_key_env="MY_JUDGE_KEY")
+
     with pytest.raises(ConfigError, match="MY_JUDGE_KEY"):
-        judge.JudgeConfig("https://api.example.com/v1", "m", api_key_env="MY_JUDGE_KEY").check()
+        args("https://api.example.com/v1").validate()
     monkeypatch.setenv("MY_JUDGE_KEY", "sk-test")
-    assert (
-        judge.JudgeConfig("https://api.example.com/v1", "m", api_key_env="MY_JUDGE_KEY").api_key()
-        == "sk-test"
-    )
-    assert (
-        judge.JudgeConfig("http://127.0.0.1:8000/v1", "m", api_key_env="MY_JUDGE_KEY").api_key() == "sk-test"
-    )
+    assert args("https://api.example.com/v1").api_key() == "sk-test"
+    assert args("http://127.0.0.1:8000/v1").api_key() == "sk-test"
     assert judge.public_url("https://user:pw@host.example:8443/v1?key=1") == "https://host.example:8443/v1"
 
 
-def test_llm_judge_metric_module(scripted):
-    import evaluate
+def test_judge_arguments_validate():
+    off = judge.JudgeArguments()
+    assert not off.enabled
+    off.validate()  # no judge asked for: nothing to check
+    with pytest.raises(ConfigError, match="needs both --judge_base_url and --judge_model"):
+        judge.JudgeArguments(judge_base_url="http://127.0.0.1:1/v1").validate()
+    with pytest.raises(ConfigError, match="needs both --judge_base_url and --judge_model"):
+        judge.JudgeArguments(judge_model="m").validate()
+    with pytest.raises(ConfigError, match="judge_concurrency >= 1"):
+        judge.JudgeArguments(
+            judge_base_url="http://127.0.0.1:1/v1", judge_model="m", judge_concurrency=0
+        ).validate()
 
+
+def test_retry_policy_backoff_and_retry_after():
+    policy = RetryPolicy(max_retries=3, backoff_base=1.0, backoff_max=4.0, rng=random.Random(0))
+    assert all(0.5 <= policy.delay(1) <= 1.5 for _ in range(50))
+    assert all(2.0 <= policy.delay(10) <= 6.0 for _ in range(50))  # capped at backoff_max, jittered
+    assert policy.delay(1, retry_after=3.0) >= 3.0  # the server's Retry-After is honoured...
+    assert policy.delay(1, retry_after=100.0) <= 6.0  # ...up to backoff_max
+
+
+def test_llm_judge_metric_module(scripted):
     server = scripted([(200, GOOD)])
     metric = evaluate.load(str(Path(__file__).resolve().parents[1] / "metrics" / "llm_judge"))
     out = metric.compute(
@@ -295,8 +316,6 @@ def test_llm_judge_metric_module(scripted):
 @pytest.fixture(scope="module")
 def served_model(stories, tmp_path_factory):
     """`transformers serve` on 127.0.0.1 with a tiny random chat model: a real OpenAI-compatible server."""
-    from eval_utils import make_tiny_model_dir, train_tiny_tokenizer
-
     root = tmp_path_factory.mktemp("served")
     # the two-turn judge conversation is ~1,000 tiny-BPE tokens: give the model room for it
     folder = make_tiny_model_dir(root / "judge", train_tiny_tokenizer(stories[:200]), max_positions=2048)
@@ -333,8 +352,6 @@ def served_model(stories, tmp_path_factory):
 
 
 def test_eval_with_judge_against_a_real_local_server(served_model, tmp_path, monkeypatch):
-    from tinystories import evaluation
-
     folder, url = served_model
     monkeypatch.chdir(tmp_path)
     before = torch.get_num_threads()

@@ -9,14 +9,13 @@ import torch
 
 from finetune_utils import TINY_HUB_ID, build_tiny_model_dir, publish_tiny_model, write_instruct_txt
 from tinystories.core import ConfigError
+from tinystories.finetune import prepare_data, validate_model_config
 from tinystories.lora import (
     GPT_NEO_TARGET_MODULES,
+    LoraModelConfig,
     LoraScriptArguments,
     adapter_base_name,
     expected_trainable_parameters,
-    lora_config,
-    prepare_data,
-    validate_lora_args,
 )
 
 
@@ -29,10 +28,11 @@ def tiny_model_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
 def test_trainable_parameter_count(tiny_model_dir, targets):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
+    from trl import get_peft_config
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    args = LoraScriptArguments(lora_r=4, lora_alpha=8, lora_target_modules=list(targets))
-    peft_model = get_peft_model(model, lora_config(args))
+    peft_config = get_peft_config(LoraModelConfig(lora_r=4, lora_alpha=8, lora_target_modules=list(targets)))
+    peft_model = get_peft_model(model, peft_config)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     # hidden 32, 2 layers, r 4: q/k/v/out 4 x r(32+32), c_fc r(32+128), c_proj r(128+32) = 18 r h per layer
     expected = {6: 2 * 18 * 4 * 32, 2: 2 * 2 * 4 * 64}[
@@ -53,9 +53,9 @@ def test_qlora_needs_cuda_and_bitsandbytes():
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
     with pytest.raises(ConfigError, match="CUDA GPU"):
-        validate_lora_args(LoraScriptArguments(load_in_4bit=True))
+        validate_model_config(LoraModelConfig(load_in_4bit=True), LoraScriptArguments())
     with pytest.raises(ConfigError, match="data_format"):
-        validate_lora_args(LoraScriptArguments(data_format="chat"))
+        validate_model_config(LoraModelConfig(), LoraScriptArguments(data_format="chat"))
 
 
 def test_adapter_base_name_never_absolute(tmp_path, monkeypatch, tiny_model_dir):

@@ -8,15 +8,16 @@ import pytest
 
 from finetune_utils import TINY_HUB_ID, build_tiny_model_dir, publish_tiny_model, write_instruct_txt
 from tinystories.core import ConfigError
-from tinystories.instruct import split_prompt_completion
-from tinystories.sft import (
-    SFTScriptArguments,
+from tinystories.finetune import (
+    FinetuneModelConfig,
     TinyStoriesSFTConfig,
     build_trainer,
     load_base,
-    prepare_instruct_data,
+    prepare_data,
     validate_training_args,
 )
+from tinystories.instruct import split_prompt_completion
+from tinystories.sft import SFTScriptArguments
 
 FAST = {
     "per_device_train_batch_size": 4,
@@ -39,9 +40,9 @@ def instruct_txt(tmp_path_factory, stories):
 def _prepared_trainer(tiny_model_dir, instruct_txt, tmp_path, **overrides):
     args = SFTScriptArguments(base_model=str(tiny_model_dir), data=str(instruct_txt), max_train_samples=40)
     training_args = TinyStoriesSFTConfig(output_dir=str(tmp_path / "out"), **{**FAST, **overrides})
-    data = prepare_instruct_data(args)
-    model, tokenizer = load_base(args)
-    return build_trainer(args, training_args, model, tokenizer, data), data, tokenizer
+    data, _ = prepare_data(args)
+    model, tokenizer = load_base(args, FinetuneModelConfig())
+    return build_trainer(training_args, model, tokenizer, data), data, tokenizer
 
 
 def test_prompt_tokens_masked_story_and_eos_trained(tiny_model_dir, instruct_txt, tmp_path):
@@ -96,7 +97,7 @@ def test_config_errors_before_work(tiny_model_dir, sample_txt, tmp_path):
         TinyStoriesSFTConfig(output_dir=str(tmp_path), precision="fp8")
     # plain stories are not Instruct data: say so and name the fix
     with pytest.raises(ConfigError, match="data_format stories"):
-        prepare_instruct_data(SFTScriptArguments(base_model=str(tiny_model_dir), data=str(sample_txt)))
+        prepare_data(SFTScriptArguments(base_model=str(tiny_model_dir), data=str(sample_txt)))
     # on a CPU, precision auto is fp32 (TRL alone would turn bf16 on)
     cfg = TinyStoriesSFTConfig(output_dir=str(tmp_path), use_cpu=True)
     assert not cfg.bf16 and not cfg.fp16

@@ -13,12 +13,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from datasets import load_from_disk
+import torch
+from datasets import Dataset, load_from_disk
+from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM
 
 from tinystories.core import ConfigError
 from tinystories.instruct import parse_example
+from tinystories.shards import read_shard, shard_dir
 from tinystories.synthesis import SynthesisArguments, Vocabulary, run
-from tinystories.synthesis.job import read_shard, shard_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import FakeOpenAIServer, expected_outcome, fake_story, ok_plan
@@ -195,9 +197,6 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def tiny_chat_model(tmp_path_factory, gpt_neo_tokenizer_dir):
-    import torch
-    from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM
-
     torch.manual_seed(0)
     config = GPTNeoConfig(
         vocab_size=50257, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
@@ -280,8 +279,6 @@ def test_vllm_backend_is_optional(tmp_path):
 
 
 def test_merge_pushes_to_hub(tmp_path, monkeypatch):
-    from datasets import Dataset
-
     pushed = {}
 
     def fake_push(self, repo_id, **kwargs):  # the Hub is unreachable here: record the call instead

@@ -13,7 +13,9 @@ Two ways to call it:
 import datasets
 import evaluate
 
-from tinystories.metrics import bits_per_byte, num_utf8_bytes, perplexity
+from tinystories.metrics import bits_per_byte, num_utf8_bytes, perplexity, score_texts
+from tinystories.modeling import context_limit, load_model
+from tinystories.tokenizer import load_tokenizer
 
 _CITATION = """\
 @article{eldan2023tinystories,
@@ -89,18 +91,13 @@ class BitsPerByte(evaluate.Metric):
             return out
         if model_id is None:
             raise ValueError("pass model_id=<Hub id or dir> to score the texts, or nll=[...] to convert")
-        from tinystories.evaluation import TRAINED_CONTEXT, score_texts
-        from tinystories.modeling import load_model
-        from tinystories.tokenizer import load_tokenizer
-
         model = load_model(model_id, revision=revision).to(device)
         tokenizer = load_tokenizer(model_id, revision=revision)
-        stored = int(getattr(model.config, "max_position_embeddings", TRAINED_CONTEXT) or TRAINED_CONTEXT)
         scores = score_texts(
             model,
             tokenizer,
             texts,
-            max_length or min(stored, TRAINED_CONTEXT),
+            max_length or context_limit(model),
             batch_size,
             stride,
             progress=False,

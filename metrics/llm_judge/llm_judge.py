@@ -9,7 +9,7 @@ raised; means come with Student-t 95% confidence intervals.
 import datasets
 import evaluate
 
-from tinystories.judge import CATEGORIES, JudgeConfig, run_judge
+from tinystories.judge import CATEGORIES, JudgeArguments, run_judge
 
 _CITATION = """\
 @article{eldan2023tinystories,
@@ -66,22 +66,22 @@ class LLMJudge(evaluate.Metric):
         temperature=0.0,
         two_turn=True,
     ):
-        config = JudgeConfig(
-            base_url=base_url,
-            model=model,
-            api_key_env=api_key_env,
-            concurrency=concurrency,
-            max_retries=max_retries,
-            timeout=timeout,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            two_turn=two_turn,
+        judge_args = JudgeArguments(
+            judge_base_url=base_url,
+            judge_model=model,
+            judge_api_key_env=api_key_env,
+            judge_concurrency=concurrency,
+            judge_max_retries=max_retries,
+            judge_timeout=timeout,
+            judge_max_tokens=max_tokens,
+            judge_temperature=temperature,
+            judge_single_turn=not two_turn,
         )
         rows = [
             {"id": str(i), "prompt": p, "completion": c}
             for i, (p, c) in enumerate(zip(prompts, predictions, strict=True))
         ]
-        _, summary = run_judge(rows, config, progress=False)
+        _, summary = run_judge(rows, judge_args, progress=False)
         out = {}
         for cat in CATEGORIES:
             out[cat] = summary["scores"][cat]["mean"]

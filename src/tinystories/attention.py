@@ -41,7 +41,12 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from transformers import PreTrainedModel
+from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.models.gpt_neo.modeling_gpt_neo import GPTNeoSelfAttention
+
+from tinystories.core import ConfigError
 
 BACKENDS = ("sdpa", "flex", "eager")
 
@@ -171,8 +176,6 @@ def _to_additive(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor 
 
 @functools.lru_cache(maxsize=32)
 def _flex_block_mask(seq_len: int, window: int | None, device: torch.device, block: int):
-    from torch.nn.attention.flex_attention import create_block_mask
-
     if window is None:
 
         def mask_mod(b, h, q, kv):
@@ -188,8 +191,6 @@ def _flex_block_mask(seq_len: int, window: int | None, device: torch.device, blo
 
 @functools.cache
 def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
     return torch.compile(flex_attention, dynamic=False)
 
 
@@ -213,8 +214,6 @@ class GPTNeoFlexAttention(GPTNeoSdpaAttention):
         cpu_grad = query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad
         if attention_mask is not None or q_len != kv_len or q_len == 1 or dropout or cpu_grad:
             return self._sdpa(query, key, value, attention_mask)
-        from torch.nn.attention.flex_attention import flex_attention
-
         window = self.config.window_size if self.attention_type == "local" else None
         if window is not None and q_len <= window:
             window = None  # the window cannot bite: plain causal
@@ -245,8 +244,6 @@ def _set_config_attn(model: nn.Module, implementation: str) -> None:
     The copy keeps the caller's config object untouched (so `GPTNeoForCausalLM(config)` still works on it).
     """
     replaced: dict[int, object] = {}
-    from transformers import PreTrainedModel
-
     for module in model.modules():
         if not isinstance(module, (PreTrainedModel, GPTNeoSelfAttention)):
             continue
@@ -269,18 +266,7 @@ def use_fast_attention(model: nn.Module, backend: str = "sdpa") -> nn.Module:
     attention are returned unchanged. Returns `model` for chaining.
     """
     if backend not in BACKENDS:
-        from tinystories.config import ConfigError
-
         raise ConfigError(f"unknown attention backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    if backend == "flex":
-        try:
-            import torch.nn.attention.flex_attention  # noqa: F401
-        except ImportError as e:  # pragma: no cover - torch without flex
-            from tinystories.config import ConfigError
-
-            raise ConfigError(
-                f"backend 'flex' needs torch.nn.attention.flex_attention ({e}); use 'sdpa'"
-            ) from e
     cls = _CLASSES[backend]
     found = False
     for module in model.modules():
@@ -304,8 +290,6 @@ def use_fast_gelu(model: nn.Module, enable: bool = True) -> nn.Module:
     fused kernel differs by float rounding only (~1e-7 in fp32). The activation has no parameters and
     the config keeps saying `gelu_new`, so checkpoints are unchanged. `enable=False` restores it.
     """
-    from transformers.activations import GELUTanh, NewGELUActivation
-
     old, new = (NewGELUActivation, GELUTanh) if enable else (GELUTanh, NewGELUActivation)
     for module in list(model.modules()):
         for name, child in list(module.named_children()):

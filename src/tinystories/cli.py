@@ -1,36 +1,94 @@
 """`tinystories <stage> [args]`: one console script for every stage of the pipeline.
 
-Each stage lives in its own module with a `main(argv)` function; modules are imported lazily so
-`tinystories --help` is fast and a stage's heavy imports only happen when it runs.
+`STAGES` is the one table that maps a stage's CLI subcommand to its Makefile target, recipe folder and
+entry-point module (the README shows it). Modules are imported only when their stage runs, so
+`tinystories --help` is fast and a stage's heavy imports happen only when it runs.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
+from typing import NamedTuple
 
 from tinystories.core import ConfigError
 
-# stage name -> (module, one-line help)
-STAGES: dict[str, tuple[str, str]] = {
-    "train": ("tinystories.pretrain", "pretrain a GPT-Neo model (one of the released sizes or a custom one)"),
-    "tokenizer": ("tinystories.tokenizer", "build a trimmed (top-K) or trained byte-level BPE tokenizer"),
-    "sft": ("tinystories.sft", "supervised fine-tuning of the Instruct variant with TRL SFTTrainer"),
-    "lora": ("tinystories.lora", "LoRA / QLoRA fine-tuning with PEFT"),
-    "generate": ("tinystories.generate", "generate a story (plain beginning or Instruct prompt)"),
-    "eval": ("tinystories.evaluation", "held-out loss, perplexity, bits per byte, completions, LLM judge"),
-    "data": ("tinystories.synthesis", "synthesize stories (TinyStories / Instruct) with an LLM backend"),
-    "dedup": ("tinystories.dedup", "exact + near-duplicate removal and decontamination"),
-    "push": ("tinystories.hub", "push a model or dataset folder to the Hub (or stage it with --dry_run)"),
-    "pull": ("tinystories.pull", "download a released checkpoint from the Hub"),
-    "bench": ("tinystories.bench", "training-throughput and dedup benchmarks"),
+
+class Stage(NamedTuple):
+    make: str  # the Makefile target
+    recipes: str | None  # the recipe folder under recipes/
+    module: str  # the entry point: a module with `main(argv)`
+    help: str
+
+
+STAGES: dict[str, Stage] = {
+    "data": Stage(
+        "data",
+        "data",
+        "tinystories.synthesis",
+        "synthesize stories (TinyStories / Instruct) with an LLM backend",
+    ),
+    "dedup": Stage(
+        "dedup", "data", "tinystories.dedup", "exact + near-duplicate removal and decontamination"
+    ),
+    "tokenizer": Stage(
+        "tokenizer",
+        None,
+        "tinystories.tokenizer",
+        "build a trimmed (top-K) or trained byte-level BPE tokenizer",
+    ),
+    "train": Stage(
+        "train",
+        "pretrain",
+        "tinystories.pretrain",
+        "pretrain a GPT-Neo model (a released size or a custom one)",
+    ),
+    "sft": Stage(
+        "sft",
+        "instruct",
+        "tinystories.sft",
+        "supervised fine-tuning of the Instruct variant with TRL SFTTrainer",
+    ),
+    "lora": Stage("lora", "lora", "tinystories.lora", "LoRA / DoRA / QLoRA fine-tuning with PEFT"),
+    "generate": Stage(
+        "generate", None, "tinystories.generate", "generate a story (plain beginning or Instruct prompt)"
+    ),
+    "eval": Stage(
+        "eval",
+        "eval",
+        "tinystories.evaluation",
+        "held-out loss, perplexity, bits per byte, completions, LLM judge",
+    ),
+    "push": Stage(
+        "push",
+        None,
+        "tinystories.hub",
+        "push a model or dataset folder to the Hub (or stage it with --dry_run)",
+    ),
+    "pull": Stage("pull", None, "tinystories.pull", "download a released checkpoint from the Hub"),
+    "bench": Stage(
+        "bench",
+        None,
+        "benchmarks.bench",
+        "training-throughput and dedup benchmarks (from a repository checkout)",
+    ),
 }
+
+
+def stage_table() -> str:
+    """The STAGES table as Markdown (the README's copy is checked against it by the tests)."""
+    lines = ["| `tinystories` | `make` | recipes | module |", "|---|---|---|---|"]
+    for name, s in STAGES.items():
+        recipes = f"`recipes/{s.recipes}/`" if s.recipes else "—"
+        lines.append(f"| `{name}` | `make {s.make}` | {recipes} | `{s.module}` |")
+    return "\n".join(lines)
 
 
 def _usage() -> str:
     width = max(len(s) for s in STAGES)
     lines = ["usage: tinystories <stage> [--config recipe.yaml] [--key value ...]", "", "stages:"]
-    lines += [f"  {name.ljust(width)}  {desc}" for name, (_, desc) in STAGES.items()]
+    lines += [f"  {name.ljust(width)}  {stage.help}" for name, stage in STAGES.items()]
     lines += ["", "`tinystories <stage> --help` lists the options of a stage."]
     return "\n".join(lines)
 
@@ -44,8 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     if stage not in STAGES:
         print(f"error: unknown stage {stage!r}; valid stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
-
-    module = importlib.import_module(STAGES[stage][0])
+    if STAGES[stage].module.startswith("benchmarks.") and Path("benchmarks", "__init__.py").is_file():
+        sys.path.insert(0, str(Path.cwd()))  # the benchmark harness lives in the checkout, not the package
+    try:
+        module = importlib.import_module(STAGES[stage].module)
+    except ModuleNotFoundError as err:
+        if not err.name or not err.name.startswith("benchmarks"):
+            raise
+        print(f"error: `tinystories {stage}` runs from a repository checkout (make {stage})", file=sys.stderr)
+        return 2
     try:
         result = module.main(rest)
     except ConfigError as err:  # bad input: the message names the fix, a traceback adds nothing

@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
+import torch
 from datasets import Dataset, DatasetDict
+from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
+from huggingface_hub.errors import OfflineModeIsEnabled
 
 from tinystories.core import LOCAL_SUFFIXES, ConfigError, offline_hint
+from tinystories.metrics import num_utf8_bytes
 from tinystories.paths import looks_like_path
 from tinystories.shards import is_synthesis_output, load_generated
 
@@ -124,9 +129,6 @@ def hub_txt_splits(repo_id: str, revision: str | None) -> tuple[str, str | None]
     rows), which cuts every example apart; they are downloaded and split at `<|endoftext|>` instead.
     Returns None for a repo with a structured format (parquet/json/arrow), which `load_stories` reads.
     """
-    from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
     try:
         files = list_repo_files(repo_id, repo_type="dataset", revision=revision)
     except OfflineModeIsEnabled:
@@ -264,12 +266,49 @@ def load_stories(
     return (result, stats) if return_stats else result
 
 
+def load_eval_texts(
+    data: str,
+    split: str = "validation",
+    validation_fraction: float = 0.1,
+    seed: int = 42,
+    text_column: str = "text",
+    max_samples: int | None = None,
+) -> list[str]:
+    """The held-out stories: the Hub split as published, or the same held-out fraction training used."""
+    if not looks_like_path(data):
+        try:
+            ds = datasets.load_dataset(data, split=split)
+        except Exception as err:
+            raise ConfigError(
+                f"could not load split {split!r} of dataset {data!r}{offline_hint()}: {type(err).__name__}: {err}. "
+                "Pass DATA=<local .txt/.jsonl/.parquet> or a reachable Hub dataset id."
+            ) from err
+        if text_column not in ds.column_names:
+            raise ConfigError(
+                f"dataset has no {text_column!r} column ({ds.column_names}); pass --text_column"
+            )
+        if max_samples:
+            ds = ds.select(range(min(max_samples, len(ds))))
+        texts = ds[text_column]
+    else:
+        splits = load_stories(
+            data,
+            validation_fraction=validation_fraction,
+            seed=seed,
+            text_column=text_column,
+            max_eval_samples=max_samples,
+            max_train_samples=max_samples,
+        )
+        if split not in splits:
+            raise ConfigError(f"split {split!r} not available: use one of {list(splits)}")
+        texts = splits[split][text_column]
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise ConfigError(f"no non-empty stories in split {split!r} of {data!r}")
+    return texts
+
+
 # --------------------------------------------------------------------------------------------- packing
-def text_num_bytes(texts: Iterable[str]) -> int:
-    """UTF-8 bytes of the texts: the denominator of bits per byte."""
-    return sum(len(t.encode("utf-8")) for t in texts)
-
-
 def tokenize_stories(
     ds: Dataset, tokenizer, text_column: str = "text", num_proc: int | None = None, add_eos: bool = True
 ) -> Dataset:
@@ -286,7 +325,7 @@ def tokenize_stories(
         return {
             "input_ids": ids,
             "num_tokens": [len(x) for x in ids],
-            "num_bytes": [len(t.encode("utf-8")) for t in texts],
+            "num_bytes": [num_utf8_bytes(t) for t in texts],
         }
 
     return ds.map(
@@ -353,8 +392,6 @@ def pack_dataset(
     packed = pack_tokenized(tokenized, block_size, num_proc=num_proc)
     if not return_stats:
         return packed
-    import pyarrow.compute as pc
-
     table = tokenized.data  # map output: no indices mapping, the Arrow table is the dataset
     n_tokens, n_bytes = (int(pc.sum(table.column(c)).as_py() or 0) for c in ("num_tokens", "num_bytes"))
     stats = PackStats(
@@ -372,7 +409,5 @@ class PackedCollator:
     """Stack equal-length packed blocks; labels are the inputs (the model shifts them)."""
 
     def __call__(self, features: list[dict]) -> dict:
-        import torch
-
         input_ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
         return {"input_ids": input_ids, "labels": input_ids.clone()}

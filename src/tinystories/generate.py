@@ -10,16 +10,22 @@ plain story beginning (after the instructions, when both are given). Sampling st
 the released models were trained at (512 tokens: their stored `max_position_embeddings` 2048 is
 misleading) and stops at the end-of-text token. Only the story is printed.
 
-`generate_story` is the reusable piece (evaluation samples, model cards).
+The sampling itself is `tinystories.generation.generate_story` (also used for card samples and eval).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
+from tinystories.config import parse_args
+from tinystories.core import TRAINED_CONTEXT, ConfigError
+from tinystories.generation import generate_story
+from tinystories.instruct import build_prompt
+from tinystories.modeling import context_limit, load_model
+from tinystories.runtime import resolve_device, resolve_dtype
+from tinystories.tokenizer import load_tokenizer
 
-from tinystories.config import TRAINED_CONTEXT
+__all__ = ["TRAINED_CONTEXT", "GenerateArguments", "context_limit", "generate_story", "main"]
 
 
 @dataclass
@@ -63,91 +69,11 @@ class GenerateArguments:
 
 
 def _split_list(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for value in values or []:
-        out += [v.strip() for v in value.split(",") if v.strip()]
-    return out
-
-
-def context_limit(model) -> int:
-    """Tokens the model may see at once: the trained context (512), or less if the config says so."""
-    config = getattr(model, "config", None)
-    max_positions = getattr(config, "max_position_embeddings", None) or TRAINED_CONTEXT
-    return min(TRAINED_CONTEXT, int(max_positions))
-
-
-@torch.no_grad()
-def generate_story(
-    model,
-    tokenizer,
-    prompt: str = "",
-    max_new_tokens: int = 400,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    top_p: float | None = 0.95,
-    seed: int | None = None,
-    num_return_sequences: int = 1,
-) -> str | list[str]:
-    """Continue `prompt` until the end-of-text token (or the trained context is full).
-
-    Returns the generated continuation only (without the prompt and without the EOS token); a list
-    when `num_return_sequences > 1`. `max_new_tokens` is capped so that prompt + continuation fit in
-    the model's trained context (512). `temperature <= 0` decodes greedily.
-    """
-    from transformers import GenerationConfig, set_seed
-
-    eos_id = tokenizer.eos_token_id
-    if eos_id is None:
-        raise ValueError("the tokenizer has no eos_token: generation could not stop at the end of a story")
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    if (
-        not prompt_ids
-    ):  # unconditional: start from <|endoftext|>, the separator the model saw before each story
-        prompt_ids = [eos_id]
-    limit = context_limit(model)
-    room = limit - len(prompt_ids)
-    if room <= 0:
-        raise ValueError(
-            f"the prompt is {len(prompt_ids)} tokens, but the model was trained on {limit}-token contexts: "
-            "shorten the prompt"
-        )
-    max_new_tokens = max(1, min(int(max_new_tokens), room))
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([prompt_ids], device=device)
-    do_sample = temperature is not None and temperature > 0
-    sampling = {}
-    if do_sample:
-        sampling = {"temperature": float(temperature), "top_k": top_k or 0, "top_p": top_p or 1.0}
-    if seed is not None:
-        set_seed(seed)
-    was_training = model.training
-    model.eval()
-    # A complete generation config: the checkpoint's own (max_length, top_k, ...) must not override these.
-    generation_config = GenerationConfig(
-        max_length=len(prompt_ids) + max_new_tokens,  # max_new_tokens would clash with a stored max_length
-        do_sample=do_sample,
-        num_return_sequences=num_return_sequences,
-        eos_token_id=eos_id,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id,
-        **sampling,
-    )
-    output = model.generate(
-        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=generation_config
-    )
-    if was_training:
-        model.train()
-    stories = []
-    for row in output[:, len(prompt_ids) :].tolist():
-        if eos_id in row:  # stop at the first EOS; what follows is padding
-            row = row[: row.index(eos_id)]
-        stories.append(tokenizer.decode(row, skip_special_tokens=True))
-    return stories if num_return_sequences > 1 else stories[0]
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
 
 def build_generation_prompt(args: GenerateArguments) -> tuple[str, bool]:
     """(prompt, is_instruct): the Instruct prompt when any instruction field is given, plus `--prompt`."""
-    from tinystories.instruct import build_prompt
-
     words, features = _split_list(args.words), _split_list(args.features)
     is_instruct = bool(words or features or args.summary or args.random_sentence)
     prompt = ""
@@ -155,58 +81,18 @@ def build_generation_prompt(args: GenerateArguments) -> tuple[str, bool]:
         prompt = build_prompt(
             words=words, features=features, summary=args.summary, random_sentence=args.random_sentence
         )
-    if args.prompt:
-        prompt += args.prompt
-    return prompt, is_instruct
-
-
-def load_for_generation(name_or_path: str, revision: str | None = None, dtype=None):
-    """A causal LM from a Hub id or dir; a LoRA adapter dir (`tinystories lora` output) is merged onto its base."""
-    from pathlib import Path
-
-    from tinystories.modeling import install_attention, load_model
-
-    path = Path(name_or_path).expanduser()
-    if path.is_dir() and (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        # the base named in adapter_config.json (a Hub id, or a path relative to the current directory)
-        model = AutoPeftModelForCausalLM.from_pretrained(
-            str(path), dtype=dtype, use_safetensors=True, trust_remote_code=False
-        )
-        return install_attention(model.merge_and_unload())
-    return load_model(name_or_path, revision=revision, dtype=dtype)
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return prompt + (args.prompt or ""), is_instruct
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tinystories.config import ConfigError, parse_args
-
     (args,) = parse_args([GenerateArguments], argv)
-    if args.num_stories < 1:
-        raise ConfigError("--num_stories must be at least 1")
-    if args.max_new_tokens < 1:
-        raise ConfigError("--max_new_tokens must be at least 1")
-    if args.dtype not in (None, "float32", "bfloat16", "float16"):
-        raise ConfigError(f"--dtype {args.dtype!r}: use float32, bfloat16 or float16")
+    if args.num_stories < 1 or args.max_new_tokens < 1:
+        raise ConfigError("--num_stories and --max_new_tokens must be at least 1")
     prompt, _ = build_generation_prompt(args)
-
-    from tinystories.tokenizer import load_tokenizer
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
 
     tokenizer = load_tokenizer(args.model, revision=args.revision)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = load_for_generation(args.model, revision=args.revision, dtype=dtype).to(
-        _resolve_device(args.device)
-    )
+    model = load_model(args.model, revision=args.revision, dtype=dtype).to(device)
     try:
         stories = generate_story(
             model,
@@ -221,16 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    if isinstance(stories, str):
-        stories = [stories]
+
     if args.show_prompt and prompt:
         print(prompt, end="" if prompt.endswith("\n") else "\n")
-    for i, story in enumerate(stories):
+    for i, story in enumerate([stories] if isinstance(stories, str) else stories):
         if i:
             print("\n" + "-" * 40 + "\n")
-        # a plain beginning is part of the story; an Instruct prompt is not
-        beginning = args.prompt or ""
-        print((beginning + story).strip())
+        print(
+            ((args.prompt or "") + story).strip()
+        )  # a plain beginning is part of the story; instructions are not
     return 0
 
 

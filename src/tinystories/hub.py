@@ -18,8 +18,14 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datasets import DatasetDict, load_from_disk
+from huggingface_hub import HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 from tinystories import cards
-from tinystories.config import ConfigError, parse_args
+from tinystories.config import parse_args
+from tinystories.core import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +56,6 @@ LOGIN_HINT = "run `hf auth login` (formerly `huggingface-cli login`) or set the 
 
 
 def _split_repo(repo_id: str) -> tuple[str, str]:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
         raise ConfigError(f"REPO must be `user/name` (or `org/name`), got {repo_id!r}")
     try:
@@ -196,8 +200,6 @@ def _find_saved_dataset(folder: Path) -> Path | None:
 
 def _export_parquet(source: Path, stage: Path) -> dict:
     """Write `data/<split>-NNNNN-of-NNNNN.parquet` (what `load_dataset(repo_id)` reads); returns card info."""
-    from datasets import DatasetDict, load_from_disk
-
     loaded = load_from_disk(str(source))
     splits = loaded if isinstance(loaded, DatasetDict) else {"train": loaded}
     (stage / "data").mkdir(parents=True, exist_ok=True)
@@ -254,8 +256,6 @@ def _check_binary_file(path: Path, rel: Path, folder: Path, token: str | None) -
 
 
 def _get_token() -> str | None:
-    from huggingface_hub import get_token
-
     return get_token()
 
 
@@ -265,9 +265,6 @@ def check_push_ready(repo_id: str | None, api=None) -> str:
     Training scripts call this at start-up when `--push_to_hub` is set, so a missing token fails in seconds,
     not after hours of training.
     """
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
     if not repo_id:
         raise ConfigError("pushing needs a repo id: pass --hub_model_id <user/name> (make: REPO=user/name)")
     api = api or HfApi()
@@ -304,8 +301,6 @@ def check_push_ready(repo_id: str | None, api=None) -> str:
 
 def _check_token_and_repo(api, repo_id: str, private: bool, revision: str | None, repo_type: str) -> str:
     """Fail before any upload: token present and valid, namespace writable, repo (and branch) ready."""
-    from huggingface_hub.errors import HfHubHTTPError
-
     token = check_push_ready(repo_id, api)
     try:
         space = {"space_sdk": "gradio"} if repo_type == "space" else {}
@@ -330,8 +325,6 @@ def push_folder(
     repo_type: str = "model",
 ) -> str:
     """Stage `folder` and upload it to `repo_id`; returns the staged path (dry run) or the commit URL."""
-    from huggingface_hub import HfApi
-
     if repo_type not in ("model", "dataset", "space"):
         raise ConfigError(
             f"repo_type must be 'model', 'dataset' or 'space' (metric modules), got {repo_type!r}"

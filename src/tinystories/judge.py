@@ -4,13 +4,16 @@ Eldan & Li (2023, §3) give the judge a story beginning and the student's comple
 ask for a free-form assessment (grammar, consistency with the beginning, whether the sentence split by
 `***` is completed), then, in a second turn, for grades in grammar, creativity, consistency and plot,
 and a guess of the student's age group (A: 3 or under ... F: 13-16). We keep both turns (or one combined
-request with `two_turn=False`), ask for the grades in a fixed line format, and parse answers defensively:
-an answer that lacks a grade or has one out of range is counted as malformed (with the reason and the raw
-text kept), a request that still fails after the retries is counted as failed; neither stops the run.
+request with `judge_single_turn=True`), ask for the grades in a fixed line format, and parse answers
+defensively: an answer that lacks a grade or has one out of range is counted as malformed (with the reason
+and the raw text kept), a request that still fails after the retries is counted as failed; neither stops
+the run.
 
-Requests go through `openai.AsyncOpenAI` with at most `concurrency` in flight and exponential backoff on
-connection errors, timeouts, 429 and 5xx. Scores are aggregated as means with Student-t 95% confidence
-intervals per category (completions of the same prompt are treated as independent).
+Requests go through `openai.AsyncOpenAI` with at most `judge_concurrency` in flight, retried by the shared
+policy of `tinystories.openai_client` (timeouts, dropped connections, 408/409/425/429/5xx, malformed
+bodies; exponential backoff with jitter, honouring `Retry-After`). Scores are aggregated as means with
+Student-t 95% confidence intervals per category (completions of the same prompt are treated as
+independent).
 """
 
 from __future__ import annotations
@@ -19,16 +22,20 @@ import asyncio
 import json
 import math
 import os
-import random
 import re
 import statistics
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from scipy import stats
+from tqdm.auto import tqdm
+
+from tinystories import openai_client
 from tinystories.core import ConfigError
+from tinystories.openai_client import RequestFailed, RetryPolicy
 
 CATEGORIES = ("grammar", "creativity", "consistency", "plot")
 AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12", "F": "13-16"}
@@ -190,8 +197,6 @@ def mean_ci(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
     mean = statistics.fmean(values)
     if n < 2:
         return {"n": 1, "mean": mean, "std": None, "ci95": None}
-    from scipy import stats
-
     std = statistics.stdev(values)
     half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
     return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half]}
@@ -225,39 +230,65 @@ def aggregate(graded: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @dataclass
-class JudgeConfig:
-    base_url: str | None
-    model: str | None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    max_retries: int = 4
-    timeout: float = 120.0
-    max_tokens: int = 400
-    temperature: float = 0.0
-    two_turn: bool = True
-    backoff: float = 1.0  # seconds before the first retry; doubles each time
+class JudgeArguments:
+    """The `--judge_*` flags of `tinystories eval` (and the `llm_judge` metric's settings)."""
+
+    judge_base_url: str | None = field(
+        default=None, metadata={"help": "e.g. https://api.openai.com/v1 or a vLLM server"}
+    )
+    judge_model: str | None = field(default=None, metadata={"help": "judge model name on that endpoint"})
+    judge_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "environment variable holding the key"}
+    )
+    judge_concurrency: int = field(default=8, metadata={"help": "requests in flight"})
+    judge_max_retries: int = field(default=4, metadata={"help": "retries per request (exponential backoff)"})
+    judge_timeout: float = field(default=120.0, metadata={"help": "seconds per request"})
+    judge_max_tokens: int = field(default=400, metadata={"help": "tokens per judge answer"})
+    judge_temperature: float = field(default=0.0, metadata={"help": "judge sampling temperature"})
+    judge_single_turn: bool = field(
+        default=False, metadata={"help": "one request per completion instead of the paper's two turns"}
+    )
+    judge_backoff: float = field(
+        default=1.0, metadata={"help": "seconds before the first retry; doubled per retry, jittered"}
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a judge was asked for (a URL or a model given)."""
+        return bool(self.judge_base_url or self.judge_model)
 
     def api_key(self) -> str:
         """The key from the environment; local servers (localhost, 127.0.0.1) need none."""
-        if not self.base_url or not self.model:
-            raise ConfigError("the judge needs --judge_base_url and --judge_model")
-        key = os.environ.get(self.api_key_env)
+        if not self.judge_base_url or not self.judge_model:
+            raise ConfigError("the judge needs both --judge_base_url and --judge_model")
+        key = os.environ.get(self.judge_api_key_env)
         if key:
             return key
-        host = urlsplit(self.base_url).hostname or ""
+        host = urlsplit(self.judge_base_url).hostname or ""
         if host in ("localhost", "127.0.0.1", "::1", "0.0.0.0"):
             return "EMPTY"
         raise ConfigError(
-            f"no API key for the judge at {public_url(self.base_url)}: export {self.api_key_env}=... "
+            f"no API key for the judge at {public_url(self.judge_base_url)}: export {self.judge_api_key_env}=... "
             "(or name another variable with --judge_api_key_env)"
         )
 
-    def check(self) -> None:
-        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0:
+    def validate(self) -> None:
+        """Fail before any model is loaded: a half-given endpoint, bad limits, a missing key.
+
+        A judge that is off (neither --judge_base_url nor --judge_model) has nothing to check.
+        """
+        if not self.enabled:
+            return
+        if self.judge_concurrency < 1 or self.judge_max_retries < 0 or self.judge_timeout <= 0:
             raise ConfigError(
                 "judge_concurrency >= 1, judge_max_retries >= 0 and judge_timeout > 0 are required"
             )
-        self.api_key()
+        self.api_key()  # also: both --judge_base_url and --judge_model
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_retries=self.judge_max_retries, backoff_base=self.judge_backoff, timeout=self.judge_timeout
+        )
 
 
 def public_url(url: str | None) -> str | None:
@@ -271,45 +302,37 @@ def public_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-class RequestFailed(Exception):
-    pass
+async def _chat(
+    client, messages: list[dict[str, str]], args: JudgeArguments, policy: RetryPolicy, label: str
+) -> str:
+    async def once() -> str:
+        response = await client.chat.completions.create(
+            model=args.judge_model,
+            messages=messages,
+            temperature=args.judge_temperature,
+            max_tokens=args.judge_max_tokens,
+        )
+        if not response.choices:
+            return ""
+        return response.choices[0].message.content or ""
+
+    return await policy.call(once, label)
 
 
-async def _chat(client, messages: list[dict[str, str]], config: JudgeConfig) -> str:
-    import openai
-
-    retryable = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
-    for attempt in range(config.max_retries + 1):
-        try:
-            response = await client.chat.completions.create(
-                model=config.model,
-                messages=messages,
-                temperature=config.temperature,
-                max_tokens=config.max_tokens,
-            )
-            if not response.choices:
-                return ""
-            return response.choices[0].message.content or ""
-        except retryable as err:
-            if attempt == config.max_retries:
-                raise RequestFailed(f"{type(err).__name__}: {err}") from err
-            await asyncio.sleep(config.backoff * 2**attempt * (0.5 + random.random()))
-        except openai.APIStatusError as err:  # 4xx other than 429: retrying will not help
-            raise RequestFailed(f"{type(err).__name__} {err.status_code}: {err.message}") from err
-    raise RequestFailed("unreachable")
-
-
-async def _grade_one(client, row: dict[str, Any], config: JudgeConfig) -> dict[str, Any]:
+async def _grade_one(
+    client, row: dict[str, Any], args: JudgeArguments, policy: RetryPolicy
+) -> dict[str, Any]:
     out = {k: row.get(k) for k in ("id", "prompt_id", "category", "prompt", "completion")}
+    prompt, completion, label = row["prompt"], row["completion"], f"judge row {row.get('id')}"
     try:
-        if config.two_turn:
-            assessment = await _chat(client, assessment_messages(row["prompt"], row["completion"]), config)
-            answer = await _chat(
-                client, grading_messages(row["prompt"], row["completion"], assessment), config
-            )
-        else:
+        if args.judge_single_turn:
             assessment = None
-            answer = await _chat(client, single_turn_messages(row["prompt"], row["completion"]), config)
+            answer = await _chat(client, single_turn_messages(prompt, completion), args, policy, label)
+        else:
+            assessment = await _chat(client, assessment_messages(prompt, completion), args, policy, label)
+            answer = await _chat(
+                client, grading_messages(prompt, completion, assessment), args, policy, label
+            )
     except RequestFailed as err:
         return {**out, "status": "failed", "error": str(err), "scores": {}, "age_group": None}
     parsed = parse_grades(answer)
@@ -325,21 +348,17 @@ async def _grade_one(client, row: dict[str, Any], config: JudgeConfig) -> dict[s
 
 
 async def grade_async(
-    rows: list[dict[str, Any]], config: JudgeConfig, progress: bool = True
+    rows: list[dict[str, Any]], args: JudgeArguments, progress: bool = True
 ) -> list[dict[str, Any]]:
-    """Grade every row (`prompt`, `completion`), at most `config.concurrency` requests at a time, in order."""
-    import openai
-    from tqdm.auto import tqdm
-
-    client = openai.AsyncOpenAI(
-        base_url=config.base_url, api_key=config.api_key(), max_retries=0, timeout=config.timeout
-    )
-    semaphore = asyncio.Semaphore(config.concurrency)
-    bar = tqdm(total=len(rows), desc=f"judging with {config.model}", unit="story", disable=not progress)
+    """Grade every row (`prompt`, `completion`), at most `judge_concurrency` requests at a time, in order."""
+    client = openai_client.client(args.judge_base_url, args.api_key(), args.judge_timeout)
+    policy = args.retry_policy()
+    semaphore = asyncio.Semaphore(args.judge_concurrency)
+    bar = tqdm(total=len(rows), desc=f"judging with {args.judge_model}", unit="story", disable=not progress)
 
     async def one(row):
         async with semaphore:
-            result = await _grade_one(client, row, config)
+            result = await _grade_one(client, row, args, policy)
         bar.update(1)
         return result
 
@@ -350,16 +369,16 @@ async def grade_async(
         await client.close()
 
 
-def run_judge(rows: list[dict[str, Any]], config: JudgeConfig, progress: bool = True):
+def run_judge(rows: list[dict[str, Any]], judge_args: JudgeArguments, progress: bool = True):
     """Grade `rows` and return (per-row results, summary for eval_results.json)."""
-    config.check()
+    judge_args.validate()
     start = time.perf_counter()
-    graded = asyncio.run(grade_async(rows, config, progress))
+    graded = asyncio.run(grade_async(rows, judge_args, progress))
     summary = {
-        "model": config.model,
-        "base_url": public_url(config.base_url),
-        "scheme": "two-turn" if config.two_turn else "single-turn",
-        "temperature": config.temperature,
+        "model": judge_args.judge_model,
+        "base_url": public_url(judge_args.judge_base_url),
+        "scheme": "single-turn" if judge_args.judge_single_turn else "two-turn",
+        "temperature": judge_args.judge_temperature,
         **aggregate(graded),
         "seconds": round(time.perf_counter() - start, 2),
     }

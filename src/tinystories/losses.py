@@ -22,6 +22,7 @@ import types
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 IGNORE_INDEX = -100
 DEFAULT_CHUNK_SIZE = 256
@@ -147,8 +148,6 @@ def _fused_forward(
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
     num_items_in_batch = kwargs.pop("num_items_in_batch", None)
     base = getattr(self, self.base_model_prefix)
     outputs = base(

@@ -37,6 +37,8 @@ def looks_like_path(name: str | os.PathLike) -> bool:
     `./x`, `/x`, `~/x`, `C:\\x`, `a/b/c`, `x.txt` and anything under `outputs/` are paths even before they exist.
     """
     value = str(name)
+    if "://" in value:  # a URL is neither a Hub id nor a local path
+        return False
     if _exists(value):
         return True
     return (

@@ -14,12 +14,26 @@ fix (a revision that has them, e.g. the Hub's conversion PR `refs/pr/<n>`).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 
-from tinystories.config import TRAINED_CONTEXT, ConfigError, parse_args
+from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers import AutoConfig
+
+from tinystories.config import parse_args
+from tinystories.core import TRAINED_CONTEXT, ConfigError
+from tinystories.tokenizer import load_tokenizer
 
 ALLOW_PATTERNS = [
     "*.safetensors",
@@ -51,14 +65,6 @@ class PullArguments:
 
 def _remote_files(repo_id: str, revision: str | None) -> list[str] | None:
     """The repo's file list, or None when offline (then the cache decides)."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
     if constants.HF_HUB_OFFLINE:
         return None
     try:
@@ -85,10 +91,6 @@ def _remote_files(repo_id: str, revision: str | None) -> list[str] | None:
 
 def pull(repo_id: str, revision: str | None = None, local_dir: str | None = None) -> Path:
     """Download the safetensors checkpoint of `repo_id`; returns the folder holding it."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
@@ -118,7 +120,6 @@ def pull(repo_id: str, revision: str | None = None, local_dir: str | None = None
         ) from None
     folder = Path(folder)
     if local_dir and files is None:  # offline: copy the cached snapshot (symlinks resolved) into local_dir
-        import shutil
 
         def _ignore(directory, names):
             return [
@@ -134,8 +135,6 @@ def pull(repo_id: str, revision: str | None = None, local_dir: str | None = None
             f"no safetensors weights in the downloaded {repo_id}: pass a --revision that has them"
         )
     if local_dir:
-        from huggingface_hub import HfApi, constants
-
         commit = None
         if not constants.HF_HUB_OFFLINE:
             try:
@@ -172,10 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     folder = pull(args.model, args.revision, args.local_dir)
     print(f"pulled {args.model}{'@' + args.revision if args.revision else ''}: {describe(folder)}")
     if args.verify:
-        from transformers import AutoConfig
-
-        from tinystories.tokenizer import load_tokenizer
-
         AutoConfig.from_pretrained(folder, trust_remote_code=False)
         tokenizer = load_tokenizer(str(folder))
         print(f"tokenizer: {len(tokenizer):,} tokens, eos {tokenizer.eos_token!r}")

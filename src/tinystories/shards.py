@@ -7,8 +7,9 @@ Layout of a job's `output_dir`::
     shards/shard-00000-of-00004/failed-00000.parquet requests that failed for good, with the error
     dataset/   failed/   stats.json                   the merge: one `datasets` dataset (+ failures)
 
-`tinystories.synthesis.job` writes it; `tinystories.data.load_raw` reads it (merging shards on the fly when
-`dataset/` is not written yet), so dedup, pretraining, SFT and eval all accept a synthesis output dir.
+`tinystories.synthesis` (`records`, `job`) writes it; `tinystories.data.load_raw` reads it (merging shards
+on the fly when `dataset/` is not written yet), so dedup, pretraining, SFT and eval all accept a synthesis
+output dir.
 """
 
 from __future__ import annotations

@@ -24,8 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tokenizers import ByteLevelBPETokenizer, Tokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from tinystories.config import parse_args
 from tinystories.core import TRAINED_CONTEXT, ConfigError, offline_hint
+from tinystories.data import load_stories, tokenize_stories
 from tinystories.paths import looks_like_path
 
 logger = logging.getLogger(__name__)
@@ -37,8 +41,6 @@ TOKENIZER_FIX = "pass TOKENIZER=<local tokenizer dir> (or --tokenizer_name) or a
 
 def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER, revision: str | None = None, **kwargs):
     """AutoTokenizer (fast) from a Hub id or dir, with pad = eos when the tokenizer has no pad token."""
-    from transformers import AutoTokenizer
-
     path = Path(name_or_path).expanduser()
     if looks_like_path(name_or_path) and not path.exists():
         raise ConfigError(f"tokenizer path {name_or_path!r} does not exist: {TOKENIZER_FIX}")
@@ -148,16 +150,12 @@ def build_trimmed_tokenizer_json(
 
 def trim_tokenizer(base_tokenizer, token_id_batches: Iterable[Iterable[int]], k: int, output_dir: str | Path):
     """Save a top-K trimmed copy of `base_tokenizer` to `output_dir` and return it (AutoTokenizer-loadable)."""
-    from transformers import PreTrainedTokenizerFast
-
     base_json = json.loads(base_tokenizer.backend_tokenizer.to_str())
     counts = token_counts(token_id_batches, len(base_tokenizer))
     result = select_trimmed_vocab(base_json, counts, k, base_tokenizer.eos_token or EOS_TOKEN)
     trimmed_json = build_trimmed_tokenizer_json(base_json, result, base_tokenizer.eos_token or EOS_TOKEN)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    from tokenizers import Tokenizer
-
     backend = Tokenizer.from_str(json.dumps(trimmed_json))
     eos = base_tokenizer.eos_token or EOS_TOKEN
     tokenizer = PreTrainedTokenizerFast(
@@ -192,9 +190,6 @@ def trim_tokenizer(base_tokenizer, token_id_batches: Iterable[Iterable[int]], k:
 # ------------------------------------------------------------------------------------------- own BPE
 def train_bpe_tokenizer(texts: Iterator[str] | Iterable[str], vocab_size: int, output_dir: str | Path):
     """Train a byte-level BPE (GPT-2 style pre-tokenization) with `<|endoftext|>` as EOS/BOS/pad."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
     if vocab_size < 257 + 1:
         raise ConfigError(f"--vocab_size {vocab_size} is too small for a byte-level BPE (needs at least 258)")
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
@@ -248,30 +243,24 @@ def prepare_tokenizer(
         meta = json.loads((output_dir / "trimmed_vocab.json").read_text())
         if meta["vocab_size"] == vocab_size:
             return load_tokenizer(str(output_dir))
-    from tinystories.data import tokenize_stories
-
     tokenized = tokenize_stories(train_dataset, base, text_column=text_column, num_proc=num_proc)
     ids = (row for batch in _batched_texts(tokenized, "input_ids") for row in batch)
     return trim_tokenizer(base, ids, vocab_size, output_dir)
 
 
+@dataclass
+class TokenizerArguments:
+    output_dir: str
+    dataset_name: str = "roneneldan/TinyStories"
+    tokenizer_name: str = DEFAULT_TOKENIZER
+    vocab_size: int = 10000
+    train_tokenizer: bool = False
+    text_column: str = "text"
+    max_train_samples: int | None = None
+
+
 def main(argv: list[str] | None = None) -> int:
     """`tinystories tokenizer --dataset_name DATA --vocab_size K [--train_tokenizer true] --output_dir DIR`."""
-    from dataclasses import dataclass as _dc
-
-    from tinystories.config import parse_args
-    from tinystories.data import load_stories
-
-    @_dc
-    class TokenizerArguments:
-        output_dir: str
-        dataset_name: str = "roneneldan/TinyStories"
-        tokenizer_name: str = DEFAULT_TOKENIZER
-        vocab_size: int = 10000
-        train_tokenizer: bool = False
-        text_column: str = "text"
-        max_train_samples: int | None = None
-
     (args,) = parse_args([TokenizerArguments], argv)
     data = load_stories(
         args.dataset_name, text_column=args.text_column, max_train_samples=args.max_train_samples

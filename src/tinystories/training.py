@@ -1,29 +1,61 @@
-"""What every training recipe shares: resume logic, bits-per-byte logging and the common tail.
+"""What every training stage shares: start-up checks, the Trainer additions, the run record and the tail.
 
-The tail (`finish_run`) is the one place where a run is saved (safetensors + tokenizer + generation
-config), its metrics and loss curve are written, its model card is generated and it is pushed.
-Pretraining, SFT and LoRA all end here, so they cannot drift apart.
+Pretraining, SFT and LoRA all start with `prepare_run` (push token and resume decided before any data is
+read), train a `BitsPerByteTrainer` with `TokensPerSecondCallback`, describe themselves with `run_record`,
+and end in `finish_run`: the one place where a run is saved (safetensors, tokenizer, generation config),
+its metrics and loss curve are written, card samples are generated, its model card is rendered, a LoRA
+adapter is optionally merged into a plain model, and the folder is pushed. They cannot drift apart.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
+import os
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import GenerationConfig, Trainer, TrainerCallback
+import torch
+import torch.distributed as dist
+from peft import PeftModel
+from transformers import GenerationConfig, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from tinystories.cards import write_model_card
 from tinystories.core import TRAINED_CONTEXT, ConfigError
+from tinystories.generation import sample_generations
+from tinystories.hub import check_push_ready, push_folder
+from tinystories.metrics import bits_per_byte, perplexity
+from tinystories.modeling import load_model
+from tinystories.paths import public_name, resolve_hub_id
+from tinystories.plots import save_loss_curve
+from tinystories.runtime import precision_name
 
 logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 
 
-# ------------------------------------------------------------------------------------------- resume
+# ------------------------------------------------------------------------------------------- start-up
+@dataclass
+class Tail:
+    """What `finish_run` does after training (besides saving): push, card samples, merged LoRA export."""
+
+    push: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = False
+    context: int = TRAINED_CONTEXT  # written as the generation config's max_length
+    samples: str | None = "stories"  # the `SAMPLE_PROMPTS` kind of the card samples; None: no samples
+    num_samples: int = 3
+    sample_max_new_tokens: int = 120
+    merge_onto: str | None = None  # LoRA: merge the saved adapter onto this base into <output_dir>/merged
+    merge_revision: str | None = None
+    attn_implementation: str = "sdpa"
+
+
 def resolve_resume(output_dir: str | Path, resume_from_checkpoint: str | None, overwrite: bool) -> str | None:
     """The checkpoint to resume from: the given one, else the newest in `output_dir`, else None.
 
@@ -50,25 +82,41 @@ def resolve_resume(output_dir: str | Path, resume_from_checkpoint: str | None, o
     return None
 
 
-# ------------------------------------------------------------------------------------ bits per byte
+def prepare_run(args: TrainingArguments, **tail_fields: Any) -> tuple[str | None, Tail]:
+    """(checkpoint to resume from, the tail's settings), decided before any data is read.
+
+    A push is checked now (token, namespace), so a missing token fails in seconds, not after training;
+    the Trainer's own push is turned off: the tail pushes the finished folder (weights, card, metrics) once.
+    """
+    push = bool(args.push_to_hub)
+    if push:
+        check_push_ready(args.hub_model_id)
+    args.push_to_hub = False
+    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    tail = Tail(
+        push=push, hub_model_id=args.hub_model_id, hub_private=bool(args.hub_private_repo), **tail_fields
+    )
+    return resume, tail
+
+
+# ------------------------------------------------------------------------------------ Trainer additions
 class BitsPerByteTrainer(Trainer):
     """A Trainer whose eval logs also carry perplexity and bits per byte.
 
-    `eval_bytes_per_token` is the UTF-8 bytes per token of the eval stories (`PackStats`); bits per
-    byte = loss / ln 2 / bytes_per_token, so runs with different tokenizers compare.
+    `eval_text_stats` = (tokens, UTF-8 bytes) of the eval texts, so that bits per byte = eval loss × tokens /
+    (ln 2 × bytes) (`tinystories.metrics.bits_per_byte`) and runs with different tokenizers compare.
     """
 
-    def __init__(self, *args, eval_bytes_per_token: float | None = None, **kwargs):
+    def __init__(self, *args, eval_text_stats: tuple[int, int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_bytes_per_token = eval_bytes_per_token
+        self.eval_text_stats = eval_text_stats
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "eval_loss" in logs:
-            from tinystories.metrics import perplexity
-
             logs["eval_perplexity"] = perplexity(logs["eval_loss"])
-            if self.eval_bytes_per_token:
-                logs["eval_bits_per_byte"] = logs["eval_loss"] / math.log(2) / self.eval_bytes_per_token
+            if self.eval_text_stats and self.eval_text_stats[0] and self.eval_text_stats[1]:
+                tokens, num_bytes = self.eval_text_stats
+                logs["eval_bits_per_byte"] = bits_per_byte(logs["eval_loss"] * tokens, num_bytes)
         super().log(logs, *args, **kwargs)
 
 
@@ -79,8 +127,6 @@ class TokensPerSecondCallback(TrainerCallback):
         self._last: tuple[float, int] | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        import time
-
         if logs is None or "loss" not in logs:
             return
         now, seen = time.perf_counter(), int(state.num_input_tokens_seen or 0)
@@ -89,32 +135,55 @@ class TokensPerSecondCallback(TrainerCallback):
         self._last = (now, seen)
 
 
-# --------------------------------------------------------------------------------------------- plots
-def save_loss_curve(log_history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
-    """Train and eval loss against step, saved as PNG."""
-    import matplotlib
+# ---------------------------------------------------------------------------------------- run record
+def hyperparameters(args: TrainingArguments, trainer: Trainer, **extra: Any) -> dict[str, Any]:
+    """The training hyperparameters of a run, as its card and run record show them."""
+    per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    return {
+        "learning_rate": args.learning_rate,
+        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "adam_betas": [args.adam_beta1, args.adam_beta2],
+        "per_device_train_batch_size": per_device,
+        "gradient_accumulation_steps": accumulation,
+        "num_processes": args.world_size,
+        "effective_batch_size": per_device * accumulation * args.world_size,
+        "max_steps": trainer.state.max_steps,
+        "train_tokens": trainer.state.num_input_tokens_seen,
+        "precision": precision_name(args),
+        "seed": args.seed,
+        **extra,
+    }
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    if not train and not evals:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train loss", lw=1.2)
-    if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", lw=1.5)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title or "loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+def run_record(
+    stage: str,
+    trainer: Trainer,
+    *,
+    datasets: list[str],
+    tokenizer: str,
+    model_name: str | None = None,
+    base_model: str | None = None,
+    context_length: int = TRAINED_CONTEXT,
+    hparams: dict[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """What a run was (stage, model, data, tokenizer, hyperparameters): the card's and push's source."""
+    args, model = trainer.args, trainer.model
+    record = {
+        "stage": stage,
+        "model_name": model_name or os.path.basename(os.path.normpath(args.output_dir)),
+        "base_model": (resolve_hub_id(base_model) or public_name(base_model)) if base_model else None,
+        "datasets": [d for d in datasets if d],
+        "tokenizer": tokenizer,
+        "context_length": context_length,
+        "config": model.config.to_diff_dict(),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "hyperparameters": hyperparameters(args, trainer, **(hparams or {})),
+    }
+    record.update(fields)
+    return record
 
 
 # ---------------------------------------------------------------------------------------------- tail
@@ -131,103 +200,103 @@ def generation_config_for(tokenizer, context: int = TRAINED_CONTEXT) -> Generati
     )
 
 
-def sample_generations(
-    model, tokenizer, prompts: list[str], max_new_tokens: int = 120, seed: int = 0
-) -> list[dict]:
-    try:
-        from tinystories.generate import generate_story
-    except ImportError:  # generation module not installed in this build
-        return []
-    samples = []
-    for prompt in prompts:
-        try:
-            completion = generate_story(model, tokenizer, prompt, max_new_tokens=max_new_tokens, seed=seed)
-        except Exception as err:  # a card without samples beats a lost run
-            logger.warning("sample generation failed: %s", err)
-            return samples
-        samples.append({"prompt": prompt, "completion": completion})
-    return samples
-
-
-def finish_run(
-    trainer: Trainer,
-    tokenizer,
-    output_dir: str | Path,
-    run_info: dict[str, Any],
-    push: bool = False,
-    hub_model_id: str | None = None,
-    hub_private: bool = False,
-    sample_prompts: list[str] | None = None,
-    context: int = TRAINED_CONTEXT,
-    save_model: bool = True,
-) -> dict[str, Any]:
-    """Save, write metrics/plot/card, and optionally push. Returns the final metrics."""
-    output_dir = Path(output_dir)
-    if save_model:
-        trainer.save_model(str(output_dir))  # safetensors (transformers 5 writes no pickle)
-    metrics: dict[str, Any] = {}
-    if trainer.eval_dataset is not None:
-        metrics = trainer.evaluate()
-    if not trainer.is_world_process_zero():
-        shutdown_distributed(trainer)  # wait for rank 0's writes, then leave the process group cleanly
-        return metrics
-    tokenizer.save_pretrained(output_dir)
-    generation_config_for(tokenizer, context).save_pretrained(output_dir)
-    trainer.save_state()
+def _write_results(trainer: Trainer, output_dir: Path, metrics: dict[str, Any], title: str) -> dict[str, Any]:
+    """`all_results.json` (train summary + final eval) and `loss_curve.png`."""
     history = trainer.state.log_history
-    train_summary = next((h for h in reversed(history) if "train_runtime" in h), {})
+    summary = next((h for h in reversed(history) if "train_runtime" in h), {})
     results = {
-        **{k: v for k, v in train_summary.items() if k.startswith("train_")},
+        **{k: v for k, v in summary.items() if k.startswith("train_")},
         **metrics,
         "num_input_tokens_seen": trainer.state.num_input_tokens_seen,
         "global_step": trainer.state.global_step,
     }
-    if train_summary.get("train_runtime") and trainer.state.num_input_tokens_seen:
-        results["train_tokens_per_second"] = (
-            trainer.state.num_input_tokens_seen / train_summary["train_runtime"]
-        )
+    if summary.get("train_runtime") and trainer.state.num_input_tokens_seen:
+        results["train_tokens_per_second"] = trainer.state.num_input_tokens_seen / summary["train_runtime"]
     (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
-    save_loss_curve(history, output_dir / "loss_curve.png", title=run_info.get("model_name", output_dir.name))
+    save_loss_curve(history, output_dir / "loss_curve.png", title=title)
+    return results
 
+
+def _eval_results(info: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "loss": metrics.get("eval_loss"),
+        "perplexity": metrics.get("eval_perplexity"),
+        "bits_per_byte": metrics.get("eval_bits_per_byte"),
+        "dataset": (info.get("datasets") or [None])[0],
+        "split": "validation",
+    }
+
+
+def finish_run(trainer: Trainer, tokenizer, run_info: dict[str, Any], tail: Tail) -> dict[str, Any]:
+    """Save, evaluate, write metrics/plot/samples/card, merge a LoRA adapter, push. Returns the final metrics."""
+    output_dir = Path(trainer.args.output_dir)
+    trainer.save_model(str(output_dir))  # safetensors (transformers 5 writes no pickle)
+    metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    if not trainer.is_world_process_zero():
+        shutdown_distributed(trainer)  # wait for rank 0's writes, then leave the process group cleanly
+        return metrics
+    tokenizer.save_pretrained(output_dir)
+    generation_config_for(tokenizer, tail.context).save_pretrained(output_dir)
+    trainer.save_state()
+    results = _write_results(trainer, output_dir, metrics, run_info.get("model_name", output_dir.name))
     info = dict(run_info)
     if metrics:
-        info.setdefault(
-            "eval_results",
-            {
-                "loss": metrics.get("eval_loss"),
-                "perplexity": metrics.get("eval_perplexity"),
-                "bits_per_byte": metrics.get("eval_bits_per_byte"),
-                "dataset": info.get("datasets", [None])[0] if info.get("datasets") else None,
-                "split": "validation",
-            },
+        info.setdefault("eval_results", _eval_results(info, metrics))
+    if tail.samples and tail.num_samples:
+        info["samples"] = sample_generations(
+            trainer.model, tokenizer, tail.samples, tail.num_samples, tail.sample_max_new_tokens
         )
-    model = trainer.model
-    if sample_prompts:
-        info.setdefault("samples", sample_generations(model, tokenizer, sample_prompts))
-    from tinystories.cards import write_model_card
-
     write_model_card(output_dir, info)
-    if push:
-        from tinystories.hub import push_folder
-
+    if tail.merge_onto:
+        export_merged(output_dir, tokenizer, info, tail)
+    if tail.push:
         push_folder(
-            output_dir, hub_model_id, private=hub_private, commit_message=f"Upload {info.get('stage')} run"
+            output_dir,
+            tail.hub_model_id,
+            private=tail.hub_private,
+            commit_message=f"Upload {info['stage']} run",
         )
     logger.info("run saved to %s", output_dir)
     shutdown_distributed(trainer)
     return results
 
 
-def print_summary(
-    results: dict[str, Any], output_dir: str | Path, trainer: Trainer, label: str = "eval loss"
-) -> None:
-    """One stderr line at the end of a training run: final eval loss, perplexity, bits per byte, where it went."""
-    import sys
+def export_merged(adapter_dir: Path, tokenizer, run_info: dict[str, Any], tail: Tail) -> Path:
+    """Reload the saved adapter onto a full-precision base, merge it, and save a plain model in `merged/`.
 
+    Reloading from disk (rather than merging the in-memory model) also works after QLoRA, whose in-memory
+    base is 4-bit, and proves the saved adapter is complete. The export needs neither PEFT nor the base.
+    """
+    merged_dir = adapter_dir / "merged"
+    base = load_model(
+        tail.merge_onto,
+        attn_implementation=tail.attn_implementation,
+        revision=tail.merge_revision,
+        dtype=torch.float32,
+    )
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(merged_dir)  # safetensors
+    tokenizer.save_pretrained(merged_dir)
+    generation_config_for(tokenizer, tail.context).save_pretrained(merged_dir)
+    info = {
+        **run_info,
+        "stage": "lora-merged",
+        "model_name": f"{run_info.get('model_name', 'lora')}-merged",
+        "num_parameters": merged.num_parameters(),
+        "config": merged.config.to_diff_dict(),
+        "tags": ["lora", "peft", "merged"],
+    }
+    write_model_card(merged_dir, info)
+    logger.info("merged model saved to %s", merged_dir)
+    return merged_dir
+
+
+def print_summary(results: dict[str, Any], trainer: Trainer, label: str = "eval loss") -> None:
+    """One stderr line at the end of a training run: final eval loss, perplexity, bits per byte, where it went."""
     if trainer.is_world_process_zero() and "eval_loss" in results:
         print(
-            f"{label} {results['eval_loss']:.4f} | perplexity {math.exp(min(results['eval_loss'], 50)):.2f}"
-            f" | bits/byte {results.get('eval_bits_per_byte', float('nan')):.4f} | saved to {output_dir}",
+            f"{label} {results['eval_loss']:.4f} | perplexity {perplexity(results['eval_loss']):.2f}"
+            f" | bits/byte {results.get('eval_bits_per_byte', float('nan')):.4f} | saved to {trainer.args.output_dir}",
             file=sys.stderr,
         )
 
@@ -235,8 +304,18 @@ def print_summary(
 def shutdown_distributed(trainer: Trainer) -> None:
     """Barrier, then destroy the process group: a rank that exits while another still holds the group
     (gloo / DeepSpeed's shared-memory comm threads) can abort at interpreter shutdown."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         trainer.accelerator.wait_for_everyone()
         dist.destroy_process_group()
+
+
+__all__ = [
+    "BitsPerByteTrainer",
+    "Tail",
+    "TokensPerSecondCallback",
+    "export_merged",
+    "finish_run",
+    "prepare_run",
+    "print_summary",
+    "run_record",
+]

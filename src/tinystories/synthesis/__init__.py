@@ -2,9 +2,13 @@
 
 - `prompts`: the vocabulary, features and Jinja templates of `data_generation/`; seeded prompts.
 - `backends`: OpenAI-compatible servers, local `transformers`, vLLM's offline engine, an offline template.
+- `arguments`: the command line of `tinystories data`.
+- `records`: record / failure rows and the atomic parquet writer of a shard.
 - `job`: resumable, shardable jobs writing parquet parts; merge into one `datasets` dataset; push.
 """
 
+from tinystories.shards import collect_shards, is_synthesis_output, load_generated
+from tinystories.synthesis.arguments import SynthesisArguments
 from tinystories.synthesis.backends import (
     Completion,
     GenerationFailure,
@@ -16,16 +20,7 @@ from tinystories.synthesis.backends import (
     VLLMBackend,
     build_backend,
 )
-from tinystories.synthesis.job import (
-    SynthesisArguments,
-    collect_shards,
-    is_synthesis_output,
-    load_generated,
-    main,
-    merge,
-    run,
-    run_shard,
-)
+from tinystories.synthesis.job import main, merge, run, run_shard
 from tinystories.synthesis.prompts import PromptSpec, Vocabulary, random_sentence, record_id
 
 __all__ = [

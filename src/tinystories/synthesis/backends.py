@@ -8,17 +8,20 @@ Async backends (`openai`) expose `async complete(request)`; batch backends (`tra
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinystories.core import ConfigError
-from tinystories.synthesis.prompts import PromptSpec, record_rng, split_sentences
+import torch
+from transformers import AutoTokenizer, set_seed
 
-logger = logging.getLogger(__name__)
+from tinystories import openai_client
+from tinystories.core import ConfigError
+from tinystories.modeling import load_model
+from tinystories.openai_client import MalformedResponse, RequestFailed, RetryPolicy
+from tinystories.runtime import resolve_device
+from tinystories.synthesis.prompts import PromptSpec, record_rng, split_sentences
 
 TEMPLATE_MODEL = "template-composer (offline, not an LLM)"
 
@@ -38,19 +41,9 @@ class Completion:
     usage: dict[str, int] = field(default_factory=dict)
 
 
-class GenerationFailure(Exception):
-    """A request that failed for good (after retries, or with a non-retryable error)."""
-
-    def __init__(self, error: str, error_type: str, attempts: int = 1, status_code: int | None = None):
-        super().__init__(error)
-        self.error = error
-        self.error_type = error_type
-        self.attempts = attempts
-        self.status_code = status_code
-
-
-class MalformedResponse(Exception):
-    """The server answered 200 but the body is not a usable completion."""
+# A request that failed for good (after retries, or with a non-retryable error): the job records its
+# error, error_type, attempts and status_code. One error type for every backend and the judge.
+GenerationFailure = RequestFailed
 
 
 @dataclass
@@ -94,9 +87,6 @@ def clean_completion(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ openai
-RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
 class OpenAIBackend:
     """Any OpenAI-compatible server (vLLM, TGI, `transformers serve`, OpenAI) via the `openai` client.
 
@@ -120,22 +110,17 @@ class OpenAIBackend:
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
     ):
-        from openai import AsyncOpenAI
-
         if api not in ("chat", "completions"):
             raise ConfigError(f"api must be 'chat' or 'completions', got {api!r}")
         self.model = model
         self.sampling = sampling
         self.api = api
         self.request_timeout = request_timeout
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self._rng = random.Random(sampling.seed)
-        # retries are ours (to record attempts and honour the job's policy), so the client's are off
-        self.client = AsyncOpenAI(
-            base_url=base_url, api_key=api_key or "EMPTY", timeout=request_timeout, max_retries=0
+        self.retry = RetryPolicy(
+            max_retries, backoff_base, backoff_max, request_timeout, random.Random(sampling.seed)
         )
+        # retries are ours (to record attempts and honour the job's policy), so the client's are off
+        self.client = openai_client.client(base_url, api_key, request_timeout)
 
     async def _once(self, request: Request) -> Completion:
         s = self.sampling
@@ -173,50 +158,8 @@ class OpenAIBackend:
             }
         return Completion(clean_completion(text), getattr(choice, "finish_reason", None), usage_dict)
 
-    @staticmethod
-    def classify(err: BaseException) -> tuple[bool, int | None, float | None]:
-        """(retryable, HTTP status, Retry-After seconds) for an exception from one attempt."""
-        import openai
-
-        if isinstance(err, asyncio.TimeoutError | openai.APITimeoutError):
-            return True, None, None
-        if isinstance(err, openai.APIStatusError):
-            retry_after = None
-            header = err.response.headers.get("retry-after") if err.response is not None else None
-            if header:
-                try:
-                    retry_after = float(header)
-                except ValueError:
-                    retry_after = None
-            return err.status_code in RETRYABLE_STATUS or err.status_code >= 500, err.status_code, retry_after
-        if isinstance(err, openai.APIConnectionError | MalformedResponse | openai.APIResponseValidationError):
-            return True, None, None
-        if isinstance(err, json.JSONDecodeError | ValueError | AttributeError | TypeError):
-            return True, None, None  # a body the client could not turn into a completion
-        return False, None, None
-
     async def complete(self, request: Request) -> Completion:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await asyncio.wait_for(self._once(request), timeout=self.request_timeout)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                retryable, status, retry_after = self.classify(err)
-                if not retryable or attempt > self.max_retries:
-                    kind = type(err).__name__
-                    message = str(err) or kind
-                    raise GenerationFailure(f"{kind}: {message}"[:2000], kind, attempt, status) from err
-                delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-                delay *= 0.5 + self._rng.random()  # jitter: concurrent workers do not retry in lockstep
-                if retry_after is not None:
-                    delay = max(delay, min(retry_after, self.backoff_max))
-                logger.debug(
-                    "attempt %d for %s failed (%s); retrying in %.2fs", attempt, request.spec.id, err, delay
-                )
-                await asyncio.sleep(delay)
+        return await self.retry.call(lambda: self._once(request), request.spec.id)
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -230,11 +173,6 @@ class TransformersBackend:
     is_async = False
 
     def __init__(self, model: str, sampling: SamplingConfig, api: str = "chat", device: str | None = None):
-        import torch
-        from transformers import AutoTokenizer
-
-        from tinystories.modeling import load_model
-
         self.model_name = model
         self.model = model
         self.sampling = sampling
@@ -243,7 +181,7 @@ class TransformersBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.use_chat = api == "chat" and getattr(self.tokenizer, "chat_template", None) is not None
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or str(resolve_device("auto"))
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.lm = load_model(model, dtype=dtype).to(self.device).eval()
 
@@ -255,9 +193,6 @@ class TransformersBackend:
         return prompt
 
     def complete_batch(self, requests: list[Request]) -> list[Completion | GenerationFailure]:
-        import torch
-        from transformers import set_seed
-
         s = self.sampling
         set_seed(s.seed + requests[0].spec.index)  # reproducible for a given batch composition
         texts = [self._encode(r.prompt) for r in requests]
@@ -298,7 +233,7 @@ class VLLMBackend:
 
     def __init__(self, model: str, sampling: SamplingConfig, api: str = "chat", **engine_kwargs: Any):
         try:
-            from vllm import LLM
+            from vllm import LLM, SamplingParams  # optional: only this backend needs it
         except ImportError as err:
             raise ConfigError(
                 "backend 'vllm' needs vLLM: `pip install vllm` on a GPU machine (or `pip install .[vllm]`), "
@@ -307,15 +242,14 @@ class VLLMBackend:
         self.model = model
         self.sampling = sampling
         self.api = api
+        self._params_class = SamplingParams
         self.llm = LLM(model=model, seed=sampling.seed, **engine_kwargs)
 
     def _params(self, request: Request):
-        from vllm import SamplingParams
-
         s = self.sampling
         # a per-request seed makes each record reproducible whatever batch it lands in
         seed = (s.seed * 1_000_003 + request.spec.index * 2 + (request.kind == "summary")) % (2**31)
-        return SamplingParams(
+        return self._params_class(
             temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens, seed=seed
         )
 

@@ -1,6 +1,8 @@
-"""`tinystories bench` / `make bench`: training throughput (stock vs project path) and dedup throughput.
+"""`python -m benchmarks.bench` / `make bench`: training throughput (stock vs project path) and dedup
+throughput (`benchmarks.dedup_bench`).
 
-Training suite, per model size, in one run on the same real TinyStories tokens:
+Training suite, per model size, in one run on the same real TinyStories tokens (the variants and one
+training run: `benchmarks.train_bench`):
 
 * **stock**: what `transformers` gives you: `GPTNeoForCausalLM` with eager attention, one story per row
   padded to the longest story of the batch by `DataCollatorForLanguageModeling(mlm=False)`, the model's
@@ -26,29 +28,29 @@ import json
 import math
 import os
 import platform
-import resource
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from tinystories.config import ConfigError, parse_args
+import torch
+import transformers
+from datasets import DatasetDict
+from transformers import AutoTokenizer
+
+from benchmarks.dedup_bench import run_benchmark
+from benchmarks.train_bench import STOCK, default_variant, lever_variants, run_variant
+from tinystories.config import parse_args
+from tinystories.core import ConfigError
+from tinystories.data import load_raw, pack_tokenized, tokenize_stories
+from tinystories.paths import looks_like_path
+from tinystories.sizes import SIZES, size_names
 
 DEFAULT_DATA = "../shared/data/tinystories/TinyStories-train.sample.txt"
 DEFAULT_TOKENIZER_DIR = "../shared/data/tokenizer-gpt-neo"
 SUITES = ("train", "dedup")
-# dense bf16 peak FLOP/s by GPU name fragment, for MFU
-PEAK_BF16_FLOPS = {
-    "H100": 989e12,
-    "H200": 989e12,
-    "GH200": 989e12,
-    "A100": 312e12,
-    "L4": 121e12,
-    "A10": 125e12,
-}
 
 
 @dataclass
@@ -85,52 +87,6 @@ class BenchArguments:
     num_proc: int = field(default=2, metadata={"help": "processes for the dedup benchmark"})
 
 
-# --------------------------------------------------------------------------------------------- variants
-STOCK = {
-    "attention": "eager",
-    "packing": False,
-    "fused_ce": False,
-    "optim": "adamw_torch",
-    "workers": 0,
-    "compile": False,
-    "bf16": False,
-    "fast_gelu": False,
-}
-
-
-def default_variant(device: str, backend: str, compile_: bool) -> dict:
-    if backend == "auto":
-        backend = "flex" if device == "cuda" else "sdpa"
-    return {
-        "attention": backend,
-        "packing": True,
-        "fused_ce": True,
-        "optim": "adamw_torch_fused",
-        "workers": 2 if device == "cuda" else 0,
-        "compile": compile_,
-        "bf16": device == "cuda",
-        "fast_gelu": True,
-    }
-
-
-def lever_variants(device: str, default: dict, compile_lever: bool = True) -> list[tuple[str, str, dict]]:
-    """(name, baseline name, spec): each lever on its own on top of its baseline."""
-    attn = default["attention"]
-    levers = [
-        (f"+{attn} attention", "stock", {**STOCK, "attention": attn}),
-        ("+packing", "stock", {**STOCK, "packing": True}),
-        ("+fused cross-entropy", "stock", {**STOCK, "fused_ce": True}),
-        ("+fused AdamW", "stock", {**STOCK, "optim": "adamw_torch_fused"}),
-        ("+fused GELU", "stock", {**STOCK, "fast_gelu": True}),
-        ("+dataloader workers", "stock", {**STOCK, "workers": 1 if device == "cpu" else 2}),
-    ]
-    if (
-        compile_lever and not default["compile"]
-    ):  # compile needs fixed shapes: measured on top of the default path
-        levers.append(("default+torch.compile", "default", {**default, "compile": True}))
-    return levers
-
-
 # --------------------------------------------------------------------------------------------- data
 def _check_inputs(args: BenchArguments) -> list[str]:
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
@@ -148,8 +104,6 @@ def _check_inputs(args: BenchArguments) -> list[str]:
             raise ConfigError(f"unknown --backend {args.backend!r}: use auto, sdpa, flex or eager")
         if args.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"unknown --device {args.device!r}: use auto, cpu or cuda")
-        from tinystories.data import looks_like_path
-
         if looks_like_path(args.data) and not Path(args.data).exists():
             raise ConfigError(
                 f"benchmark data {args.data!r} not found: run from the repository root next to ../shared/data, "
@@ -165,10 +119,6 @@ def _check_inputs(args: BenchArguments) -> list[str]:
 
 def prepare_tokens(args: BenchArguments, tokenizer) -> dict:
     """The token stream both paths train on: stock rows (one story each) and packed blocks, same tokens."""
-    from datasets import DatasetDict
-
-    from tinystories.data import load_raw, pack_tokenized, tokenize_stories
-
     raw = load_raw(args.data)
     if isinstance(raw, DatasetDict):
         raw = raw["train"] if "train" in raw else next(iter(raw.values()))
@@ -208,156 +158,6 @@ def prepare_tokens(args: BenchArguments, tokenizer) -> dict:
     }
 
 
-# --------------------------------------------------------------------------------------------- one run
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def flops_per_token(config, seq_len: int) -> float:
-    """Training FLOPs per token (6 × matmul params incl. the LM head + attention scores, window-aware)."""
-    h, n_layers, vocab = config.hidden_size, config.num_layers, config.vocab_size
-    matmul_params = n_layers * 12 * h * h + vocab * h
-    attn = 0.0
-    for kind in config.attention_layers:
-        ctx = min(seq_len, config.window_size) if kind == "local" else seq_len
-        attn += 6 * 2 * h * ctx / 2  # QK^T and AV, causal: half the context on average
-    return 6 * matmul_params + attn
-
-
-def run_variant(payload: dict) -> dict:
-    """Train one variant with `transformers.Trainer`; returns throughput, memory and losses."""
-    import torch
-    from datasets import Dataset
-    from transformers import (
-        AutoTokenizer,
-        DataCollatorForLanguageModeling,
-        GPTNeoForCausalLM,
-        PrinterCallback,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-        set_seed,
-    )
-    from transformers.utils import logging as hf_logging
-
-    from tinystories.attention import use_fast_attention, use_fast_gelu
-    from tinystories.data import PackedCollator
-    from tinystories.losses import use_fused_cross_entropy
-    from tinystories.sizes import build_config
-
-    hf_logging.set_verbosity_error()
-    spec, device = payload["spec"], payload["device"]
-    set_seed(payload["seed"])
-    tokenizer = AutoTokenizer.from_pretrained(payload["tokenizer"])
-    config = build_config(
-        payload["size"], vocab_size=len(tokenizer), max_position_embeddings=payload["block_size"]
-    )
-    model = GPTNeoForCausalLM(config)
-    if spec["attention"] != "eager":
-        use_fast_attention(model, spec["attention"])
-    if spec.get("fast_gelu"):
-        use_fast_gelu(model)
-    if spec["fused_ce"]:
-        use_fused_cross_entropy(model, chunk_size=payload["chunk_size"])
-
-    if spec["packing"]:
-        dataset = Dataset.from_dict({"input_ids": payload["packed_rows"]})
-        collator, batch_size, processing_class = PackedCollator(), payload["packed_batch_size"], None
-    else:
-        tokenizer.pad_token = tokenizer.eos_token
-        dataset = Dataset.from_dict({"input_ids": payload["stock_rows"]})
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-        batch_size, processing_class = payload["batch_size"], tokenizer
-    max_steps = math.ceil(len(dataset) / batch_size)
-
-    class Timing(TrainerCallback):
-        def __init__(self):
-            self.start = self.end = None
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            mark = (time.perf_counter(), int(state.num_input_tokens_seen), time.process_time())
-            if state.global_step == payload["warmup_steps"]:
-                self.start = mark
-            self.end = mark
-
-    timing = Timing()
-    with tempfile.TemporaryDirectory() as tmp:
-        targs = TrainingArguments(
-            output_dir=tmp,
-            per_device_train_batch_size=batch_size,
-            max_steps=max_steps,
-            learning_rate=5e-4,
-            weight_decay=0.1,
-            adam_beta1=0.9,
-            adam_beta2=0.95,
-            lr_scheduler_type="constant",
-            optim=spec["optim"],
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            disable_tqdm=True,
-            seed=payload["seed"],
-            data_seed=payload["seed"],
-            use_cpu=device == "cpu",
-            bf16=spec["bf16"] and torch.cuda.is_bf16_supported(),
-            dataloader_num_workers=spec["workers"],
-            dataloader_persistent_workers=spec["workers"] > 0,
-            dataloader_pin_memory=device == "cuda",
-            torch_compile=spec["compile"],
-            include_num_input_tokens_seen="non_padding",
-        )
-        trainer = Trainer(
-            model=model,
-            args=targs,
-            train_dataset=dataset,
-            data_collator=collator,
-            processing_class=processing_class,
-            callbacks=[timing],
-        )
-        trainer.remove_callback(PrinterCallback)  # keep the bench output to its own table
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        rss_before = _rss_mb()
-        trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    seconds = timing.end[0] - timing.start[0]
-    timed_tokens = timing.end[1] - timing.start[1]
-    cpu_seconds = timing.end[2] - timing.start[2]
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {
-        "steps": max_steps,
-        "batch_size": batch_size,
-        "real_tokens": int(trainer.state.num_input_tokens_seen),
-        "timed_steps": max_steps - payload["warmup_steps"],
-        "timed_tokens": timed_tokens,
-        "seconds": round(seconds, 3),
-        "tokens_per_second": round(timed_tokens / seconds, 1) if seconds > 0 else None,
-        # CPU time of this process (all threads): robust to other jobs on a shared machine
-        "cpu_seconds": round(cpu_seconds, 3),
-        "tokens_per_cpu_second": round(timed_tokens / cpu_seconds, 1) if cpu_seconds > 0 else None,
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "peak_rss_mb": round(peak_rss, 1),
-        "train_rss_increase_mb": round(peak_rss - rss_before, 1),
-        "threads": torch.get_num_threads(),
-    }
-    if device == "cuda":
-        result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-        if peak and result["tokens_per_second"]:
-            fpt = flops_per_token(config, payload["block_size"])
-            result["mfu"] = round(result["tokens_per_second"] * fpt / peak, 4)
-            result["flops_per_token"] = fpt
-    return result
-
-
 def _run(payload: dict, isolate: bool) -> dict:
     if not isolate:
         return run_variant(payload)
@@ -367,8 +167,6 @@ def _run(payload: dict, isolate: bool) -> dict:
 
 # --------------------------------------------------------------------------------------------- suites
 def bench_train(args: BenchArguments, device: str, sizes: list[str]) -> dict:
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     tokens = prepare_tokens(args, tokenizer)
     default = default_variant(device, args.backend, args.compile)
@@ -417,20 +215,11 @@ def bench_train(args: BenchArguments, device: str, sizes: list[str]) -> dict:
 
 
 def bench_dedup(args: BenchArguments) -> dict:
-    try:
-        from tinystories.dedup import run_benchmark
-    except ImportError as e:
-        raise ConfigError(
-            f"the dedup benchmark needs tinystories.dedup.run_benchmark ({e}); run with --suite train"
-        ) from e
     sample = args.data if Path(args.data).suffix == ".txt" and Path(args.data).is_file() else None
     return run_benchmark(num_stories=args.dedup_stories, num_proc=args.num_proc, sample_path=sample)
 
 
 def machine_info(device: str) -> dict:
-    import torch
-    import transformers
-
     info = {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -499,8 +288,6 @@ def format_table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     (args,) = parse_args([BenchArguments], argv)
     suites = _check_inputs(args)
-    import torch
-
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but no CUDA GPU is visible: use --device cpu")
@@ -508,8 +295,6 @@ def main(argv: list[str] | None = None) -> int:
         sizes = ["1M", "8M"] + (["33M"] if device == "cuda" else [])
     else:
         sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    from tinystories.sizes import SIZES, size_names
-
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         raise ConfigError(f"unknown size(s) {unknown}: valid sizes are {size_names()}")

@@ -1,0 +1,174 @@
+"""The `tinystories data` command line: one dataclass of job, prompt and backend settings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from tinystories.core import ConfigError
+from tinystories.synthesis.backends import SamplingConfig
+from tinystories.synthesis.prompts import Vocabulary
+
+MODES = ("stories", "instruct")
+BACKENDS = ("openai", "transformers", "vllm", "template")
+
+
+@dataclass
+class SynthesisArguments:
+    # --- job
+    output_dir: str = field(
+        default="outputs/data/tinystories", metadata={"help": "where shards and the merged dataset go"}
+    )
+    mode: str = field(
+        default="stories", metadata={"help": "'stories' (TinyStories) or 'instruct' (TinyStories-Instruct)"}
+    )
+    num_stories: int = field(
+        default=1000, metadata={"help": "records in the whole job (all shards together)"}
+    )
+    seed: int = field(
+        default=42, metadata={"help": "prompt seed: record i's words/features depend only on (seed, i)"}
+    )
+    num_shards: int = field(
+        default=1, metadata={"help": "split the job across this many machines / array tasks"}
+    )
+    shard_index: int = field(default=0, metadata={"help": "which shard this process generates (0-based)"})
+    flush_every: int = field(default=1000, metadata={"help": "write a parquet part every N finished records"})
+    flush_seconds: float = field(default=120.0, metadata={"help": "...or at least this often (seconds)"})
+    retry_failed: bool = field(
+        default=False, metadata={"help": "on resume, retry records recorded as failed"}
+    )
+    merge: bool = field(
+        default=True, metadata={"help": "merge all shards into dataset/ when every shard is done"}
+    )
+    merge_only: bool = field(
+        default=False, metadata={"help": "only merge existing shards (after a Slurm array)"}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "push the merged dataset with push_to_hub"})
+    hub_dataset_id: str | None = field(default=None, metadata={"help": "Hub dataset repo for --push_to_hub"})
+    hub_private: bool = field(default=False, metadata={"help": "create the Hub dataset as private"})
+    # --- prompts
+    data_generation_dir: str | None = field(
+        default=None,
+        metadata={"help": "word lists, features.yaml, templates (default: the repo's data_generation/)"},
+    )
+    story_template: str | None = field(
+        default=None, metadata={"help": "Jinja story prompt (default templates/story.jinja)"}
+    )
+    summary_template: str | None = field(
+        default=None, metadata={"help": "Jinja summary prompt (default templates/summary.jinja)"}
+    )
+    features_file: str | None = field(
+        default=None, metadata={"help": "features YAML (default features.yaml)"}
+    )
+    instruct_keep_probability: float = field(
+        default=0.75, metadata={"help": "Instruct: chance each instruction field is kept"}
+    )
+    # --- backend
+    backend: str = field(
+        default="openai",
+        metadata={"help": "openai (any OpenAI-compatible server), transformers, vllm, template"},
+    )
+    model: str | None = field(default=None, metadata={"help": "served model name / Hub id / local dir"})
+    base_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: OPENAI_BASE_URL or api.openai.com)"
+        },
+    )
+    api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "environment variable holding the API key"}
+    )
+    api: str = field(
+        default="chat", metadata={"help": "'chat' (chat/completions) or 'completions' (plain text prompt)"}
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "optional system message for chat models"}
+    )
+    max_new_tokens: int = field(default=512)
+    temperature: float = field(default=1.0)
+    top_p: float = field(default=1.0)
+    extra_body: str | None = field(
+        default=None, metadata={"help": "JSON object sent with every request (server-specific options)"}
+    )
+    concurrency: int = field(default=64, metadata={"help": "openai: requests in flight at once"})
+    request_timeout: float = field(
+        default=120.0, metadata={"help": "openai: seconds before one attempt is abandoned"}
+    )
+    max_retries: int = field(
+        default=5, metadata={"help": "openai: retries on 429/5xx/timeouts/dropped connections/bad bodies"}
+    )
+    backoff_base: float = field(
+        default=1.0, metadata={"help": "openai: first retry delay (s), doubled per retry, jittered"}
+    )
+    backoff_max: float = field(default=60.0)
+    vllm_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": "vllm backend: JSON of extra vllm.LLM(...) arguments, e.g. '{\"tensor_parallel_size\": 8}'"
+        },
+    )
+    batch_size: int = field(
+        default=32, metadata={"help": "transformers / vllm / template: prompts per batch"}
+    )
+
+    def sampling(self) -> SamplingConfig:
+        extra = {}
+        if self.extra_body:
+            try:
+                extra = json.loads(self.extra_body)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"--extra_body must be a JSON object: {err}") from err
+            if not isinstance(extra, dict):
+                raise ConfigError("--extra_body must be a JSON object, e.g. '{\"top_k\": 50}'")
+        return SamplingConfig(
+            self.max_new_tokens, self.temperature, self.top_p, self.seed, extra, self.system_prompt
+        )
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        if not self.vllm_kwargs:
+            return {}
+        try:
+            kwargs = json.loads(self.vllm_kwargs)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--vllm_kwargs must be a JSON object: {err}") from err
+        if not isinstance(kwargs, dict):
+            raise ConfigError("--vllm_kwargs must be a JSON object, e.g. '{\"tensor_parallel_size\": 2}'")
+        return kwargs
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.num_stories < 1:
+            raise ConfigError(f"num_stories must be >= 1, got {self.num_stories}")
+        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
+            raise ConfigError(
+                f"shard_index must be in [0, num_shards): got shard_index={self.shard_index}, num_shards={self.num_shards}"
+            )
+        if self.backend != "template" and not self.model and not self.merge_only:
+            raise ConfigError(
+                f"backend {self.backend!r} needs --model (served model name, Hub id or local dir)"
+            )
+        if self.concurrency < 1 or self.batch_size < 1 or self.flush_every < 1:
+            raise ConfigError("concurrency, batch_size and flush_every must be >= 1")
+        if self.push_to_hub and not self.hub_dataset_id:
+            raise ConfigError("--push_to_hub needs --hub_dataset_id <user>/<name>")
+        if not 0 < self.instruct_keep_probability <= 1:
+            raise ConfigError("instruct_keep_probability must be in (0, 1]")
+        self.sampling()  # --extra_body / --vllm_kwargs parse now, not after the shards are read
+        self.engine_kwargs()
+
+    def fingerprint(self, vocab: Vocabulary) -> dict[str, Any]:
+        """What must not change between a run and its resume (changing it would mix two datasets)."""
+        return {
+            "mode": self.mode,
+            "num_stories": self.num_stories,
+            "seed": self.seed,
+            "num_shards": self.num_shards,
+            "backend": self.backend,
+            "model": self.model if self.backend != "template" else None,
+            "vocabulary": vocab.fingerprint(),
+            "instruct_keep_probability": self.instruct_keep_probability if self.mode == "instruct" else None,
+        }

@@ -1,0 +1,175 @@
+"""What a synthesis job writes: one row per record (or failure), buffered into atomic parquet parts.
+
+`RecordBuilder` turns a prompt and its completions into a row of `tinystories.shards.RECORD_SCHEMA` (or a
+failure row of `FAILURE_SCHEMA`); `ShardWriter` writes them to a shard directory as `data-*` / `failed-*`
+parts, each to a temporary name renamed when complete; `shard_lock` keeps a second process off the shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tinystories.core import ConfigError
+from tinystories.instruct import InstructExample, format_example, randomize_fields
+from tinystories.shards import FAILURE_SCHEMA, RECORD_SCHEMA
+from tinystories.synthesis.arguments import SynthesisArguments
+from tinystories.synthesis.backends import Completion, GenerationFailure, Request
+from tinystories.synthesis.prompts import PromptSpec, Vocabulary, random_sentence, record_rng
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------------ writer
+class ShardWriter:
+    """Buffers finished records and writes them as atomic parquet parts (`data-*` and `failed-*`)."""
+
+    def __init__(self, directory: Path, flush_every: int = 1000, flush_seconds: float = 120.0):
+        self.directory = directory
+        self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+        self.records: list[dict] = []
+        self.failures: list[dict] = []
+        self._last_flush = time.monotonic()
+        for stale in directory.glob("*.parquet.tmp"):  # a part that a killed run never finished
+            stale.unlink()
+
+    def _next_path(self, prefix: str) -> Path:
+        numbers = [int(p.stem.split("-")[1]) for p in self.directory.glob(f"{prefix}-*.parquet")]
+        return self.directory / f"{prefix}-{(max(numbers) + 1) if numbers else 0:05d}.parquet"
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+        self._maybe_flush()
+
+    def add_failure(self, failure: dict) -> None:
+        self.failures.append(failure)
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        pending = len(self.records) + len(self.failures)
+        if pending >= self.flush_every or (
+            pending and time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
+            self.flush()
+
+    def _write(self, rows: list[dict], schema: pa.Schema, prefix: str) -> None:
+        table = pa.Table.from_pylist(rows, schema=schema)
+        path = self._next_path(prefix)
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic: the part exists complete or not at all
+
+    def flush(self) -> None:
+        if self.records:
+            self._write(self.records, RECORD_SCHEMA, "data")
+            self.records = []
+        if self.failures:
+            self._write(self.failures, FAILURE_SCHEMA, "failed")
+            self.failures = []
+        self._last_flush = time.monotonic()
+
+
+@contextlib.contextmanager
+def shard_lock(directory: Path) -> Iterator[None]:
+    with open(directory / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise ConfigError(
+                f"another process is already generating {str(directory)!r}; wait for it or stop it "
+                "(two processes on one shard would duplicate records)"
+            ) from err
+        yield
+
+
+# ---------------------------------------------------------------------------------------- records
+class RecordBuilder:
+    def __init__(self, args: SynthesisArguments, vocab: Vocabulary, backend):
+        self.args = args
+        self.vocab = vocab
+        self.backend = backend
+        self.model = backend.model if backend.name == "template" else args.model
+        self.generation_config = backend.sampling.to_json()
+
+    def story_request(self, spec: PromptSpec) -> Request:
+        return Request(spec.prompt, "story", spec)
+
+    def summary_request(self, spec: PromptSpec, story: str) -> Request:
+        return Request(self.vocab.summary_prompt(story), "summary", spec, story=story)
+
+    def record(self, spec: PromptSpec, story: Completion, summary: Completion | None) -> dict:
+        a = self.args
+        row: dict[str, Any] = {
+            "id": spec.id,
+            "index": spec.index,
+            "seed": spec.seed,
+            "mode": a.mode,
+            "text": story.text,
+            "story": story.text,
+            "summary": None,
+            "random_sentence": None,
+            "words": spec.words,
+            "features": spec.features,
+            "instruction_fields": None,
+            "generation_prompt": spec.prompt,
+            "summary_prompt": None,
+            "backend": self.backend.name,
+            "model": self.model,
+            "generation_config": self.generation_config,
+            "finish_reason": story.finish_reason,
+            "completion_tokens": story.usage.get("completion_tokens"),
+            "created_at": _now(),
+        }
+        if a.mode == "instruct":
+            assert summary is not None
+            rng = record_rng(spec.seed, spec.index, "instruct")
+            full = InstructExample(
+                story=story.text,
+                features=list(spec.features),
+                words=spec.words,
+                summary=summary.text,
+                random_sentence=random_sentence(story.text, rng),
+            )
+            shown = randomize_fields(full, rng, keep_probability=a.instruct_keep_probability)
+            row.update(
+                text=format_example(shown),
+                summary=summary.text,
+                random_sentence=full.random_sentence,
+                instruction_fields=shown.order,
+                summary_prompt=self.vocab.summary_prompt(story.text),
+            )
+        return row
+
+    def failure(self, spec: PromptSpec, stage: str, err: GenerationFailure) -> dict:
+        return {
+            "id": spec.id,
+            "index": spec.index,
+            "seed": spec.seed,
+            "mode": self.args.mode,
+            "words": spec.words,
+            "features": spec.features,
+            "generation_prompt": spec.prompt,
+            "stage": stage,
+            "error": err.error,
+            "error_type": err.error_type,
+            "status_code": err.status_code,
+            "attempts": err.attempts,
+            "backend": self.backend.name,
+            "model": self.model,
+            "generation_config": self.generation_config,
+            "created_at": _now(),
+        }
