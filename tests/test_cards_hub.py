@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval_utils import make_tiny_model_dir, train_tiny_tokenizer
+from tiny import make_tiny_model_dir, train_tiny_tokenizer
 from tinystories import cards, hub, pull
 from tinystories.core import ConfigError
 
@@ -18,7 +18,9 @@ FAKE_TOKEN = "hf_FAKEfakeFAKEfakeFAKEfakeFAKEfake01"
 @pytest.fixture(scope="module")
 def tiny_dir(stories, tmp_path_factory):
     tokenizer = train_tiny_tokenizer(stories[:150])
-    return make_tiny_model_dir(tmp_path_factory.mktemp("hub") / "tiny", tokenizer, max_positions=2048)
+    return make_tiny_model_dir(
+        tmp_path_factory.mktemp("hub") / "tiny", tokenizer, max_positions=2048, window_size=16
+    )
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval_utils import make_tiny_model_dir, train_tiny_tokenizer
+from tiny import make_tiny_model_dir, train_tiny_tokenizer
 from tinystories import evaluation, metrics
 from tinystories.core import ConfigError
 from tinystories.metrics import bits_per_byte, num_utf8_bytes, perplexity
@@ -31,8 +31,8 @@ def tiny(stories, tmp_path_factory):
     """(model dir with 1024 positions, model dir with 64 positions, tokenizer, eval texts)."""
     tokenizer = train_tiny_tokenizer(stories[:300])
     root = tmp_path_factory.mktemp("eval_models")
-    long_ctx = make_tiny_model_dir(root / "long", tokenizer, max_positions=1024, seed=1)
-    short_ctx = make_tiny_model_dir(root / "short", tokenizer, max_positions=64, seed=2)
+    long_ctx = make_tiny_model_dir(root / "long", tokenizer, max_positions=1024, seed=1, window_size=16)
+    short_ctx = make_tiny_model_dir(root / "short", tokenizer, max_positions=64, seed=2, window_size=16)
     texts = [*stories[300:312], "Tom said: “Wow — café!” 🐶"]  # multi-byte UTF-8 on purpose
     return long_ctx, short_ctx, tokenizer, texts
 

@@ -6,14 +6,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoForCausalLM
 
-from finetune_utils import build_tiny_model_dir, publish_tiny_model
+from tiny import make_tiny_model_dir, publish_tiny_model
 from tinystories.generate import TRAINED_CONTEXT, context_limit, generate_story, main
 from tinystories.instruct import build_prompt
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
-    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m", gpt_neo_tokenizer_dir)
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m", gpt_neo_tokenizer_dir)
 
 
 def _greedy_ids(model, tokenizer, prompt: str, n: int) -> list[int]:
@@ -34,7 +34,7 @@ def _swap_token_rows(model, a: int, b: int) -> None:
 def test_generation_stops_at_eos(tmp_path, gpt_neo_tokenizer_dir, gpt_neo_tokenizer):
     tok = gpt_neo_tokenizer
     # seed 2: a random model whose greedy continuation changes token a few times (seed 0 repeats one token)
-    model_dir = build_tiny_model_dir(tmp_path / "m", gpt_neo_tokenizer_dir, seed=2)
+    model_dir = make_tiny_model_dir(tmp_path / "m", gpt_neo_tokenizer_dir, seed=2)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompt = "Once upon a time"
     prompt_ids = tok(prompt)["input_ids"]
@@ -77,7 +77,7 @@ def test_generation_capped_at_context(tmp_path, gpt_neo_tokenizer_dir, gpt_neo_t
 
     tok = gpt_neo_tokenizer
     positions = 48  # a model with a shorter context: prompt + story must fit in it
-    model_dir = build_tiny_model_dir(tmp_path / "m", gpt_neo_tokenizer_dir, max_position_embeddings=positions)
+    model_dir = make_tiny_model_dir(tmp_path / "m", gpt_neo_tokenizer_dir, max_positions=positions)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompt = build_prompt(words=["dog", "ball", "happy"], features=["Dialogue"])
     n_prompt = len(tok(prompt)["input_ids"])

@@ -18,7 +18,7 @@ import evaluate
 import pytest
 import torch
 
-from eval_utils import make_tiny_model_dir, train_tiny_tokenizer
+from tiny import make_tiny_model_dir, train_tiny_tokenizer
 from tinystories import evaluation, judge
 from tinystories.core import ConfigError
 from tinystories.openai_client import RetryPolicy
@@ -318,7 +318,9 @@ def served_model(stories, tmp_path_factory):
     """`transformers serve` on 127.0.0.1 with a tiny random chat model: a real OpenAI-compatible server."""
     root = tmp_path_factory.mktemp("served")
     # the two-turn judge conversation is ~1,000 tiny-BPE tokens: give the model room for it
-    folder = make_tiny_model_dir(root / "judge", train_tiny_tokenizer(stories[:200]), max_positions=2048)
+    folder = make_tiny_model_dir(
+        root / "judge", train_tiny_tokenizer(stories[:200]), max_positions=2048, window_size=16
+    )
     log = (root / "serve.log").open("w")
     port = _free_port()
     exe = Path(sys.executable).with_name("transformers")

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from finetune_utils import TINY_HUB_ID, build_tiny_model_dir, publish_tiny_model, write_instruct_txt
+from tiny import TINY_HUB_ID, make_tiny_model_dir, publish_tiny_model, write_instruct_txt
 from tinystories.core import ConfigError
 from tinystories.finetune import prepare_data, validate_model_config
 from tinystories.lora import (
@@ -21,7 +21,7 @@ from tinystories.lora import (
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
-    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m", gpt_neo_tokenizer_dir)
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m", gpt_neo_tokenizer_dir)
 
 
 @pytest.mark.parametrize("targets", [GPT_NEO_TARGET_MODULES, ["all-linear"], ["q_proj", "v_proj"]])

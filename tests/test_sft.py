@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from finetune_utils import TINY_HUB_ID, build_tiny_model_dir, publish_tiny_model, write_instruct_txt
+from tiny import TINY_HUB_ID, make_tiny_model_dir, publish_tiny_model, write_instruct_txt
 from tinystories.core import ConfigError
 from tinystories.finetune import (
     FinetuneModelConfig,
@@ -29,7 +29,7 @@ FAST = {
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
-    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m", gpt_neo_tokenizer_dir)
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m", gpt_neo_tokenizer_dir)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from tinystories.card_format import TEMPLATES, find_local_paths, fmt, millions, sanitize, value_rows
 from tinystories.card_format import read_json as _read_json
 from tinystories.dataset_card import write_dataset_card
+from tinystories.generation import SAMPLE_PROMPTS
 from tinystories.paths import CARD_INFO_FILE, is_hub_id, public_name, resolve_hub_id
 
 __all__ = [
@@ -44,7 +45,7 @@ MODEL_CARD_TEMPLATE = TEMPLATES / "model_card.md.j2"
 EVAL_RESULTS_FILE = "eval_results.json"
 
 DEFAULT_LICENSE = "apache-2.0"
-DEFAULT_PROMPT = "Once upon a time, there was a little girl named Lily. She loved to"
+DEFAULT_PROMPT = SAMPLE_PROMPTS["stories"][0]  # the usage snippet's prompt: the first card-sample prompt
 
 JUDGE_CATEGORIES = ("grammar", "creativity", "consistency", "plot")
 CONFIG_KEYS = (

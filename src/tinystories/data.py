@@ -203,6 +203,16 @@ def _num_proc(num_proc: int | None, n: int) -> int | None:
     return num_proc
 
 
+def hold_out(train: Dataset, validation_fraction: float, seed: int, name: str) -> tuple[Dataset, Dataset]:
+    """(train, validation): a seeded `validation_fraction` of the stories held out, as training does it."""
+    if not 0 < validation_fraction < 1:
+        raise ConfigError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    if len(train) < 2:
+        raise ConfigError(f"dataset {name!r} has {len(train)} story: too few to hold out a validation split")
+    split = train.train_test_split(test_size=validation_fraction, seed=seed, shuffle=True)
+    return split["train"], split["test"]
+
+
 def load_stories(
     data: str,
     validation_fraction: float = 0.1,
@@ -244,14 +254,7 @@ def load_stories(
         dropped += dropped_val
         validation_from = "split"
     else:
-        if not 0 < validation_fraction < 1:
-            raise ConfigError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-        if len(train) < 2:
-            raise ConfigError(
-                f"dataset {data!r} has {len(train)} story: too few to hold out a validation split"
-            )
-        split = train.train_test_split(test_size=validation_fraction, seed=seed, shuffle=True)
-        train, validation = split["train"], split["test"]
+        train, validation = hold_out(train, validation_fraction, seed, data)
         validation_from = "held_out_fraction"
 
     if max_train_samples is not None:

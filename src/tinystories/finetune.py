@@ -332,7 +332,8 @@ def load_base(args: FinetuneArguments, model_config: FinetuneModelConfig):
 def qlora_compute_dtype(model_config: FinetuneModelConfig) -> None:
     """QLoRA computes in bf16 where the GPU has it, else fp16 (the 4-bit weights are dequantized to it)."""
     if model_config.load_in_4bit and model_config.dtype in (None, "auto", "float32"):
-        model_config.dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        bf16, _ = resolve_precision("auto")  # the one precision rule: bf16 where the GPU has it, else fp16
+        model_config.dtype = "bfloat16" if bf16 else "float16"
 
 
 # --------------------------------------------------------------------------------------------- trainer

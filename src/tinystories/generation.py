@@ -38,6 +38,25 @@ SAMPLE_PROMPTS: dict[str, list[Any]] = {
 }
 
 
+def _generation_config(tokenizer, max_length: int, temperature, top_k, top_p) -> GenerationConfig:
+    """A complete generation config: the checkpoint's own (max_length, top_k, ...) must not override it.
+
+    `max_length` (prompt + new tokens) rather than `max_new_tokens`, which would clash with a stored max_length.
+    """
+    eos_id = tokenizer.eos_token_id
+    do_sample = temperature is not None and temperature > 0
+    sampling = (
+        {"temperature": float(temperature), "top_k": top_k or 0, "top_p": top_p or 1.0} if do_sample else {}
+    )
+    return GenerationConfig(
+        max_length=max_length,
+        do_sample=do_sample,
+        eos_token_id=eos_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id,
+        **sampling,
+    )
+
+
 @torch.no_grad()
 def generate_story(
     model,
@@ -59,11 +78,8 @@ def generate_story(
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError("the tokenizer has no eos_token: generation could not stop at the end of a story")
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    if (
-        not prompt_ids
-    ):  # unconditional: start from <|endoftext|>, the separator the model saw before each story
-        prompt_ids = [eos_id]
+    # unconditional: start from <|endoftext|>, the separator the model saw before each story
+    prompt_ids = (tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []) or [eos_id]
     limit = context_limit(model)
     room = limit - len(prompt_ids)
     if room <= 0:
@@ -71,28 +87,18 @@ def generate_story(
             f"the prompt is {len(prompt_ids)} tokens, but the model was trained on {limit}-token contexts: "
             "shorten the prompt"
         )
-    max_new_tokens = max(1, min(int(max_new_tokens), room))
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([prompt_ids], device=device)
-    do_sample = temperature is not None and temperature > 0
-    sampling = {}
-    if do_sample:
-        sampling = {"temperature": float(temperature), "top_k": top_k or 0, "top_p": top_p or 1.0}
+    input_ids = torch.tensor([prompt_ids], device=next(model.parameters()).device)
     if seed is not None:
         set_seed(seed)
     was_training = model.training
     model.eval()
-    # A complete generation config: the checkpoint's own (max_length, top_k, ...) must not override these.
-    generation_config = GenerationConfig(
-        max_length=len(prompt_ids) + max_new_tokens,  # max_new_tokens would clash with a stored max_length
-        do_sample=do_sample,
-        num_return_sequences=num_return_sequences,
-        eos_token_id=eos_id,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id,
-        **sampling,
-    )
     output = model.generate(
-        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=generation_config
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        generation_config=_generation_config(
+            tokenizer, len(prompt_ids) + max(1, min(int(max_new_tokens), room)), temperature, top_k, top_p
+        ),
+        num_return_sequences=num_return_sequences,
     )
     if was_training:
         model.train()

@@ -16,10 +16,9 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from tinystories.core import ConfigError
+from tinystories.core import DATA_GENERATION_DIR, ConfigError
 
-# src/tinystories/synthesis/prompts.py -> repository root / data_generation
-DEFAULT_DATA_GENERATION_DIR = Path(__file__).resolve().parents[3] / "data_generation"
+DEFAULT_DATA_GENERATION_DIR = DATA_GENERATION_DIR
 WORD_FILES = {"verb": "verbs.txt", "noun": "nouns.txt", "adjective": "adjectives.txt"}
 FEATURES_FILE = "features.yaml"
 STORY_TEMPLATE = "templates/story.jinja"
