@@ -9,8 +9,8 @@ import json
 import math
 
 import pytest
-from benchmarks.bench import BenchArguments, main, prepare_tokens
 
+from benchmarks.bench import BenchArguments, main, prepare_tokens
 from tinystories.core import ConfigError
 
 

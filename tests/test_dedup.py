@@ -7,9 +7,9 @@ import random
 
 import numpy as np
 import pytest
-from benchmarks.dedup_bench import make_benchmark_corpus, run_benchmark, score
 from datasets import load_from_disk
 
+from benchmarks.dedup_bench import make_benchmark_corpus, run_benchmark, score
 from tinystories.core import ConfigError
 from tinystories.dedup import (
     DedupArguments,

@@ -12,6 +12,7 @@ import sys
 
 from transformers import set_seed
 
+from tinystories import training
 from tinystories.config import parse_args, setup_logging
 from tinystories.data import PackedCollator
 from tinystories.pretraining import (
@@ -26,14 +27,6 @@ from tinystories.pretraining import (
     validate,
 )
 from tinystories.sizes import count_non_embedding_params
-from tinystories.training import (
-    BitsPerByteTrainer,
-    TokensPerSecondCallback,
-    finish_run,
-    prepare_run,
-    print_summary,
-    run_record,
-)
 
 logger = logging.getLogger("tinystories.pretrain")
 
@@ -43,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     validate(model_args, data_args, args)
     configure_batch(args)
-    resume, tail = prepare_run(args, samples="stories", num_samples=2, sample_max_new_tokens=120)
+    resume, tail = training.prepare_run(args, samples="stories", num_samples=2, sample_max_new_tokens=120)
     set_seed(args.seed)
 
     with args.main_process_first(desc="data"):
@@ -53,19 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     n_params, n_non_emb = model.num_parameters(), count_non_embedding_params(model)
     logger.info("model: %.2fM parameters, %.2fM non-embedding", n_params / 1e6, n_non_emb / 1e6)
 
-    trainer = BitsPerByteTrainer(
+    trainer = training.BitsPerByteTrainer(
         model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=PackedCollator(),
         processing_class=tokenizer,
-        callbacks=[TokensPerSecondCallback()],
+        callbacks=[training.TokensPerSecondCallback()],
         eval_text_stats=(eval_stats.tokens, eval_stats.bytes),
     )
     trainer.train(resume_from_checkpoint=resume)
 
-    run_info = run_record(
+    run_info = training.run_record(
         "pretrain",
         trainer,
         datasets=[data_args.dataset_name],
@@ -76,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         num_non_embedding_parameters=n_non_emb,
         data_stats={"train": train_stats.to_dict(), "validation": eval_stats.to_dict()},
     )
-    results = finish_run(trainer, tokenizer, run_info, tail)
-    print_summary(results, trainer)
+    results = training.finish_run(trainer, tokenizer, run_info, tail)
+    training.print_summary(results, trainer)
     return 0
 
 

@@ -269,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         args.tokenizer_name,
         data["train"],
         args.output_dir,
-        vocab_size=args.vocab_size,
-        train_tokenizer=args.train_tokenizer,
-        text_column=args.text_column,
+        args.vocab_size,
+        args.train_tokenizer,
+        args.text_column,
     )
     print(f"saved a {len(tok)}-token tokenizer to {args.output_dir}", file=sys.stderr)
     return 0
