@@ -148,3 +148,20 @@ def test_lora_from_hub_id_merge_and_reload(
     capsys.readouterr()
     generate_main(["--model", str(out), "--prompt", "Once", "--temperature", "0", "--max_new_tokens", "6"])
     assert capsys.readouterr().out.strip() == ("Once" + expected).strip()
+
+    # `tinystories eval` loads the adapter dir through the same resolver: the same loss as the merged export
+    from tinystories import evaluation
+
+    common = ["--data", str(data), "--generate", "false", "--max_samples", "6", "--write_card", "false"]
+    assert (
+        evaluation.main(["--model", str(out), "--output_dir", str(tmp_path / "eval-adapter"), *common]) == 0
+    )
+    assert (
+        evaluation.main(
+            ["--model", str(out / "merged"), "--output_dir", str(tmp_path / "eval-merged"), *common]
+        )
+        == 0
+    )
+    adapter_loss = json.loads((tmp_path / "eval-adapter" / "eval_results.json").read_text())["loss"]
+    merged_loss = json.loads((tmp_path / "eval-merged" / "eval_results.json").read_text())["loss"]
+    assert adapter_loss == pytest.approx(merged_loss, abs=1e-5)

@@ -1,6 +1,6 @@
 """Loading stories from any source the recipes accept, and packing them into training blocks.
 
-Sources (GUIDE §2): a Hub dataset id (default `roneneldan/TinyStories`, whose `validation` split is
+Sources (README: the data formats): a Hub dataset id (default `roneneldan/TinyStories`, whose `validation` split is
 the eval set), or a local `.txt` with `<|endoftext|>` between stories (the official release format),
 `.jsonl`/`.json` or `.parquet` with a text column, a `datasets.save_to_disk` directory, or a directory
 of such files. Local sources without a validation split get a seeded held-out fraction.

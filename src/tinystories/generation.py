@@ -38,7 +38,7 @@ SAMPLE_PROMPTS: dict[str, list[Any]] = {
 }
 
 
-def _generation_config(tokenizer, max_length: int, temperature, top_k, top_p) -> GenerationConfig:
+def _generation_config(tokenizer, max_length: int, temperature, top_k, top_p, num_return_sequences: int = 1):
     """A complete generation config: the checkpoint's own (max_length, top_k, ...) must not override it.
 
     `max_length` (prompt + new tokens) rather than `max_new_tokens`, which would clash with a stored max_length.
@@ -51,6 +51,7 @@ def _generation_config(tokenizer, max_length: int, temperature, top_k, top_p) ->
     return GenerationConfig(
         max_length=max_length,
         do_sample=do_sample,
+        num_return_sequences=num_return_sequences,
         eos_token_id=eos_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id,
         **sampling,
@@ -96,9 +97,13 @@ def generate_story(
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),
         generation_config=_generation_config(
-            tokenizer, len(prompt_ids) + max(1, min(int(max_new_tokens), room)), temperature, top_k, top_p
+            tokenizer,
+            len(prompt_ids) + max(1, min(int(max_new_tokens), room)),
+            temperature,
+            top_k,
+            top_p,
+            num_return_sequences,
         ),
-        num_return_sequences=num_return_sequences,
     )
     if was_training:
         model.train()

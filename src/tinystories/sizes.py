@@ -1,4 +1,4 @@
-"""The released TinyStories model sizes as `GPTNeoConfig`s (GUIDE §3).
+"""The released TinyStories model sizes as `GPTNeoConfig`s (the README's size table).
 
 All released checkpoints are `GPTNeoForCausalLM` with 16 heads, alternating global/local attention
 (window 256; a 1-layer model is global only), 4×hidden MLP, `gelu_new`, no dropout, layer-norm eps
@@ -24,7 +24,7 @@ GPT_NEO_EOS = 50256
 class SizeSpec:
     hidden_size: int
     num_layers: int
-    non_embedding_millions: float  # as published (GUIDE §3), rounded
+    non_embedding_millions: float  # as published (README size table), rounded
     hub_id: str
 
     @property

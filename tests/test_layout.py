@@ -1,0 +1,76 @@
+"""The layout ARCHITECTURE.md describes, checked: the stage table, entry points, size limits, import hygiene."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+from tinystories.cli import STAGES, main, stage_table
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tinystories"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _modules() -> list[tuple[Path, ast.Module]]:
+    return [(p, ast.parse(p.read_text())) for p in sorted(PACKAGE.rglob("*.py"))]
+
+
+def _functions(tree: ast.Module):
+    return [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+
+
+def test_readme_shows_the_stage_table():
+    assert stage_table() in README.read_text()
+
+
+@pytest.mark.parametrize("stage", [s for s, v in STAGES.items() if v.module.startswith("tinystories")])
+def test_every_stage_has_an_entry_point_and_a_make_target(stage):
+    module = importlib.import_module(STAGES[stage].module)
+    assert callable(module.main)
+    makefile = (PACKAGE.parents[1] / "Makefile").read_text()
+    assert f"\n{STAGES[stage].make}:" in makefile
+    recipes = STAGES[stage].recipes
+    assert recipes is None or (PACKAGE.parents[1] / "recipes" / recipes).is_dir()
+
+
+def test_unknown_stage_is_an_error(capsys):
+    assert main(["nope"]) == 2
+    assert "valid stages" in capsys.readouterr().err
+
+
+def test_size_limits():
+    too_long = []
+    for path, tree in _modules():
+        assert len(path.read_text().splitlines()) <= 500, path
+        for fn in _functions(tree):
+            limit = 110 if fn.name in ("main", "run") else 60
+            if fn.end_lineno - fn.lineno + 1 > limit:
+                too_long.append(f"{path.name}:{fn.name}")
+    assert too_long == []
+
+
+def test_imports_at_the_top():
+    inner = [
+        f"{path.name}:{node.lineno}"
+        for path, tree in _modules()
+        for fn in _functions(tree)
+        for node in ast.walk(fn)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+    ]
+    assert len(inner) <= 5, inner  # optional backends only (vLLM)
+
+
+def test_lora_does_not_import_the_sft_entry_point():
+    tree = ast.parse((PACKAGE / "lora.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "tinystories.sft" not in imported and "tinystories.finetune" in imported
+
+
+def test_core_has_no_heavy_dependencies():
+    tree = ast.parse((PACKAGE / "core.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= {"__future__", "os", "pathlib"}
