@@ -4,6 +4,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
+# Another interpreter (3.11-3.13) in its own venv: make install PYTHON=python3.12 VENV=.venv312 (git-ignored)
 VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
@@ -28,10 +29,21 @@ OUT        ?=
 GPU_COUNT := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 NUM_GPUS  ?= $(if $(filter-out 0,$(GPU_COUNT)),$(GPU_COUNT),1)
 ACCELERATE ?= $(if $(filter 0,$(or $(GPU_COUNT),0)),cpu,$(if $(filter 1,$(NUM_GPUS)),single_gpu,multi_gpu))
+# A config for several machines (multi_node.yaml) holds the TOTAL process count (num_machines x GPUs per
+# machine) and is launched as is; on one machine the local GPU count is passed. LAUNCH_ARGS reach
+# `accelerate launch`, e.g. LAUNCH_ARGS="--machine_rank 1 --main_process_ip node-0" on the second node.
+NUM_MACHINES := $(shell sed -n 's/^num_machines: *\([0-9]*\).*/\1/p' accelerate_configs/$(ACCELERATE).yaml 2>/dev/null)
+LAUNCH_ARGS ?=
 ifeq ($(ACCELERATE),cpu)
 LAUNCH := $(PY)
 else
-LAUNCH := $(VENV)/bin/accelerate launch --config_file accelerate_configs/$(ACCELERATE).yaml --num_processes $(NUM_GPUS)
+LAUNCH := $(VENV)/bin/accelerate launch --config_file accelerate_configs/$(ACCELERATE).yaml \
+	$(if $(filter-out 0 1,$(or $(NUM_MACHINES),1)),,--num_processes $(NUM_GPUS)) $(LAUNCH_ARGS)
+endif
+
+# DeepSpeed on CPU processes (cpu_deepspeed_*): DeepSpeed's own accelerator must be the CPU too.
+ifneq ($(filter cpu_deepspeed%,$(ACCELERATE)),)
+export DS_ACCELERATOR ?= cpu
 endif
 
 opt = $(if $(2),$(1) $(2))

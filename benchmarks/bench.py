@@ -37,30 +37,36 @@ from pathlib import Path
 
 import torch
 import transformers
-from datasets import DatasetDict
 from transformers import AutoTokenizer
 
 from benchmarks.dedup_bench import run_benchmark
+from benchmarks.finetune_bench import PATHS as FINETUNE_PATHS
+from benchmarks.finetune_bench import bench_finetune, format_finetune_table, run_path
 from benchmarks.train_bench import STOCK, default_variant, lever_variants, run_variant
 from tinystories.config import parse_args
 from tinystories.core import ConfigError
-from tinystories.data import load_raw, pack_tokenized, tokenize_stories
+from tinystories.data import load_stories, pack_tokenized, tokenize_stories
 from tinystories.paths import looks_like_path
 from tinystories.sizes import SIZES, size_names
 
 DEFAULT_DATA = "../shared/data/tinystories/TinyStories-train.sample.txt"
 DEFAULT_TOKENIZER_DIR = "../shared/data/tokenizer-gpt-neo"
-SUITES = ("train", "dedup")
+SUITES = ("train", "dedup", "finetune")
 
 
 @dataclass
 class BenchArguments:
-    suite: str = field(default="train,dedup", metadata={"help": "comma-separated: train, dedup"})
+    suite: str = field(
+        default="train,dedup", metadata={"help": "comma-separated: train, dedup, finetune (SFT/LoRA vs TRL)"}
+    )
     sizes: str = field(
         default="auto", metadata={"help": "model sizes, e.g. 1M,8M; auto: 1M,8M (+33M on a GPU)"}
     )
     data: str = field(
-        default=DEFAULT_DATA, metadata={"help": "stories (.txt with <|endoftext|>, .jsonl, ...)"}
+        default=DEFAULT_DATA,
+        metadata={
+            "help": "stories (.txt, .jsonl, ..., Hub id), read as pretraining reads them (its train part)"
+        },
     )
     tokenizer: str = field(
         default=DEFAULT_TOKENIZER_DIR, metadata={"help": "GPT-Neo tokenizer dir or Hub id"}
@@ -84,6 +90,19 @@ class BenchArguments:
     output_dir: str = "outputs/bench"
     seed: int = 42
     dedup_stories: int = field(default=20000, metadata={"help": "stories for the dedup benchmark"})
+    finetune_size: str = field(default="1M", metadata={"help": "finetune suite: model size"})
+    finetune_paths: str = field(
+        default=",".join(FINETUNE_PATHS),
+        metadata={"help": f"finetune suite: paths among {', '.join(FINETUNE_PATHS)}"},
+    )
+    finetune_steps: int = field(default=6, metadata={"help": "finetune suite: optimizer steps per path"})
+    finetune_batch_size: int = field(default=16, metadata={"help": "finetune suite: examples per step"})
+    finetune_max_length: int = field(
+        default=256, metadata={"help": "finetune suite: tokens per example/block"}
+    )
+    finetune_vocab_size: int | None = field(
+        default=None, metadata={"help": "finetune suite: trim the tokenizer to K tokens (paper: 10000)"}
+    )
     num_proc: int = field(default=2, metadata={"help": "processes for the dedup benchmark"})
 
 
@@ -95,7 +114,7 @@ def _check_inputs(args: BenchArguments) -> list[str]:
         raise ConfigError(
             f"unknown --suite {args.suite!r}: use a comma-separated subset of {', '.join(SUITES)}"
         )
-    if "train" in suites:
+    if "train" in suites or "finetune" in suites:
         if args.steps <= args.warmup_steps:
             raise ConfigError(f"--steps ({args.steps}) must exceed --warmup_steps ({args.warmup_steps})")
         if args.batch_size < 1 or args.block_size < 2:
@@ -114,17 +133,20 @@ def _check_inputs(args: BenchArguments) -> list[str]:
                 f"tokenizer {args.tokenizer!r} not found: pass --tokenizer with a GPT-Neo tokenizer dir "
                 "(or the Hub id EleutherAI/gpt-neo-125M)"
             )
+    if "finetune" in suites:
+        unknown = [x.strip() for x in args.finetune_paths.split(",") if x.strip() not in FINETUNE_PATHS]
+        if unknown:
+            raise ConfigError(f"unknown --finetune_paths {unknown}: choose among {', '.join(FINETUNE_PATHS)}")
+        if args.finetune_steps <= args.warmup_steps:
+            raise ConfigError(
+                f"--finetune_steps ({args.finetune_steps}) must exceed --warmup_steps ({args.warmup_steps})"
+            )
     return suites
 
 
 def prepare_tokens(args: BenchArguments, tokenizer) -> dict:
     """The token stream both paths train on: stock rows (one story each) and packed blocks, same tokens."""
-    raw = load_raw(args.data)
-    if isinstance(raw, DatasetDict):
-        raw = raw["train"] if "train" in raw else next(iter(raw.values()))
-    if "text" not in raw.column_names:
-        raise ConfigError(f"{args.data!r} has no 'text' column (columns: {raw.column_names})")
-    raw = raw.filter(lambda ex: bool(ex["text"] and ex["text"].strip()))
+    raw = load_stories(args.data, seed=args.seed)["train"]  # what pretraining trains on (same loader)
     want = args.steps * args.batch_size
     if len(raw) < want:
         raise ConfigError(
@@ -158,11 +180,11 @@ def prepare_tokens(args: BenchArguments, tokenizer) -> dict:
     }
 
 
-def _run(payload: dict, isolate: bool) -> dict:
+def _run(payload: dict, isolate: bool, fn=run_variant) -> dict:
     if not isolate:
-        return run_variant(payload)
+        return fn(payload)
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(run_variant, payload).result()
+        return pool.submit(fn, payload).result()
 
 
 # --------------------------------------------------------------------------------------------- suites
@@ -310,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     if "dedup" in suites:
         print("[bench] dedup ...", flush=True)
         report["dedup"] = bench_dedup(args)
+    if "finetune" in suites:
+        report["finetune"] = bench_finetune(
+            args, device, lambda payload: _run(payload, args.isolate, run_path)
+        )
     report["load_average_1min_end"] = round(os.getloadavg()[0], 2)
 
     out_dir = Path(args.output_dir)
@@ -319,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     stamped = out_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     stamped.write_text(text)
     print(format_table(report))
+    if "finetune" in report:
+        print(format_finetune_table(report["finetune"]))
     print(f"wrote {out_dir / 'bench.json'} and {stamped}")
     return 0
 

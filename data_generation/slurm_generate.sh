@@ -1,6 +1,10 @@
 #!/bin/bash
 # Synthesis as a Slurm job array: task k of N generates shard k of N of the recipe's job.
 #
+#   SBATCH_ARGS="--array=0-15" bash data_generation/slurm_generate.sh recipes/data/tinystories.yaml [--key value ...]
+#   # (where there is no sbatch, `bash` runs shard 0 of 1 here, as one task would)
+#   # or by hand. The log folder must exist first: Slurm opens --output before the job starts and, when
+#   # outputs/slurm/ is missing, fails every task without writing any log (a clone has it, via .gitkeep):
 #   mkdir -p outputs/slurm && sbatch --array=0-15 data_generation/slurm_generate.sh recipes/data/tinystories.yaml [--key value ...]
 #   # merge once every task has finished (or chain it with --dependency=afterok:<array job id>):
 #   sbatch --dependency=afterok:<jobid> --wrap \
@@ -25,6 +29,11 @@
 #SBATCH --output=outputs/slurm/%x-%A_%a.out
 
 set -euo pipefail
+if [ -z "${SLURM_JOB_ID:-}" ] && command -v sbatch > /dev/null; then  # make the log folder, then submit
+    mkdir -p outputs/slurm  # in the submit folder, which the job's relative --output starts from
+    # shellcheck disable=SC2086
+    exec sbatch ${SBATCH_ARGS:-} "$0" "$@"
+fi
 cd "${SLURM_SUBMIT_DIR:-.}"
 if [ -x .venv/bin/tinystories ]; then PATH="$PWD/.venv/bin:$PATH"; fi
 RECIPE=${1:?usage: sbatch --array=0-N data_generation/slurm_generate.sh RECIPE [--key value ...]}

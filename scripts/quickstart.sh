@@ -32,8 +32,10 @@ stage "generate a story with the SFT model (Instruct prompt)"
 $TS generate --model $Q/sft --words dog ball happy --features Dialogue --max_new_tokens 120 --seed 0
 
 stage "6/7 evaluate: held-out loss, bits per byte, completions of the evaluation prompts"
+# the stories the runs held out (their --validation_fraction 0.1, seed 42), not the ones they trained on;
+# the prompts dedup decontaminated against (the project's own: the paper's need the Hub or its cache)
 $TS eval --model $Q/pretrain $Q/sft $Q/lora/merged --data $Q/dedup/data --text_column story \
-    --max_samples 100 --num_prompts 5 --max_new_tokens 80
+    --validation_fraction 0.1 --max_samples 100 --prompts project --num_prompts 5 --max_new_tokens 80
 
 stage "7/7 stage the upload (model card with the eval results) without pushing"
 $TS push --model $Q/pretrain --repo tinystories-quickstart/TinyStories-1M-toy --dry_run true

@@ -62,30 +62,45 @@ def gpt_neo_tokenizer(gpt_neo_tokenizer_dir):
     return AutoTokenizer.from_pretrained(gpt_neo_tokenizer_dir)
 
 
-def make_hub_cache(cache_dir: Path, repo_id: str, folder: Path, repo_type: str = "model") -> Path:
-    """Lay `folder` out as the real HF cache of `repo_id` (refs/main -> snapshots/<hash>/...).
+def make_hub_cache(
+    cache_dir: Path, repo_id: str, folder: Path, repo_type: str = "model", revision: str = "main"
+) -> Path:
+    """Lay `folder` out as the real HF cache of `repo_id@revision`: `refs/<revision>` holds a commit hash,
+    `snapshots/<hash>/<file>` are symlinks into `blobs/` (a `refs/pr/1` revision is `refs/refs/pr/1`, as
+    huggingface_hub writes it).
 
-    Loading `repo_id` with HF_HUB_CACHE=cache_dir and HF_HUB_OFFLINE=1 then takes the same code path
-    a user with the Hub takes, without the network.
+    Loading `repo_id` (with `revision=`) with HF_HUB_CACHE=cache_dir and HF_HUB_OFFLINE=1 then takes the same
+    code path a user with the Hub takes, without the network.
     """
     import hashlib
+    import os
     import shutil
 
     prefix = {"model": "models", "dataset": "datasets", "space": "spaces"}[repo_type]
     root = Path(cache_dir) / f"{prefix}--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / "main").write_text(commit)
+    commit = hashlib.sha1((repo_id if revision == "main" else f"{repo_id}@{revision}").encode()).hexdigest()
+    ref = root / "refs" / revision
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(commit)
     snapshot = root / "snapshots" / commit
     if snapshot.exists():
         shutil.rmtree(snapshot)
-    shutil.copytree(folder, snapshot)
+    snapshot.mkdir(parents=True)
+    (root / "blobs").mkdir(exist_ok=True)
+    for src in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        data = src.read_bytes()
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        if not blob.exists():
+            blob.write_bytes(data)
+        link = snapshot / src.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
     return snapshot
 
 
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
-    """An empty offline HF cache: `hub_cache.add(repo_id, folder)` publishes a folder under a repo id.
+    """An empty offline HF cache: `hub_cache.add(repo_id, folder[, revision=])` publishes a folder under a repo id.
 
     HF_HUB_CACHE is set for subprocesses and patched in-process (huggingface_hub reads it at import).
     """
@@ -102,7 +117,53 @@ def hub_cache(tmp_path, monkeypatch):
         path = cache
 
         @staticmethod
-        def add(repo_id: str, folder: Path, repo_type: str = "model") -> Path:
-            return make_hub_cache(cache, repo_id, folder, repo_type)
+        def add(repo_id: str, folder: Path, repo_type: str = "model", revision: str = "main") -> Path:
+            return make_hub_cache(cache, repo_id, folder, repo_type, revision)
 
     return _Cache()
+
+
+def publish_tinystories_dataset(hub_cache, tmp_path: Path, stories: list[str]) -> dict:
+    """Lay out `roneneldan/TinyStories` in the offline cache with the real repo's files, from real stories.
+
+    `data/train-0000{0..3}-of-00004-<hash>.parquet` and `data/validation-00000-of-00001-<hash>.parquet`
+    (column `text`), `TinyStories-{train,valid}.txt` and `TinyStoriesV2-GPT4-{train,valid}.txt` (stories
+    between `<|endoftext|>` lines), `Evaluation prompts.yaml` (a YAML list of 44 story beginnings, cut
+    mid-sentence like the paper's) and `README.md`. Returns what the parts hold: {"train", "validation",
+    "prompts", "snapshot"}; the `.txt` files hold other stories than the parquet, so a test sees which it read.
+    """
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    train, validation, txt_only = stories[:160], stories[160:200], stories[200:260]
+    prompts = [" ".join(s.split()[: 8 + i % 7]) for i, s in enumerate(stories[260:304])]
+    folder = tmp_path / "roneneldan--TinyStories"
+    (folder / "data").mkdir(parents=True)
+
+    def shard(split: str, index: int, count: int, texts: list[str]) -> None:
+        digest = hashlib.sha1(f"{split}-{index}".encode()).hexdigest()[:16]
+        name = f"{split}-{index:05d}-of-{count:05d}-{digest}.parquet"
+        pq.write_table(pa.table({"text": texts}), folder / "data" / name)
+
+    for i in range(4):
+        shard("train", i, 4, train[i * 40 : (i + 1) * 40])
+    shard("validation", 0, 1, validation)
+    for name, texts in (
+        ("TinyStories-train.txt", txt_only[:20]),
+        ("TinyStories-valid.txt", txt_only[20:30]),
+        ("TinyStoriesV2-GPT4-train.txt", txt_only[30:50]),
+        ("TinyStoriesV2-GPT4-valid.txt", txt_only[50:]),
+    ):
+        (folder / name).write_text("\n<|endoftext|>\n".join(texts) + "\n", encoding="utf-8")
+    (folder / "Evaluation prompts.yaml").write_text(yaml.safe_dump(prompts, width=1000), encoding="utf-8")
+    (folder / "README.md").write_text(
+        "---\nlicense: cdla-sharing-1.0\ntask_categories:\n- text-generation\nlanguage:\n- en\n---\n"
+        "Dataset containing synthetically generated (by GPT-3.5 and GPT-4) short stories that only use a "
+        "small vocabulary.\n",
+        encoding="utf-8",
+    )
+    snapshot = hub_cache.add("roneneldan/TinyStories", folder, repo_type="dataset")
+    return {"train": train, "validation": validation, "prompts": prompts, "snapshot": snapshot}

@@ -87,3 +87,39 @@ def test_bench_errors_name_the_fix(tmp_path):
         main(["--suite", "speed"])
     with pytest.raises(ConfigError, match="size"):
         main(["--suite", "train", "--sizes", "5M", "--data", str(tmp_path)])
+
+
+def test_bench_finetune_suite_json(tmp_path, sample_txt, gpt_neo_tokenizer_dir, capsys):
+    """TRL's stock path, the project's SFT / LoRA and pretraining on the same examples: counted, ratios in the JSON."""
+    out = tmp_path / "bench"
+    argv = [
+        "--suite", "finetune",
+        "--data", str(sample_txt),
+        "--tokenizer", str(gpt_neo_tokenizer_dir),
+        "--finetune_paths", "trl,sft,lora,pretrain",
+        "--finetune_steps", "2",
+        "--finetune_batch_size", "2",
+        "--finetune_max_length", "64",
+        "--finetune_vocab_size", "1000",
+        "--warmup_steps", "1",
+        "--isolate", "false",
+        "--output_dir", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "bench.json").read_text())["finetune"]
+    runs = report["runs"]
+    assert report["data"]["vocab_size"] == 1000 and report["data"]["examples"] >= 8
+    trl, sft, lora = runs["trl"], runs["sft"], runs["lora"]
+    # the same examples, batches and labels: the same real and trained tokens on every SFT path
+    assert trl["real_tokens"] == sft["real_tokens"] == lora["real_tokens"] > 0
+    assert trl["trained_tokens"] == sft["trained_tokens"] == lora["trained_tokens"] > 0
+    assert sft["trained_tokens"] < sft["real_tokens"]  # the prompt tokens carry no loss
+    assert runs["pretrain"]["trained_tokens"] == runs["pretrain"]["real_tokens"]
+    assert trl["first_loss"] == pytest.approx(sft["first_loss"], rel=1e-4)  # same model, same first batch
+    assert sft["vs_trl"] == pytest.approx(sft["tokens_per_second"] / trl["tokens_per_second"], rel=0.02)
+    assert lora["vs_pretrain"] == pytest.approx(
+        lora["tokens_per_second"] / runs["pretrain"]["tokens_per_second"], rel=0.02
+    )
+    assert "fine-tuning suite" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="finetune_paths"):
+        main(["--suite", "finetune", "--finetune_paths", "sft,dpo"])

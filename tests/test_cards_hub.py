@@ -370,14 +370,28 @@ def test_staged_push_loads_by_repo_id_through_an_offline_cache(trained, tmp_path
         torch.testing.assert_close(by_id(ids).logits, original(ids).logits, rtol=1e-5, atol=1e-5)
 
 
-def test_pull_refuses_pickle_only_repos(tmp_path, hub_cache):
+class _WritesMarker:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # a full unpickle would create the marker file
+        return open, (str(self.marker), "w")
+
+
+def test_pull_never_unpickles_code_from_a_pickle_only_repo(tmp_path, hub_cache):
+    """A `.bin`-only repo is read with weights_only=True (tests/test_released.py converts a real one)."""
     folder = tmp_path / "pickled"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt_neo"}))
-    (folder / "pytorch_model.bin").write_bytes(b"not loaded")
-    hub_cache.add("someone/pickled", folder)
-    with pytest.raises(ConfigError, match="safetensors"):
+    marker = tmp_path / "unpickled"
+    torch.save(
+        {"transformer.wte.weight": torch.zeros(2, 2), "x": _WritesMarker(marker)},
+        folder / "pytorch_model.bin",
+    )
+    snapshot = hub_cache.add("someone/pickled", folder)
+    with pytest.raises(ConfigError, match="weights_only=True"):
         pull.pull("someone/pickled")
+    assert not marker.exists() and not (snapshot / "model.safetensors").exists()
     with pytest.raises(ConfigError, match="not in the local HF cache"):
         pull.pull("someone/missing")
     with pytest.raises(ConfigError, match="Hub id"):

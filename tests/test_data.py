@@ -7,7 +7,14 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from tinystories.core import ConfigError
-from tinystories.data import PACK_BATCH_SIZE, iter_txt_stories, load_stories, pack_dataset
+from tinystories.data import (
+    PACK_BATCH_SIZE,
+    hub_data_files,
+    iter_txt_stories,
+    load_split,
+    load_stories,
+    pack_dataset,
+)
 
 STORIES = [
     "Once upon a time, there was a cat.\nThe cat was happy.",
@@ -126,3 +133,23 @@ def test_packing_is_exact():
     ends = np.cumsum([len(s) + 1 for s in texts]) - 1
     eos_positions = np.flatnonzero(got.ravel() == 0)
     np.testing.assert_array_equal(eos_positions, ends[ends < n_blocks * block])
+
+
+def test_hub_file_names_give_the_splits(hub_cache, tmp_path):
+    def publish(repo_id: str, files: dict[str, str]) -> None:
+        folder = tmp_path / repo_id.replace("/", "--")
+        for name, text in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+        hub_cache.add(repo_id, folder, repo_type="dataset")
+
+    row = json.dumps({"text": "Tom had a red ball."}) + "\n"
+    publish("a/jsonl", {"data/train.jsonl": row, "data/dev.jsonl": row, "config.json": "{}", "README.md": ""})
+    assert hub_data_files("a/jsonl") == {"train": ["data/train.jsonl"], "validation": ["data/dev.jsonl"]}
+    assert load_split("a/jsonl", "validation")["text"] == ["Tom had a red ball."]
+    publish("a/configs", {"en/train-00000-of-00001.parquet": "x", "fr/train-00000-of-00001.parquet": "x"})
+    assert hub_data_files("a/configs") is None  # configs: left to datasets.load_dataset
+    publish("a/txt", {"TinyStories-train.txt": "A.", "TinyStoriesV2-GPT4-train.txt": "B."})
+    with pytest.raises(ConfigError, match="several .txt files per split"):
+        hub_data_files("a/txt")
+    assert hub_data_files("a/not-cached") is None

@@ -169,6 +169,7 @@ def test_eval_cli_writes_results_completions_and_card(tiny, tmp_path, monkeypatc
         "0.25",
     ]
     args += ["--num_prompts", "2", "--num_completions", "2", "--max_new_tokens", "6", "--batch_size", "4"]
+    args += ["--prompts", "project"]
     assert evaluation.main(args) == 0
     out = capsys.readouterr().out
 
@@ -177,6 +178,8 @@ def test_eval_cli_writes_results_completions_and_card(tiny, tmp_path, monkeypatc
     for res in (res_a, res_b):
         assert {"loss", "perplexity", "bits_per_byte", "num_tokens", "num_bytes", "data", "split"} <= set(res)
         assert res["data"] == "stories.jsonl" and res["split"] == "validation" and res["num_stories"] == 7
+        assert res["selected"] == "held_out_fraction" and res["held_out_fraction"] == 0.25
+        assert res["prompt_set"] == "project"
         assert res["bits_per_byte"] == pytest.approx(
             bits_per_byte(res["total_nll"], res["num_bytes"]), rel=1e-12
         )
@@ -201,6 +204,7 @@ def test_eval_cli_writes_results_completions_and_card(tiny, tmp_path, monkeypatc
     # the card of the trained folder now carries the new numbers; the foreign folder got none
     card = (model_a / "README.md").read_text()
     assert f"{res_a['bits_per_byte']:.4f}" in card
+    assert "continue the project's own evaluation prompts (`data_generation/eval_prompts.jsonl`)" in card
     assert not (model_b / "README.md").exists()
 
 
@@ -221,8 +225,9 @@ def test_eval_hub_id_writes_under_outputs_eval(tiny, tmp_path, monkeypatch, hub_
     ]
     assert evaluation.main(args) == 0
     res = json.loads((tmp_path / "outputs/eval/someone__TinyStories-tiny/eval_results.json").read_text())
-    # a local file without splits is held out like in training: 13 stories, ceil(10%) = 2 held out
-    assert res["model"] == "someone/TinyStories-tiny" and res["num_stories"] == 11
+    # a local file without splits is scored whole (no held-out fraction asked for): all 13 stories
+    assert res["model"] == "someone/TinyStories-tiny" and res["num_stories"] == 13
+    assert res["selected"] == "whole_file" and res["split"] == "all"
 
 
 def test_eval_config_errors(tiny, tmp_path, monkeypatch):

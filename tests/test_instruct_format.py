@@ -32,6 +32,23 @@ Mom said: "It is pretty."
 The bird flew away with the shiny key. Lily was sad, but then she smiled."""
 
 
+# Released records where instruction lines follow the story (the file's `Story: ` line, a blank line)
+TRAILING_FIELDS_EXAMPLE = """Features: Dialogue
+Story:\x20
+
+Tom had a red kite. "Look!" he said.
+Summary: Tom flies a red kite with his dad.
+Words: kite, fly, red"""
+
+ALL_AFTER_EXAMPLE = """Story:\x20
+
+Sue found a shell on the beach.
+She gave it to her mom.
+
+Random sentence: She gave it to her mom.
+Summary: Sue gives her mom a shell."""
+
+
 def _full_examples(n: int) -> list[InstructExample]:
     vocab, backend = Vocabulary(), TemplateBackend()
     examples = []
@@ -113,3 +130,39 @@ def test_build_prompt_and_order(fields):
 def test_not_an_instruct_example():
     with pytest.raises(ValueError, match="Story:"):
         parse_example("Words: a, b, c\nSummary: nothing")
+
+
+def test_instruction_lines_after_the_story_go_to_the_prompt():
+    ex = parse_example(TRAILING_FIELDS_EXAMPLE)
+    assert ex.story == 'Tom had a red kite. "Look!" he said.'
+    assert ex.order == ["features", "summary", "words"]  # before the story first, then the ones after
+    assert ex.summary == "Tom flies a red kite with his dad." and ex.words == ["kite", "fly", "red"]
+    prompt, completion = split_prompt_completion(TRAILING_FIELDS_EXAMPLE)
+    assert prompt == (
+        "Features: Dialogue\nSummary: Tom flies a red kite with his dad.\nWords: kite, fly, red\nStory:\n"
+    )
+    assert completion == ex.story and "Summary" not in completion and "kite, fly" not in completion
+
+    prompt, completion = split_prompt_completion(ALL_AFTER_EXAMPLE)  # every instruction after the story
+    assert prompt == "Random sentence: She gave it to her mom.\nSummary: Sue gives her mom a shell.\nStory:\n"
+    assert completion == "Sue found a shell on the beach.\nShe gave it to her mom."
+    assert parse_example(format_example(parse_example(ALL_AFTER_EXAMPLE))) == parse_example(ALL_AFTER_EXAMPLE)
+
+
+def test_story_lines_that_only_look_like_fields_stay_in_the_story():
+    text = "Words: sun\nStory:\nMom said: run!\nStory: time.\nThe end: they slept.\nWords: moon"
+    ex = parse_example(text)
+    assert ex.story == "Mom said: run!\nStory: time.\nThe end: they slept."
+    assert ex.words == ["sun"] and ex.order == ["words"]  # a field given twice: the first one wins
+
+
+def test_build_prompt_ends_as_the_sft_prompts():
+    """Generation conditions on exactly the text SFT trains on before a story."""
+    prompt = build_prompt(words=["kite", "fly", "red"], summary="Tom flies a kite.", features=["Dialogue"])
+    assert prompt.endswith("\nStory:\n") and not prompt.endswith("\n\n")
+    record = (
+        "Story:\x20\n\nTom flew it.\nSummary: Tom flies a kite.\nWords: kite, fly, red\nFeatures: Dialogue"
+    )
+    sft_prompt, _ = split_prompt_completion(record)
+    assert sorted(sft_prompt.splitlines()) == sorted(prompt.splitlines())
+    assert sft_prompt.endswith("\nStory:\n")

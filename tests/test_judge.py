@@ -18,12 +18,14 @@ import evaluate
 import pytest
 import torch
 
+from fake_openai_server import FakeOpenAIServer, ok_plan
 from tiny import make_tiny_model_dir, train_tiny_tokenizer
 from tinystories import evaluation, judge
 from tinystories.core import ConfigError
 from tinystories.openai_client import RetryPolicy
 
 GOOD = "Grammar: 8\nCreativity: 6\nConsistency: 9\nPlot: 7\nAge group: B"
+GOOD_JSON = '{"grammar": 8, "creativity": 6, "consistency": 9, "plot": 7, "age_group": "B"}'
 
 
 # ----------------------------------------------------------------------------------- prompt
@@ -103,6 +105,18 @@ def test_parse_malformed_is_reported_not_raised(answer, reason):
     assert reason in parsed.reason
 
 
+def test_json_grades_are_strict_else_the_text_parser_reads_them():
+    parsed = judge.parse_json_grades(GOOD_JSON)
+    assert parsed.ok and parsed.scores == {"grammar": 8, "creativity": 6, "consistency": 9, "plot": 7}
+    assert parsed.age_group == "B"
+    for answer in (GOOD, "Sure! " + GOOD_JSON, GOOD_JSON.replace("8", "11"), GOOD_JSON.replace('"B"', '"Z"'),
+                   '{"grammar": 8}', "[1, 2]", None, ""):  # fmt: skip
+        assert judge.parse_json_grades(answer) is None, answer
+    assert judge.parse_grades("Sure! " + GOOD_JSON).ok  # the free-text parser still finds embedded JSON
+    schema = judge.RESPONSE_FORMAT["json_schema"]["schema"]
+    assert set(schema["required"]) == {*judge.CATEGORIES, "age_group"} and len(schema["required"]) == 5
+
+
 def test_parse_never_raises_on_noise():
     rng = random.Random(0)
     alphabet = "Grammar:Plot Age group ABCDEF0123456789{}[]\"'/\n*-–.,"
@@ -122,6 +136,30 @@ def test_mean_and_t_confidence_interval():
     half = 4.302652729911275 / 3**0.5  # t(0.975, df=2) * s / sqrt(n)
     assert stats["ci95"] == pytest.approx([8 - half, 8 + half])
     assert judge.mean_ci([5])["ci95"] is None and judge.mean_ci([])["mean"] is None
+
+
+def test_confidence_interval_is_over_prompts():
+    # 3 prompts x 4 completions: the completions of a prompt agree, so they are one unit, not four
+    per_prompt = {"p0": [4, 4, 5, 5], "p1": [7, 7, 8, 8], "p2": [9, 9, 9, 9]}
+    values = [v for vs in per_prompt.values() for v in vs]
+    clusters = [p for p, vs in per_prompt.items() for _ in vs]
+    got = judge.clustered_mean_ci(values, clusters)
+    assert got["mean"] == pytest.approx(sum(values) / 12) and got["n"] == 12 and got["n_prompts"] == 3
+    over_prompts = judge.mean_ci([sum(vs) / 4 for vs in per_prompt.values()])  # t with 2 df over 3 means
+    assert got["ci95"] == pytest.approx(over_prompts["ci95"])
+    naive = judge.mean_ci(values)["ci95"]
+    assert got["ci95"][1] - got["ci95"][0] > 2 * (
+        naive[1] - naive[0]
+    )  # independent completions: far too narrow
+    # unequal clusters (a malformed answer dropped): still centred on the mean over completions
+    got = judge.clustered_mean_ci([4, 5, 7, 8, 8, 9], ["a", "a", "b", "b", "b", "c"])
+    assert sum(got["ci95"]) / 2 == pytest.approx(got["mean"]) and got["n_prompts"] == 3
+    one = judge.clustered_mean_ci([4, 5, 6], ["a", "a", "a"])  # one prompt: no interval over prompts
+    assert one["ci95"] is None and one["mean"] == 5
+    # one completion per prompt: the plain Student-t interval
+    assert judge.clustered_mean_ci([7, 8, 9], ["a", "b", "c"])["ci95"] == pytest.approx(
+        judge.mean_ci([7, 8, 9])["ci95"]
+    )
 
 
 def test_aggregate_counts_add_up():
@@ -255,13 +293,58 @@ def test_unreachable_server_is_counted_as_failed():
 
 def test_concurrency_is_bounded_and_order_kept(scripted):
     server = scripted([(200, GOOD)], delay=0.15)
-    rows = [dict(r, id=f"r{i}") for i, r in enumerate(ROWS)]
+    rows = [dict(r, id=f"r{i}", prompt_id=f"p{i // 2}") for i, r in enumerate(ROWS)]  # 2 per prompt
     graded, summary = judge.run_judge(rows, _config(server.url, judge_concurrency=2), progress=False)
     assert server.calls == 12  # two turns per completion
     assert server.max_active == 2
     assert [g["id"] for g in graded] == [r["id"] for r in rows]
     assert summary["graded"] == 6 and summary["scores"]["consistency"]["mean"] == 9
+    assert summary["num_prompts"] == 3 and summary["scores"]["consistency"]["n_prompts"] == 3
     assert summary["scores"]["consistency"]["ci95"] == pytest.approx([9, 9])
+
+
+def _grade_lines(prompt: str) -> str:
+    return GOOD
+
+
+def test_structured_output_where_the_server_honours_it():
+    rows = [dict(r, id=f"r{i}", prompt_id=f"p{i}") for i, r in enumerate(ROWS)]
+    with FakeOpenAIServer(ok_plan, reply=_grade_lines, response_format="honour") as server:
+        graded, summary = judge.run_judge(rows, _config(server.url), progress=False)
+    assert server.formats == {"none": 6, "json_schema": 6}  # the assessment is free text, the grades JSON
+    assert summary["graded"] == summary["json_answers"] == 6 and summary["malformed"] == 0
+    for g in graded:
+        assert g["grades_format"] == "json" and json.loads(g["answer"])["age_group"] == g["age_group"]
+        assert set(g["scores"]) == set(judge.CATEGORIES) and all(1 <= v <= 10 for v in g["scores"].values())
+
+
+@pytest.mark.parametrize("status", [400, 422])
+def test_server_rejecting_response_format_falls_back_to_lines(status):
+    rows = [dict(r, id=f"r{i}", prompt_id=f"p{i}") for i, r in enumerate(ROWS)]
+    config = _config(None, judge_concurrency=1)
+    with FakeOpenAIServer(
+        ok_plan, reply=_grade_lines, response_format="reject", reject_status=status
+    ) as server:
+        config.judge_base_url = server.url
+        graded, summary = judge.run_judge(rows, config, progress=False)
+    assert summary["graded"] == 6 and summary["failed"] == 0 and summary["json_answers"] == 0
+    assert all(g["grades_format"] == "text" for g in graded)
+    assert server.formats["json_schema"] == 1  # refused once, then lines for the rest of the run
+    assert server.formats["none"] == 12
+    off = _config(None, judge_json=False)
+    with FakeOpenAIServer(ok_plan, reply=_grade_lines, response_format="reject") as server:
+        off.judge_base_url = server.url
+        assert judge.run_judge(rows[:2], off, progress=False)[1]["graded"] == 2
+    assert server.formats["json_schema"] == 0  # judge_json false: never asked
+
+
+def test_unparsable_json_answer_goes_to_the_text_parser(scripted):
+    server = scripted([(200, "Assessment."), (200, GOOD), (200, "Assessment."), (200, '{"grammar": 8, oops')])
+    rows = [dict(r, id=f"r{i}") for i, r in enumerate(ROWS[:2])]
+    graded, summary = judge.run_judge(rows, _config(server.url, judge_concurrency=1), progress=False)
+    assert [g["grades_format"] for g in graded] == ["text", "text"]
+    assert graded[0]["status"] == "ok" and graded[0]["scores"]["plot"] == 7  # accepted, answered in lines
+    assert graded[1]["status"] == "malformed" and summary["malformed"] == 1
 
 
 def test_key_from_environment(monkeypatch):
@@ -375,4 +458,6 @@ def test_eval_with_judge_against_a_real_local_server(served_model, tmp_path, mon
     assert set(block["scores"]) == set(judge.CATEGORIES)
     rows = [json.loads(line) for line in (folder / "judge_results.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["status"] in ("ok", "malformed") for r in rows)
+    # `transformers serve` accepts response_format without enforcing it: the free-text parser reads the answers
+    assert all(r["grades_format"] == "text" for r in rows) and block["json_answers"] == 0
     assert all(isinstance(r["answer"], str) and isinstance(r["assessment"], str) for r in rows)

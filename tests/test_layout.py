@@ -73,4 +73,4 @@ def test_core_has_no_heavy_dependencies():
     tree = ast.parse((PACKAGE / "core.py").read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= {"__future__", "os", "pathlib"}
+    assert imported <= {"__future__", "importlib", "os", "pathlib"}

@@ -58,7 +58,7 @@ def test_qlora_needs_cuda_and_bitsandbytes():
         validate_model_config(LoraModelConfig(), LoraScriptArguments(data_format="chat"))
 
 
-def test_adapter_base_name_never_absolute(tmp_path, monkeypatch, tiny_model_dir):
+def test_adapter_base_name_reloads_from_anywhere(tmp_path, monkeypatch, tiny_model_dir):
     assert (
         adapter_base_name(LoraScriptArguments(base_model="roneneldan/TinyStories-33M"))
         == "roneneldan/TinyStories-33M"
@@ -66,10 +66,46 @@ def test_adapter_base_name_never_absolute(tmp_path, monkeypatch, tiny_model_dir)
     local = tmp_path / "outputs" / "quickstart" / "pretrain"
     local.mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    assert adapter_base_name(LoraScriptArguments(base_model=str(local))) == "outputs/quickstart/pretrain"
-    assert adapter_base_name(LoraScriptArguments(base_model=str(tiny_model_dir))) == tiny_model_dir.name
+    # a local base is recorded by its absolute path (push replaces it with a Hub id or refuses)
+    assert adapter_base_name(LoraScriptArguments(base_model="outputs/quickstart/pretrain")) == str(local)
+    assert adapter_base_name(LoraScriptArguments(base_model=str(tiny_model_dir))) == str(tiny_model_dir)
     explicit = LoraScriptArguments(base_model=str(local), adapter_base_name="me/TinyStories-pretrain")
     assert adapter_base_name(explicit) == "me/TinyStories-pretrain"
+
+
+def test_lora_on_a_256_context_local_base_with_recipe_defaults(
+    tmp_path, gpt_neo_tokenizer_dir, stories, monkeypatch, repo_root
+):
+    """max_length defaults to the base's context; the adapter reloads from `/`; push wants the base on the Hub."""
+    from peft import AutoPeftModelForCausalLM
+
+    from tinystories import hub
+    from tinystories.lora import main
+
+    base = make_tiny_model_dir(tmp_path / "base", gpt_neo_tokenizer_dir, max_positions=256)
+    data = tmp_path / "stories.txt"
+    data.write_text("\n<|endoftext|>\n".join(stories[:60]) + "\n<|endoftext|>\n")
+    out = tmp_path / "lora"
+    argv = [
+        "--config",
+        str(repo_root / "recipes/lora/33M.yaml"),
+        "--base_model",
+        str(base),
+        "--data",
+        str(data),
+    ]
+    argv += ["--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2"]
+    argv += ["--max_eval_samples", "4", "--save_strategy", "no", "--num_samples", "0", "--merge", "false"]
+    argv += ["--report_to", "none", "--max_train_samples", "8", "--eval_strategy", "no"]
+    assert main(argv) == 0  # the recipe says max_length 512: clamped to the base's 256
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_bits_per_byte"] > 0  # plain-story LoRA eval reports bits per byte
+    assert json.loads((out / "generation_config.json").read_text())["max_length"] == 256
+    monkeypatch.chdir("/")
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(out)
+    assert reloaded.peft_config["default"].base_model_name_or_path == str(base)
+    with pytest.raises(ConfigError, match="not on the Hub"):
+        hub.push_folder(out, "alice/lora", dry_run=True, stage_dir=tmp_path / "stage")
 
 
 def test_data_format_detection(tmp_path, sample_txt, stories):

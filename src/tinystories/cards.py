@@ -237,6 +237,7 @@ def _eval_section(eval_results: Mapping[str, Any] | None, context_length: int) -
         "eval_dataset": public_name(str(results.get("dataset") or results.get("data") or "")),
         "eval_split": results.get("split", "validation"),
         "eval_context": results.get("max_length") or context_length,
+        "eval_prompt_set": results.get("prompt_set"),  # "paper", "project" or a prompts file's name
     }
 
 

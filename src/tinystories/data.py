@@ -3,7 +3,11 @@
 Sources (README: the data formats): a Hub dataset id (default `roneneldan/TinyStories`, whose `validation` split is
 the eval set), or a local `.txt` with `<|endoftext|>` between stories (the official release format),
 `.jsonl`/`.json` or `.parquet` with a text column, a `datasets.save_to_disk` directory, or a directory
-of such files. Local sources without a validation split get a seeded held-out fraction.
+of such files. Sources without a validation split get a seeded held-out fraction.
+
+One loader for every stage (training and the benchmark: `load_stories`; eval: `load_eval_texts`; dedup:
+`load_split`): a Hub dataset is read by its files (`hub_data_files`), only the splits asked for, through the HF
+cache (so offline from it): parquet shards, or a `.txt` release split at `<|endoftext|>` (TinyStoriesInstruct).
 
 Packing: every story is tokenized, followed by EOS, and the token stream is cut into `block_size`
 blocks with no padding (run_clm style). Blocks are formed per `map` batch of `PACK_BATCH_SIZE`
@@ -14,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +29,6 @@ import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetDict
 from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
-from huggingface_hub.errors import OfflineModeIsEnabled
 
 from tinystories.core import LOCAL_SUFFIXES, ConfigError, offline_hint
 from tinystories.metrics import num_utf8_bytes
@@ -38,6 +42,7 @@ TEXT_SUFFIXES = (".txt",)
 JSON_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
 PACK_BATCH_SIZE = 2000
+SPLIT_WORDS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 DATA_FIX = (
     "pass DATA=<path> with a .txt (<|endoftext|> between stories), .jsonl/.json or .parquet file "
     "(a 'text' column), a save_to_disk directory, or a reachable Hub dataset id"
@@ -103,13 +108,17 @@ def _load_local(path: Path) -> Dataset | DatasetDict:
         return datasets.load_from_disk(str(path))
     if path.is_dir() and (path / "state.json").is_file():
         return datasets.load_from_disk(str(path))
-    files = _local_files(path)
+    return _load_files(_local_files(path), str(path))
+
+
+def _load_files(files: list[Path], name: str) -> Dataset:
+    """Data files of one format (a local dataset, or one split's files downloaded from the Hub) as one Dataset."""
     suffixes = {p.suffix for p in files}
     if len(suffixes) > 1:
-        raise ConfigError(f"{str(path)!r} mixes file types {sorted(suffixes)}: keep one format per dataset")
+        raise ConfigError(f"{name!r} mixes file types {sorted(suffixes)}: keep one format per dataset")
     suffix = suffixes.pop()
     if suffix not in LOCAL_SUFFIXES:
-        raise ConfigError(f"unsupported data file {str(path)!r}: {DATA_FIX}")
+        raise ConfigError(f"unsupported data file {name!r}: {DATA_FIX}")
     for f in files:
         if f.stat().st_size == 0:
             raise ConfigError(f"data file {str(f)!r} is empty: {DATA_FIX}")
@@ -119,59 +128,99 @@ def _load_local(path: Path) -> Dataset | DatasetDict:
     try:
         return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
     except Exception as err:  # unreadable / malformed file
-        raise ConfigError(f"could not read {str(path)!r} as {builder}: {err}. {DATA_FIX}") from err
+        raise ConfigError(f"could not read {name!r} as {builder}: {err}. {DATA_FIX}") from err
 
 
-def hub_txt_splits(repo_id: str, revision: str | None) -> tuple[str, str | None] | None:
-    """(train .txt, validation .txt) of a Hub dataset that only holds official-format `.txt` files.
+def _split_of(name: str) -> str | None:
+    """The split a Hub data file belongs to, from the words of its name, then of its folders."""
+    parts = Path(name).parts
+    for part in (parts[-1], *reversed(parts[:-1])):
+        words = set(re.split(r"[^a-z0-9]+", part.lower()))
+        for split, names in SPLIT_WORDS.items():
+            if words.intersection(names):
+                return split
+    return None
 
-    `datasets.load_dataset` reads such files line by line (the Instruct release becomes ~22M one-line
-    rows), which cuts every example apart; they are downloaded and split at `<|endoftext|>` instead.
-    Returns None for a repo with a structured format (parquet/json/arrow), which `load_stories` reads.
-    """
+
+def _repo_files(repo_id: str, revision: str | None) -> list[str] | None:
+    """The files of a Hub dataset repo: listed on the Hub, else those of its cached snapshot, else None."""
     try:
-        files = list_repo_files(repo_id, repo_type="dataset", revision=revision)
-    except OfflineModeIsEnabled:
-        try:
-            folder = snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True)
-        except Exception:
-            return None  # not cached: let load_stories raise its clear error
-        files = [str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file()]
+        return list_repo_files(repo_id, repo_type="dataset", revision=revision)
+    except Exception:  # offline, unreachable or unknown: what the local cache holds, if anything
+        pass
+    try:
+        folder = Path(
+            snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True)
+        )
     except Exception:
         return None
-    structured = (".parquet", ".arrow", ".json", ".jsonl", ".csv")
-    if any(f.endswith(structured) for f in files):
+    return [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+
+
+def hub_data_files(repo_id: str, revision: str | None = None) -> dict[str, list[str]] | None:
+    """Split -> data files of a Hub dataset repo, from the file names (`data/train-00000-of-00004-<hash>.parquet`).
+
+    The first format with a train split wins: parquet, JSON lines, then `.txt` releases (which `load_dataset`
+    would cut apart line by line). None when the repo is neither reachable nor cached, has no train split in
+    these formats, or spreads it over several folders (configs): `datasets.load_dataset` reads it then.
+    """
+    files = _repo_files(repo_id, revision)
+    for suffixes in (PARQUET_SUFFIXES, JSON_SUFFIXES, TEXT_SUFFIXES):
+        splits: dict[str, list[str]] = {}
+        for name in sorted(files or []):
+            split = _split_of(name) if name.endswith(suffixes) else None
+            if split:
+                splits.setdefault(split, []).append(name)
+        if "train" in splits:
+            break
+    else:
         return None
-    txt = [f for f in files if f.endswith(".txt")]
-    train = [f for f in txt if "train" in Path(f).name.lower()]
-    valid = [f for f in txt if any(k in Path(f).name.lower() for k in ("valid", "val.", "test"))]
-    if not train:
+    if len({Path(f).parent for f in splits["train"]}) > 1:
         return None
-    if len(train) > 1 or len(valid) > 1:
+    if suffixes == TEXT_SUFFIXES and any(len(names) > 1 for names in splits.values()):
         raise ConfigError(
-            f"dataset {repo_id!r} has several .txt files per split ({train + valid}): download the one you "
-            "want and pass it as DATA=<file> (and EVAL_DATA/--eval_data for validation)"
+            f"dataset {repo_id!r} has several .txt files per split ({splits}): download the one you want and "
+            "pass it as DATA=<file> (and EVAL_DATA/--eval_data for validation)"
         )
-
-    def fetch(name: str) -> str:
-        return hf_hub_download(repo_id, name, repo_type="dataset", revision=revision)
-
-    return fetch(train[0]), (fetch(valid[0]) if valid else None)
+    return splits
 
 
-def _load_hub(name: str, revision: str | None, config_name: str | None) -> DatasetDict:
-    try:
-        return datasets.load_dataset(name, config_name, revision=revision)
-    except Exception as err:
-        hint = offline_hint()
+def _load_hub(
+    name: str, revision: str | None, config_name: str | None, splits: Sequence[str] | None = None
+) -> DatasetDict:
+    """The `splits` of a Hub dataset (all when None): only their files are downloaded, read like local files."""
+    files = hub_data_files(name, revision) if config_name is None else None
+    wanted = [s for s in (splits or sorted(files or {})) if s in (files or {})]
+    if files is not None and not wanted:
         raise ConfigError(
-            f"could not load dataset {name!r} from the Hugging Face Hub{hint}: {type(err).__name__}: {err}. "
-            f"Without Hub access, {DATA_FIX}."
+            f"dataset {name!r} has no {' / '.join(splits or [])} split (splits: {sorted(files)}): "
+            "pass --split <one of them>"
+        )
+    try:
+        if files is None:
+            return datasets.load_dataset(name, config_name, revision=revision)
+        fetched = {
+            s: [Path(hf_hub_download(name, f, repo_type="dataset", revision=revision)) for f in files[s]]
+            for s in wanted
+        }
+    except Exception as err:
+        raise ConfigError(
+            f"could not load dataset {name!r} from the Hugging Face Hub{offline_hint()}: "
+            f"{type(err).__name__}: {err}. Without Hub access, {DATA_FIX}."
         ) from err
+    return DatasetDict({s: _load_files(paths, name) for s, paths in fetched.items()})
 
 
-def load_raw(data: str, revision: str | None = None, config_name: str | None = None) -> Dataset | DatasetDict:
-    """A Dataset (local files) or DatasetDict (Hub / save_to_disk dict) from any accepted source."""
+def load_raw(
+    data: str,
+    revision: str | None = None,
+    config_name: str | None = None,
+    splits: Sequence[str] | None = None,
+) -> Dataset | DatasetDict:
+    """A Dataset (local files) or DatasetDict (Hub / save_to_disk dict) from any accepted source.
+
+    `splits` limits what is read of a Hub dataset (those it has of them; default all).
+    """
     if not data:
         raise ConfigError(f"no data given: {DATA_FIX}")
     path = Path(data).expanduser()
@@ -179,7 +228,29 @@ def load_raw(data: str, revision: str | None = None, config_name: str | None = N
         return _load_local(path)
     if looks_like_path(data):
         raise ConfigError(f"data path {data!r} does not exist: {DATA_FIX}")
-    return _load_hub(data, revision, config_name)
+    return _load_hub(data, revision, config_name, splits)
+
+
+def _split_or_whole(
+    data: str, split: str, revision: str | None, config_name: str | None
+) -> tuple[Dataset, bool]:
+    raw = load_raw(data, revision, config_name, splits=(split,))
+    if isinstance(raw, Dataset):
+        return raw, True
+    if split not in raw:
+        raise ConfigError(
+            f"{data!r} has no split {split!r} (splits: {list(raw)}): pass --split <one of them>"
+        )
+    return raw[split], False
+
+
+def load_split(
+    data: str, split: str = "train", revision: str | None = None, config_name: str | None = None
+) -> Dataset:
+    """One split of any source with every column: the named split of a Hub dataset (only its files are
+    downloaded; `.txt` releases split at `<|endoftext|>`) or of a saved DatasetDict; a source without splits
+    (a file, a folder of files, a `tinystories data` output) whole."""
+    return _split_or_whole(data, split, revision, config_name)[0]
 
 
 def _clean(ds: Dataset, text_column: str, num_proc: int | None) -> tuple[Dataset, int]:
@@ -227,12 +298,7 @@ def load_stories(
     return_stats: bool = False,
 ) -> DatasetDict | tuple[DatasetDict, LoadStats]:
     """`DatasetDict(train=..., validation=...)` with non-empty stories in `text_column`."""
-    if config_name is None and not Path(data).expanduser().exists() and not looks_like_path(data):
-        txt = hub_txt_splits(data, revision)  # an official-format .txt release on the Hub
-        if txt is not None:
-            data, hub_eval = txt
-            eval_data = eval_data or hub_eval
-    raw = load_raw(data, revision, config_name)
+    raw = load_raw(data, revision, config_name, splits=("train", "validation", "test"))
     dropped = 0
     if isinstance(raw, DatasetDict):
         if "train" not in raw:
@@ -247,7 +313,7 @@ def load_stories(
         raise ConfigError(f"dataset {data!r} holds no non-empty stories: {DATA_FIX}")
 
     if eval_data:
-        extra = load_raw(eval_data, None, None)
+        extra = load_raw(eval_data, splits=("validation", "train"))
         validation = extra.get("validation", extra.get("train")) if isinstance(extra, DatasetDict) else extra
     if validation is not None:
         validation, dropped_val = _clean(validation, text_column, num_proc)
@@ -269,46 +335,64 @@ def load_stories(
     return (result, stats) if return_stats else result
 
 
+@dataclass
+class EvalTexts:
+    """The stories `tinystories eval` scores, and how they were selected (recorded in `eval_results.json`)."""
+
+    texts: list[str]
+    split: str  # the split scored; "all" for a source without splits
+    selected: str  # "whole_file", "split" (the source's own) or "held_out_fraction" (as training held out)
+    held_out_fraction: float | None = None
+    seed: int | None = None
+
+    def record(self) -> dict:
+        out = {"split": self.split, "selected": self.selected}
+        if self.selected == "held_out_fraction":
+            out.update(held_out_fraction=self.held_out_fraction, held_out_seed=self.seed)
+        return out
+
+
 def load_eval_texts(
     data: str,
     split: str = "validation",
-    validation_fraction: float = 0.1,
+    validation_fraction: float | None = None,
     seed: int = 42,
     text_column: str = "text",
     max_samples: int | None = None,
-) -> list[str]:
-    """The held-out stories: the Hub split as published, or the same held-out fraction training used."""
-    if not looks_like_path(data):
-        try:
-            ds = datasets.load_dataset(data, split=split)
-        except Exception as err:
-            raise ConfigError(
-                f"could not load split {split!r} of dataset {data!r}{offline_hint()}: {type(err).__name__}: {err}. "
-                "Pass DATA=<local .txt/.jsonl/.parquet> or a reachable Hub dataset id."
-            ) from err
-        if text_column not in ds.column_names:
-            raise ConfigError(
-                f"dataset has no {text_column!r} column ({ds.column_names}); pass --text_column"
-            )
-        if max_samples:
-            ds = ds.select(range(min(max_samples, len(ds))))
-        texts = ds[text_column]
+) -> EvalTexts:
+    """The stories to score, read by the loader training uses (`.txt` Hub releases split at `<|endoftext|>`).
+
+    Without `validation_fraction`: the `split` of a Hub dataset or saved DatasetDict (only its files are
+    downloaded), the whole of a file or folder. With it: what a training run with that fraction and `seed`
+    held out (the source's own validation split when it has one, as in training); `split="train"` gives the rest.
+    """
+    if validation_fraction is None:
+        ds, whole = _split_or_whole(data, split, None, None)
+        ds, _ = _clean(ds, text_column, None)
+        selected, fraction = ("whole_file" if whole else "split"), None
+        split = "all" if whole else split
     else:
-        splits = load_stories(
+        if split not in ("train", "validation") or not 0 < validation_fraction < 1:
+            raise ConfigError(
+                f"--validation_fraction {validation_fraction} --split {split}: the fraction must be in (0, 1) "
+                "and the split validation (what training held out) or train (the rest)"
+            )
+        splits, stats = load_stories(
             data,
             validation_fraction=validation_fraction,
             seed=seed,
             text_column=text_column,
-            max_eval_samples=max_samples,
             max_train_samples=max_samples,
+            max_eval_samples=max_samples,
+            return_stats=True,
         )
-        if split not in splits:
-            raise ConfigError(f"split {split!r} not available: use one of {list(splits)}")
-        texts = splits[split][text_column]
-    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+        ds, selected, fraction = splits[split], stats.validation_from, validation_fraction
+    if max_samples:
+        ds = ds.select(range(min(max_samples, len(ds))))
+    texts = list(ds[text_column])
     if not texts:
-        raise ConfigError(f"no non-empty stories in split {split!r} of {data!r}")
-    return texts
+        raise ConfigError(f"no non-empty stories in {data!r}: {DATA_FIX}")
+    return EvalTexts(texts, split, selected, fraction, seed)
 
 
 # --------------------------------------------------------------------------------------------- packing

@@ -1,6 +1,8 @@
 """`tinystories eval`: held-out loss, perplexity and bits per byte; story completions; the LLM judge.
 
-    tinystories eval --model outputs/tinystories-8M --data roneneldan/TinyStories
+    tinystories eval --model outputs/tinystories-8M --data roneneldan/TinyStories   # its validation split
+    tinystories eval --model outputs/tinystories-8M --data stories.txt               # every story of the file
+    tinystories eval --model outputs/tinystories-8M --data stories.txt --validation_fraction 0.1  # as training held out
     tinystories eval --model roneneldan/TinyStories-1M roneneldan/TinyStories-33M --max_samples 2000
     tinystories eval --model outputs/tinystories-8M --judge_base_url http://localhost:8000/v1 \\
         --judge_model Qwen/Qwen2.5-72B-Instruct            # key from $OPENAI_API_KEY (--judge_api_key_env)
@@ -12,9 +14,14 @@ stored 2048 position embeddings were never trained); longer stories are scored i
 The token NLLs are summed over the whole split, so the loss is token-weighted; bits per byte divides the
 same sum by ln 2 × the UTF-8 bytes of the stories, which makes models with different tokenizers comparable.
 
+The stories come through the loader training uses (`data.load_eval_texts`): the `--split` of a Hub dataset, the
+whole of a local file, or with `--validation_fraction` what a training run with that fraction and `--seed`
+held out; `eval_results.json` records the choice (`selected`, `split`, `held_out_fraction`) and the counts.
+
 Each model's `eval_results.json` lands in its own folder (for a Hub id: `outputs/eval/<org>__<name>/`),
-with `completions.jsonl` (story beginnings from `data_generation/eval_prompts.jsonl`, the completions and
-the sampling parameters) and, when a judge ran, `judge_results.jsonl`. The model card of a folder trained
+with `completions.jsonl` (story beginnings of `--prompts`: by default the paper's 44, `Evaluation prompts.yaml`
+of `roneneldan/TinyStories`, or the project's 50 offline; recorded as `prompt_set`; the completions and the
+sampling parameters) and, when a judge ran, `judge_results.jsonl`. The model card of a folder trained
 with these recipes is re-rendered with the new numbers. Several `--model` values give one comparison table
 (`outputs/eval/comparison.md` / `.json`).
 """
@@ -30,9 +37,9 @@ from typing import Any
 
 from tinystories.cards import update_model_card
 from tinystories.config import parse_args
-from tinystories.core import EVAL_PROMPTS_FILE, ConfigError
-from tinystories.data import load_eval_texts
-from tinystories.generation import generate_completions, load_prompts
+from tinystories.core import ConfigError
+from tinystories.data import EvalTexts, load_eval_texts
+from tinystories.generation import PromptSet, generate_completions, load_prompt_set
 from tinystories.judge import JudgeArguments, run_judge
 from tinystories.metrics import score_texts
 from tinystories.modeling import context_limit, load_model
@@ -64,10 +71,18 @@ class EvalArguments:
         default="roneneldan/TinyStories",
         metadata={"help": "Hub dataset id or local .txt/.jsonl/.json/.parquet/save_to_disk dir"},
     )
-    split: str = field(default="validation", metadata={"help": "split to evaluate on"})
-    validation_fraction: float = field(
-        default=0.1,
-        metadata={"help": "held-out fraction for local files without a validation split (as in training)"},
+    split: str = field(
+        default="validation",
+        metadata={
+            "help": "split of a Hub dataset / saved DatasetDict to score (a plain file is scored whole)"
+        },
+    )
+    validation_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "score what a training run with this held-out fraction (and --seed) held out; "
+            "default: the whole of a local file, the --split of a Hub dataset"
+        },
     )
     seed: int = field(default=42, metadata={"help": "seed of the held-out split and of sampling"})
     text_column: str = field(default="text", metadata={"help": "text column of the data"})
@@ -88,7 +103,11 @@ class EvalArguments:
     skip_loss: bool = field(default=False, metadata={"help": "skip the held-out loss"})
     # ----- completions
     prompts: str = field(
-        default=str(EVAL_PROMPTS_FILE), metadata={"help": "JSONL of story beginnings (field `prompt`)"}
+        default="paper",
+        metadata={
+            "help": "paper (the paper's 44 prompts from roneneldan/TinyStories; the project's offline), "
+            "project (data_generation/eval_prompts.jsonl) or a JSONL of story beginnings (field `prompt`)"
+        },
     )
     generate: bool = field(default=True, metadata={"help": "complete the evaluation prompts"})
     num_prompts: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
@@ -132,9 +151,9 @@ def _merge_model_flags(argv: list[str]) -> list[str]:
     return (["--model", *models] if models else []) + rest
 
 
-def _score(model, tokenizer, texts: list[str], args: EvalArguments, max_length: int, name: str) -> dict:
+def _score(model, tokenizer, texts: EvalTexts, args: EvalArguments, max_length: int, name: str) -> dict:
     start = time.perf_counter()
-    scores = score_texts(model, tokenizer, texts, max_length, args.batch_size, args.stride)
+    scores = score_texts(model, tokenizer, texts.texts, max_length, args.batch_size, args.stride)
     scores.pop("nll"), scores.pop("tokens")
     scores["eval_seconds"] = round(time.perf_counter() - start, 2)
     logger.info(
@@ -147,11 +166,14 @@ def _score(model, tokenizer, texts: list[str], args: EvalArguments, max_length: 
     return scores
 
 
-def _complete_and_judge(model, tokenizer, prompts, args, judge_args, label: str, out_dir: Path) -> dict:
+def _complete_and_judge(
+    model, tokenizer, prompts: PromptSet, args, judge_args, label: str, out_dir: Path
+) -> dict:
     """Completions of the evaluation prompts (`completions.jsonl`) and, with a judge, their grades."""
-    rows = generate_completions(model, tokenizer, prompts, args, label)
+    rows = generate_completions(model, tokenizer, prompts.rows, args, label)
     write_jsonl(out_dir / "completions.jsonl", rows)
     results: dict[str, Any] = {
+        "prompt_set": prompts.name,
         "completions_file": "completions.jsonl",
         "generation": rows[0]["sampling"] if rows else {},
         "samples": [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows[:3]],
@@ -163,7 +185,14 @@ def _complete_and_judge(model, tokenizer, prompts, args, judge_args, label: str,
     return results
 
 
-def evaluate_model(name: str, texts, prompts, args: EvalArguments, judge_args: JudgeArguments, out_dir: Path):
+def evaluate_model(
+    name: str,
+    texts: EvalTexts | None,
+    prompts: PromptSet | None,
+    args: EvalArguments,
+    judge_args: JudgeArguments,
+    out_dir: Path,
+):
     """Score `texts`, complete `prompts` (and judge them) with one model; write its `eval_results.json`."""
     model = load_model(
         name,
@@ -183,20 +212,22 @@ def evaluate_model(name: str, texts, prompts, args: EvalArguments, judge_args: J
         "revision": args.revision,
         "data": data_name(args.data),
         "dataset": data_name(args.data),
-        "split": args.split,
         "max_length": max_length,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "dtype": args.dtype,
     }
     existing = read_results(out_dir)
     if texts is not None:
+        results.update(texts.record())  # the split, or "all" of a whole file, and how it was selected
         results.update(_score(model, tokenizer, texts, args, max_length, name))
     else:  # keep the previous loss numbers when only re-running completions / the judge
         results.update({k: v for k, v in existing.items() if k not in results and k != "judge"})
     if prompts:
         results.update(_complete_and_judge(model, tokenizer, prompts, args, judge_args, label, out_dir))
-    elif existing.get("judge"):
+    elif existing.get("judge"):  # grades of the earlier completions, and which prompts they were
         results["judge"] = existing["judge"]
+        if existing.get("prompt_set"):
+            results["prompt_set"] = existing["prompt_set"]
 
     write_results(out_dir, results)
     same_dir = Path(name).is_dir() and out_dir.resolve() == Path(name).resolve()
@@ -217,21 +248,30 @@ def main(argv: list[str] | None = None) -> int:
         judge_args.validate()  # a missing key fails here, before any model is loaded
         if not args.generate:
             raise ConfigError("the judge grades completions: drop --generate false")
-    prompts = load_prompts(args.prompts, args.num_prompts) if args.generate else None
+    prompts = load_prompt_set(args.prompts, args.num_prompts) if args.generate else None
     texts = None
     if not args.skip_loss:
         texts = load_eval_texts(
             args.data, args.split, args.validation_fraction, args.seed, args.text_column, args.max_samples
         )
+        selected = texts.selected.replace("_", " ")
         print(
-            f"evaluating {len(models)} model(s) on {len(texts):,} stories of {data_name(args.data)} [{args.split}]"
+            f"evaluating {len(models)} model(s) on {len(texts.texts):,} stories of {data_name(args.data)} "
+            f"[{texts.split}: {selected}]"
         )
 
     rows = []
     for name in models:
         out_dir = model_output_dir(name, args.output_dir, len(models) > 1)
         out_dir.mkdir(parents=True, exist_ok=True)
-        result = evaluate_model(name, texts, prompts, args, judge_args, out_dir)
+        try:
+            result = evaluate_model(name, texts, prompts, args, judge_args, out_dir)
+        except ConfigError as err:  # one broken repo costs its row (error in the table), not the comparison
+            if len(models) == 1:
+                raise
+            logger.error("%s failed: %s", name, err)
+            rows.append({"model": public_name(name), "error": str(err)})
+            continue
         result["eval_results_file"] = str(out_dir / "eval_results.json")
         rows.append(result)
 
@@ -241,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(rows) > 1:
         print(f"\ncomparison written to {write_comparison(rows, args.comparison_dir, table)}")
     for r in rows:
-        print(f"results: {r['eval_results_file']}")
-    return 0
+        print(
+            f"failed: {r['model']}: {r['error']}" if r.get("error") else f"results: {r['eval_results_file']}"
+        )
+    return 1 if any(r.get("error") for r in rows) else 0
 
 
 __all__ = ["EvalArguments", "comparison_table", "main", "score_texts"]

@@ -2,7 +2,10 @@
 
 `generate_story` is the one sampling function (stops at EOS, never reads past the trained context of 512
 tokens). `SAMPLE_PROMPTS` is the one table of prompts the recipes show in model cards and usage snippets;
-the evaluation prompts are data (`data_generation/eval_prompts.jsonl`, read by `load_prompts`).
+the evaluation prompts are data, read by `load_prompt_set`: `paper` (default), the paper's 44 story beginnings
+(`Evaluation prompts.yaml` of the `roneneldan/TinyStories` dataset, through the HF cache), `project`, the
+project's own 50 (`data_generation/eval_prompts.jsonl`, also the fallback when the paper's file cannot be
+had), or any JSONL with a `prompt` field (`load_prompts`).
 """
 
 from __future__ import annotations
@@ -10,18 +13,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from huggingface_hub import hf_hub_download
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, set_seed
 
-from tinystories.core import ConfigError
+from tinystories.core import EVAL_PROMPTS_FILE, ConfigError
 from tinystories.instruct import build_prompt
 from tinystories.modeling import context_limit
 
 logger = logging.getLogger(__name__)
+
+PAPER_PROMPTS_REPO = "roneneldan/TinyStories"  # a dataset repo
+PAPER_PROMPTS_FILE = "Evaluation prompts.yaml"  # a YAML list of the paper's 44 story beginnings
 
 # The prompts of model-card samples and usage snippets: plain story beginnings, and Instruct fields.
 SAMPLE_PROMPTS: dict[str, list[Any]] = {
@@ -135,10 +144,11 @@ def sample_generations(
 
 
 def load_prompts(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
+    """The rows (`id`, `prompt`, optional `category`) of a JSONL file of story beginnings."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
-            f"prompts file {str(path)!r} not found: pass --prompts <jsonl with a `prompt` field>"
+            f"prompts file {str(path)!r} not found: pass --prompts paper, project or <jsonl with a `prompt` field>"
         )
     prompts = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -153,6 +163,50 @@ def load_prompts(path: str | os.PathLike, limit: int | None = None) -> list[dict
         row.setdefault("id", f"p{len(prompts):03d}")
         prompts.append(row)
     return prompts[:limit] if limit else prompts
+
+
+def parse_paper_prompts(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """`Evaluation prompts.yaml` (a YAML list of story beginnings) as `load_prompts` rows, ids `paper-000`..."""
+    try:
+        items = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"could not read {str(path)!r}: {err}. Pass --prompts project to use ours") from err
+    if not isinstance(items, list) or not items or not all(isinstance(p, str) and p.strip() for p in items):
+        raise ConfigError(f"{str(path)!r} is not a YAML list of story beginnings: pass --prompts project")
+    return [{"id": f"paper-{i:03d}", "prompt": p.strip(), "category": None} for i, p in enumerate(items)]
+
+
+@dataclass
+class PromptSet:
+    """Evaluation prompts and the name of their set (`eval_results.json` `prompt_set`)."""
+
+    name: str  # "paper", "project" or the JSONL file's name
+    rows: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def load_prompt_set(source: str = "paper", limit: int | None = None) -> PromptSet:
+    """`paper`: the paper's prompts from the Hub (or its cache), else the project's with one log line saying so;
+    `project`: `data_generation/eval_prompts.jsonl`; anything else: a JSONL path (`load_prompts`)."""
+    if source == "paper":
+        try:
+            path = hf_hub_download(PAPER_PROMPTS_REPO, PAPER_PROMPTS_FILE, repo_type="dataset")
+        except Exception as err:  # offline without a cached copy, Hub unreachable
+            logger.warning(
+                "the paper's evaluation prompts (%r of %s) are not available (%s): using the project's own, %s",
+                PAPER_PROMPTS_FILE,
+                PAPER_PROMPTS_REPO,
+                type(err).__name__,
+                EVAL_PROMPTS_FILE.name,
+            )
+        else:
+            rows = parse_paper_prompts(path)
+            return PromptSet("paper", rows[:limit] if limit else rows)
+    if source in ("paper", "project"):
+        return PromptSet("project", load_prompts(EVAL_PROMPTS_FILE, limit))
+    return PromptSet(Path(source).name, load_prompts(source, limit))
 
 
 def generate_completions(model, tokenizer, prompts: list[dict], args, model_name: str) -> list[dict]:

@@ -93,6 +93,7 @@ def _check_folder(folder: Path, repo_type: str) -> None:
             raise ConfigError(
                 f"{str(folder)!r} has no config.json / adapter_config.json: not a saved model folder"
             )
+        _check_adapter_base(folder)
     elif not any(p.is_file() for p in folder.rglob("*")):
         raise ConfigError(f"{str(folder)!r} is empty")
 
@@ -121,15 +122,36 @@ def _clean_text_file(path: Path, rel: Path, folder: Path, token: str | None) -> 
         path.write_text(text, encoding="utf-8")
 
 
+def adapter_base_hub_id(folder: Path) -> str | None:
+    """The Hub id of a LoRA adapter folder's base (from adapter_config.json or the card info), or None."""
+    cfg = cards._read_json(folder / "adapter_config.json") or {}
+    base = cfg.get("base_model_name_or_path")
+    info = cards._read_json(folder / cards.CARD_INFO_FILE) or {}
+    hub_id = cards.resolve_hub_id(base) or info.get("base_model")
+    return hub_id if cards.is_hub_id(hub_id) else None
+
+
+def _check_adapter_base(folder: Path) -> None:
+    """An adapter is only usable on the Hub when its base is there too: say so before staging anything."""
+    if not (folder / "adapter_config.json").is_file() or adapter_base_hub_id(folder):
+        return
+    base = (cards._read_json(folder / "adapter_config.json") or {}).get("base_model_name_or_path")
+    raise ConfigError(
+        f"the LoRA adapter in {str(folder)!r} was trained on {cards.public_name(str(base))!r}, which is not on the "
+        "Hub, so nobody could load the pushed adapter: push the base first (make push MODEL=<base dir> "
+        "REPO=<user>/<base>) and retrain with --adapter_base_name <user>/<base>, or push the merged model "
+        f"instead (make push MODEL={Path(folder) / 'merged'} REPO=...)"
+    )
+
+
 def _fix_adapter_config(stage: Path) -> None:
+    """Point the staged adapter at its base's Hub id (locally it records the base's path)."""
     cfg_path = stage / "adapter_config.json"
     if not cfg_path.is_file():
         return
     cfg = json.loads(cfg_path.read_text())
-    base = cfg.get("base_model_name_or_path")
-    info = cards._read_json(stage / cards.CARD_INFO_FILE) or {}
-    hub_id = cards.resolve_hub_id(base) or info.get("base_model")
-    if base and hub_id and base != hub_id:
+    hub_id = adapter_base_hub_id(stage)
+    if hub_id and cfg.get("base_model_name_or_path") != hub_id:
         cfg["base_model_name_or_path"] = hub_id
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
 

@@ -10,8 +10,11 @@ One example is a block of instruction lines followed by the story::
     Once upon a time ...
 
 Instruction lines come in any order and any subset (the paper randomises both, so the model learns
-to follow whichever constraints it is given); `Story:` is always last. In the released
-`roneneldan/TinyStoriesInstruct` files examples are separated by `<|endoftext|>`.
+to follow whichever constraints it is given); this project writes `Story:` last. In the released
+`roneneldan/TinyStoriesInstruct` files examples are separated by `<|endoftext|>`, the story follows a
+`Story: ` line and a blank line, and some records put instruction lines (`Summary:`, `Words:`, ...)
+AFTER the story: `parse_example` moves those into the prompt fields, so they are never trained on as
+story text. A prompt (`format_prompt`, `build_prompt`, the SFT `prompt` column) always ends `Story:\\n`.
 """
 
 from __future__ import annotations
@@ -89,32 +92,54 @@ def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _instruction_line(line: str) -> tuple[str, str] | None:
+    """`(field, value)` when `line` is an instruction line such as `Summary: ...`, else None."""
+    label, sep, value = line.strip().partition(":")
+    name = _LABEL_TO_FIELD.get(label.strip().lower())
+    return (name, value.strip()) if sep and name is not None else None
+
+
+def _set_field(example: InstructExample, name: str, value: str) -> None:
+    if name in example.order:
+        return  # a field given twice: the first one wins
+    setattr(example, name, _split_list(value) if name in ("features", "words") else value)
+    example.order.append(name)
+
+
 def parse_example(text: str) -> InstructExample:
-    """Read one formatted example back. Raises ValueError when there is no `Story:` line."""
+    """Read one example back. Raises ValueError when there is no `Story:` line.
+
+    Unknown lines before `Story:` are skipped. Instruction lines after it (the released files put
+    `Summary:` / `Words:` / ... after the story in some records) are taken out of the story and added
+    to the fields, after the ones that came before `Story:`.
+    """
     lines = text.strip("\n").split("\n")
     example = InstructExample()
     for i, line in enumerate(lines):
         stripped = line.strip()
         if stripped.lower().startswith(STORY_LABEL.lower()):
+            story_lines = []
+            for after in lines[i + 1 :]:
+                field = _instruction_line(after)
+                if field is None:
+                    story_lines.append(after)
+                else:
+                    _set_field(example, *field)
             first = stripped[len(STORY_LABEL) :].strip()
-            rest = "\n".join(lines[i + 1 :]).strip()
+            rest = "\n".join(story_lines).strip()
             example.story = "\n".join(p for p in (first, rest) if p)
             return example
-        label, sep, value = stripped.partition(":")
-        name = _LABEL_TO_FIELD.get(label.strip().lower())
-        if not sep or name is None:
-            continue  # tolerate unknown lines before the story
-        value = value.strip()
-        if name in ("features", "words"):
-            setattr(example, name, _split_list(value))
-        else:
-            setattr(example, name, value)
-        example.order.append(name)
+        field = _instruction_line(stripped)
+        if field is not None:
+            _set_field(example, *field)
     raise ValueError("not a TinyStories-Instruct example: no 'Story:' line found")
 
 
 def split_prompt_completion(text: str) -> tuple[str, str]:
-    """Split a formatted example into (prompt up to and including `Story:\\n`, story)."""
+    """Split an example into (every instruction line + `Story:\\n`, the story alone).
+
+    Instruction lines found after the story go to the prompt, never to the completion.
+    """
     example = parse_example(text)
     return format_prompt(example), example.story
 
@@ -125,7 +150,10 @@ def build_prompt(
     summary: str | None = None,
     random_sentence: str | None = None,
 ) -> str:
-    """The prompt a user gives at generation time (fields in the canonical order)."""
+    """The prompt a user gives at generation time (fields in the canonical order).
+
+    It ends `Story:\\n`, exactly as the `prompt` of every SFT example does (`split_prompt_completion`).
+    """
     example = InstructExample(
         features=list(features or []),
         words=list(words or []),

@@ -4,22 +4,27 @@ Eldan & Li (2023, §3) give the judge a story beginning and the student's comple
 ask for a free-form assessment (grammar, consistency with the beginning, whether the sentence split by
 `***` is completed), then, in a second turn, for grades in grammar, creativity, consistency and plot,
 and a guess of the student's age group (A: 3 or under ... F: 13-16). We keep both turns (or one combined
-request with `judge_single_turn=True`), ask for the grades in a fixed line format, and parse answers
-defensively: an answer that lacks a grade or has one out of range is counted as malformed (with the reason
-and the raw text kept), a request that still fails after the retries is counted as failed; neither stops
-the run.
+request with `judge_single_turn=True`, whose free-text answer carries the assessment). The grading turn asks
+for structured output (`response_format` json_schema, the five fields of `GRADES_SCHEMA`); a server that
+rejects it (HTTP 400/422) gets the fixed line format instead, for the rest of the run (`judge_json=False`:
+lines always). Answers are parsed defensively: JSON of the schema, else the free-text parser; an answer that
+lacks a grade or has one out of range is counted as malformed (with the reason and the raw text kept), a
+request that still fails after the retries is counted as failed; neither stops the run.
 
 Requests go through `openai.AsyncOpenAI` with at most `judge_concurrency` in flight, retried by the shared
 policy of `tinystories.openai_client` (timeouts, dropped connections, 408/409/425/429/5xx, malformed
-bodies; exponential backoff with jitter, honouring `Retry-After`). Scores are aggregated as means with
-Student-t 95% confidence intervals per category (completions of the same prompt are treated as
-independent).
+bodies; exponential backoff with jitter, honouring `Retry-After`). Per category, `mean` is the mean over the
+graded completions and `ci95` a Student-t 95% interval over prompts: the completions of one prompt form a
+cluster (they share the beginning, so they are not independent), and the interval is mean ± t(G−1)·SE over
+the G prompts with the cluster-robust SE, which is exactly the t-interval over the per-prompt means when every
+prompt has as many graded completions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import re
@@ -37,6 +42,8 @@ from tinystories import openai_client
 from tinystories.core import ConfigError
 from tinystories.openai_client import RequestFailed, RetryPolicy
 
+logger = logging.getLogger(__name__)
+
 CATEGORIES = ("grammar", "creativity", "consistency", "plot")
 AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12", "F": "13-16"}
 SEPARATOR = "***"
@@ -51,14 +58,34 @@ ASSESSMENT_PROMPT = (
     "attention to whether the student manages to complete the sentence which is split in the middle by the "
     "separator ***."
 )
-GRADING_PROMPT = (
+GRADING_TASK = (
     "Now, grade the student's completion in terms of grammar, creativity, consistency with the story's beginning "
     "and whether the plot makes sense. Moreover, please provide your best guess of what the age of the student "
     "might be, as reflected from the completion. Choose from possible age groups: A: 3 or under. B: 4-5. "
     "C: 6-7. D: 8-9. E: 10-12. F: 13-16.\n\n"
+)
+GRADING_PROMPT = GRADING_TASK + (
     "Answer with exactly these five lines, each grade an integer from 1 to 10:\n"
     "Grammar: <grade>\nCreativity: <grade>\nConsistency: <grade>\nPlot: <grade>\nAge group: <letter A-F>"
 )
+GRADING_PROMPT_JSON = GRADING_TASK + (
+    'Answer with a JSON object: {"grammar": <grade>, "creativity": <grade>, "consistency": <grade>, '
+    '"plot": <grade>, "age_group": "<letter A-F>"}, each grade an integer from 1 to 10.'
+)
+GRADES_SCHEMA = {  # integer enums rather than minimum/maximum: every structured-output backend takes them
+    "type": "object",
+    "properties": {
+        **{c: {"type": "integer", "enum": list(range(1, 11))} for c in CATEGORIES},
+        "age_group": {"type": "string", "enum": list(AGE_GROUPS)},
+    },
+    "required": [*CATEGORIES, "age_group"],
+    "additionalProperties": False,
+}
+RESPONSE_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "grades", "strict": True, "schema": GRADES_SCHEMA},
+}
+REJECTED_FORMAT_STATUS = (400, 422)  # a server without structured output refuses the request
 SINGLE_TURN_SUFFIX = "\n\nFirst give your assessment in a few sentences. Then:\n" + GRADING_PROMPT
 
 
@@ -73,11 +100,13 @@ def assessment_messages(prompt: str, completion: str) -> list[dict[str, str]]:
     ]
 
 
-def grading_messages(prompt: str, completion: str, assessment: str) -> list[dict[str, str]]:
+def grading_messages(
+    prompt: str, completion: str, assessment: str, json_format: bool = False
+) -> list[dict[str, str]]:
     return [
         *assessment_messages(prompt, completion),
         {"role": "assistant", "content": assessment},
-        {"role": "user", "content": GRADING_PROMPT},
+        {"role": "user", "content": GRADING_PROMPT_JSON if json_format else GRADING_PROMPT},
     ]
 
 
@@ -131,6 +160,22 @@ def _range_to_letter(value: str) -> str | None:
         if value == span.replace(" ", "").lower():
             return letter
     return None
+
+
+def parse_json_grades(answer: str | None) -> ParsedGrades | None:
+    """Grades from an answer that is exactly a `GRADES_SCHEMA` object; None for anything else (then the
+    free-text parser `parse_grades` reads it)."""
+    try:
+        data = json.loads(answer or "")
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or set(data) != {*CATEGORIES, "age_group"}:
+        return None
+    scores = {c: data[c] for c in CATEGORIES}
+    valid = all(type(v) is int and 1 <= v <= 10 for v in scores.values())
+    if not valid or data["age_group"] not in AGE_GROUPS:
+        return None
+    return ParsedGrades({c: float(v) for c, v in scores.items()}, data["age_group"], True)
 
 
 def parse_grades(answer: str | None) -> ParsedGrades:
@@ -202,12 +247,34 @@ def mean_ci(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
     return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half]}
 
 
+def clustered_mean_ci(values: list[float], clusters: list[Any], confidence: float = 0.95) -> dict[str, Any]:
+    """`mean_ci` with the interval over clusters (a prompt's completions): mean ± t(G−1)·SE over G clusters.
+
+    `mean` and `std` stay those of all values; SE = sqrt(G/(G−1) · Σ_g (Σ_{i∈g} (y_i − mean))²) / N is the
+    cluster-robust standard error, equal to std(cluster means)/sqrt(G) when the clusters are equally large.
+    """
+    out = mean_ci(values, confidence)
+    groups: dict[Any, list[float]] = {}
+    for value, cluster in zip(values, clusters, strict=True):
+        groups.setdefault(cluster, []).append(value)
+    g = out["n_prompts"] = len(groups)
+    if g < 2:
+        out["ci95"] = None
+        return out
+    mean = out["mean"]
+    se = math.sqrt(g / (g - 1) * sum(sum(v - mean for v in vs) ** 2 for vs in groups.values())) / len(values)
+    half = stats.t.ppf(0.5 + confidence / 2, g - 1) * se
+    out["ci95"] = [mean - half, mean + half]
+    return out
+
+
 def aggregate(graded: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts, per-category means with CIs, age-group counts, means per prompt category."""
+    """Counts, per-category means with CIs over prompts, age-group counts, means per prompt category."""
     ok = [g for g in graded if g["status"] == "ok"]
     status = Counter(g["status"] for g in graded)
     reasons = Counter(g.get("reason") for g in graded if g["status"] == "malformed")
-    scores = {c: mean_ci([g["scores"][c] for g in ok]) for c in CATEGORIES}
+    prompts = [g.get("prompt_id") or g.get("prompt") for g in ok]  # the cluster of each graded completion
+    scores = {c: clustered_mean_ci([g["scores"][c] for g in ok], prompts) for c in CATEGORIES}
     ages = Counter(g["age_group"] for g in ok)
     by_category: dict[str, dict[str, float]] = {}
     for cat in sorted({g.get("category") for g in ok if g.get("category")}):
@@ -216,7 +283,9 @@ def aggregate(graded: list[dict[str, Any]]) -> dict[str, Any]:
         by_category[cat]["n"] = len(group)
     return {
         "num_completions": len(graded),
+        "num_prompts": len(set(prompts)),
         "graded": status.get("ok", 0),
+        "json_answers": sum(g.get("grades_format") == "json" for g in ok),
         "malformed": status.get("malformed", 0),
         "failed": status.get("failed", 0),
         "malformed_reasons": dict(reasons.most_common(10)),
@@ -250,6 +319,12 @@ class JudgeArguments:
     )
     judge_backoff: float = field(
         default=1.0, metadata={"help": "seconds before the first retry; doubled per retry, jittered"}
+    )
+    judge_json: bool = field(
+        default=True,
+        metadata={
+            "help": "ask for the grades as JSON (response_format json_schema); lines where the server refuses it"
+        },
     )
 
     @property
@@ -303,14 +378,22 @@ def public_url(url: str | None) -> str | None:
 
 
 async def _chat(
-    client, messages: list[dict[str, str]], args: JudgeArguments, policy: RetryPolicy, label: str
+    client,
+    messages: list[dict[str, str]],
+    args: JudgeArguments,
+    policy: RetryPolicy,
+    label: str,
+    response_format: dict[str, Any] | None = None,
 ) -> str:
+    extra = {"response_format": response_format} if response_format else {}
+
     async def once() -> str:
         response = await client.chat.completions.create(
             model=args.judge_model,
             messages=messages,
             temperature=args.judge_temperature,
             max_tokens=args.judge_max_tokens,
+            **extra,
         )
         if not response.choices:
             return ""
@@ -319,8 +402,33 @@ async def _chat(
     return await policy.call(once, label)
 
 
+async def _ask_grades(client, row, assessment: str, args, policy, label: str, structured: dict) -> str:
+    """The grading turn: JSON of `GRADES_SCHEMA` while the server takes `response_format`, else lines.
+
+    A 400/422 answer to the JSON request followed by a successful line request means the server has no
+    structured output: `structured["json"]` turns off for the rest of the run (one log line).
+    """
+    prompt, completion = row["prompt"], row["completion"]
+    lines = grading_messages(prompt, completion, assessment)
+    if structured["json"]:
+        messages = grading_messages(prompt, completion, assessment, json_format=True)
+        try:
+            return await _chat(client, messages, args, policy, label, RESPONSE_FORMAT)
+        except RequestFailed as err:
+            if err.status_code not in REJECTED_FORMAT_STATUS:
+                raise
+            answer = await _chat(client, lines, args, policy, label)
+            if structured["json"]:
+                structured["json"] = False
+                logger.info(
+                    "the judge server refused response_format (HTTP %s): asking for lines", err.status_code
+                )
+            return answer
+    return await _chat(client, lines, args, policy, label)
+
+
 async def _grade_one(
-    client, row: dict[str, Any], args: JudgeArguments, policy: RetryPolicy
+    client, row: dict[str, Any], args: JudgeArguments, policy: RetryPolicy, structured: dict
 ) -> dict[str, Any]:
     out = {k: row.get(k) for k in ("id", "prompt_id", "category", "prompt", "completion")}
     prompt, completion, label = row["prompt"], row["completion"], f"judge row {row.get('id')}"
@@ -330,18 +438,19 @@ async def _grade_one(
             answer = await _chat(client, single_turn_messages(prompt, completion), args, policy, label)
         else:
             assessment = await _chat(client, assessment_messages(prompt, completion), args, policy, label)
-            answer = await _chat(
-                client, grading_messages(prompt, completion, assessment), args, policy, label
-            )
+            answer = await _ask_grades(client, row, assessment, args, policy, label, structured)
     except RequestFailed as err:
         return {**out, "status": "failed", "error": str(err), "scores": {}, "age_group": None}
-    parsed = parse_grades(answer)
+    parsed = parse_json_grades(answer)
+    grades_format = "json" if parsed else "text"
+    parsed = parsed or parse_grades(answer)
     return {
         **out,
         "status": "ok" if parsed.ok else "malformed",
         "reason": parsed.reason,
         "scores": parsed.scores,
         "age_group": parsed.age_group,
+        "grades_format": grades_format,
         "assessment": assessment,
         "answer": answer,
     }
@@ -353,12 +462,13 @@ async def grade_async(
     """Grade every row (`prompt`, `completion`), at most `judge_concurrency` requests at a time, in order."""
     client = openai_client.client(args.judge_base_url, args.api_key(), args.judge_timeout)
     policy = args.retry_policy()
+    structured = {"json": args.judge_json}  # shared by every request of the run
     semaphore = asyncio.Semaphore(args.judge_concurrency)
     bar = tqdm(total=len(rows), desc=f"judging with {args.judge_model}", unit="story", disable=not progress)
 
     async def one(row):
         async with semaphore:
-            result = await _grade_one(client, row, args, policy)
+            result = await _grade_one(client, row, args, policy, structured)
         bar.update(1)
         return result
 

@@ -13,9 +13,10 @@ projections; each adds `r × (in + out)` parameters, i.e. `18·r·hidden` per la
 the frozen base in 4-bit NF4 with bitsandbytes and needs a CUDA GPU.
 
 `adapter_config.json` records the base model the adapter is loaded onto: a Hub id as is; for a local base
-(e.g. the quickstart's `outputs/quickstart/pretrain`) the path relative to the current directory (never an
-absolute path), so `AutoPeftModelForCausalLM` reloads it from the repo root; pass `--adapter_base_name <hub
-id>` once that base is on the Hub. The merged export is a plain `transformers` model.
+(e.g. the quickstart's `outputs/quickstart/pretrain`) its absolute path, so the adapter reloads from any
+directory of this machine. `tinystories push` publishes the base's Hub id instead (pass `--adapter_base_name
+<hub id>` once the base is on the Hub) and refuses an adapter whose base is not on the Hub. The merged export
+in `merged/` is a plain `transformers` model that needs neither PEFT nor the base.
 """
 
 from __future__ import annotations

@@ -12,15 +12,20 @@ instead of four, and rows whose label is ignored (padding) are skipped entirely.
 `use_fused_cross_entropy(model)` installs it on a `*ForCausalLM` model in place (training forward passes
 with `labels` only; evaluation and generation keep the stock forward, and nothing about the parameters
 or the saved checkpoint changes). It works with `transformers.Trainer`, DDP and DeepSpeed because the
-model's own `forward` computes the loss.
+model's own `forward` computes the loss. Under DeepSpeed ZeRO-3 the head weight is read outside the head's
+own forward: DeepSpeed's engine gathers a parameter read that way during its forward by itself; when the
+weight is still partitioned (the model called without the engine), the fused forward gathers it and
+registers it as an external parameter of the model, so the backward has it too.
 """
 
 from __future__ import annotations
 
 import types
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
+from deepspeed.runtime.zero.partition_parameters import GatheredParameters, ZeroParamStatus
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -88,6 +93,18 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
+def _gathered(weight: torch.Tensor, owner: nn.Module) -> AbstractContextManager:
+    """The full `weight` inside the context when it is a partitioned ZeRO-3 parameter (a collective).
+
+    It is also registered as an external parameter of `owner` (what DeepSpeed does by itself for a
+    parameter read inside the engine's forward): the gradient arrives in the backward as a full tensor,
+    and `owner`'s backward hook gathers the parameter again to receive it.
+    """
+    if getattr(weight, "ds_status", None) == ZeroParamStatus.NOT_AVAILABLE:
+        return GatheredParameters([weight], modifier_rank=None, fwd_module=owner)
+    return nullcontext()
+
+
 @torch.compiler.disable  # data-dependent chunk loop: keep it out of torch.compile graphs (one clean break)
 def fused_linear_cross_entropy(
     hidden_states: torch.Tensor,
@@ -101,7 +118,8 @@ def fused_linear_cross_entropy(
 
     Equals `transformers.loss.loss_utils.ForCausalLMLoss(hidden_states @ weight.T, labels, vocab_size,
     num_items_in_batch)`: with `shift`, position t predicts label t+1; tokens labelled -100 are ignored;
-    the sum is divided by `num_items_in_batch` when given, else by the number of valid tokens.
+    the sum is divided by `num_items_in_batch` when given, else by the number of valid tokens. `weight`
+    must be whole: under ZeRO-3, read it inside the model's forward (see `use_fused_cross_entropy`).
     """
     if shift:
         labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
@@ -160,13 +178,15 @@ def _fused_forward(
         output_hidden_states=output_hidden_states,
         return_dict=True,
     )
-    loss = fused_linear_cross_entropy(
-        outputs.last_hidden_state,
-        self.get_output_embeddings().weight,
-        labels,
-        num_items_in_batch=num_items_in_batch,
-        chunk_size=self._fused_ce_chunk_size,
-    )
+    weight = self.get_output_embeddings().weight
+    with _gathered(weight, owner=self):
+        loss = fused_linear_cross_entropy(
+            outputs.last_hidden_state,
+            weight,
+            labels,
+            num_items_in_batch=num_items_in_batch,
+            chunk_size=self._fused_ce_chunk_size,
+        )
     return CausalLMOutputWithPast(loss=loss, logits=None, hidden_states=outputs.hidden_states)
 
 

@@ -1,8 +1,12 @@
 """The one model resolver: a Hub id, a local model dir or a LoRA adapter dir becomes a ready causal LM.
 
-Weights are read as safetensors only (no pickle) and no repository code runs; GPT-Neo models get the
-project's exact SDPA/flex attention and fused GELU. A LoRA adapter folder (`tinystories lora` output: an
-`adapter_config.json` and no `config.json`) is loaded onto the base its config names and merged.
+Weights are loaded as safetensors and no repository code runs; GPT-Neo models get the project's exact
+SDPA/flex attention and fused GELU. A Hub id is resolved by `checkpoints.fetch_checkpoint` to its HF-cache
+snapshot (a repo with only `pytorch_model.bin`, like the released TinyStories models, is read with
+`torch.load(weights_only=True)` and converted once to `model.safetensors` there); a local dir with only
+`pytorch_model.bin` is converted the same way, beside it. A LoRA adapter folder (`tinystories lora` output: an
+`adapter_config.json` and no `config.json`) is loaded onto the base its config names, resolved the same way,
+and merged.
 """
 
 from __future__ import annotations
@@ -10,20 +14,22 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from peft import AutoPeftModelForCausalLM
+from peft import PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
 from tinystories.attention import use_fast_attention, use_fast_gelu
+from tinystories.checkpoints import ensure_safetensors, fetch_checkpoint
 from tinystories.core import TRAINED_CONTEXT, ConfigError, offline_hint
-from tinystories.paths import looks_like_path
+from tinystories.paths import is_hub_id, looks_like_path
 
 logger = logging.getLogger(__name__)
 
 MODEL_FIX = (
-    "pass MODEL=<local model dir> (a folder with config.json and model.safetensors, or a LoRA adapter folder) "
-    "or a reachable Hub id"
+    "pass MODEL=<local model dir> (a folder with config.json and model.safetensors or pytorch_model.bin, or a "
+    "LoRA adapter folder) or a reachable Hub id"
 )
 ATTENTION_BACKENDS = ("sdpa", "flex", "eager")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def check_attn_implementation(name: str) -> str:
@@ -47,6 +53,52 @@ def is_adapter_dir(name_or_path: str) -> bool:
     return path.is_dir() and (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
 
 
+def _load_full(name_or_path: str, revision: str | None, load_attn: str, dtype, **kwargs):
+    """The plain model (stock attention) from a local model dir or a Hub id, safetensors only."""
+    path = Path(name_or_path).expanduser()
+    if looks_like_path(name_or_path) and not path.exists():
+        raise ConfigError(f"model path {name_or_path!r} does not exist: {MODEL_FIX}")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{name_or_path!r} has no config.json: {MODEL_FIX}")
+        folder = ensure_safetensors(path, name_or_path)  # only pytorch_model.bin: converted once, beside it
+    else:
+        folder = fetch_checkpoint(name_or_path, revision)  # the HF-cache snapshot of that revision
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder),
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=False,
+            attn_implementation=load_attn,
+            **kwargs,
+        )
+    except Exception as err:
+        raise ConfigError(
+            f"could not load model {name_or_path!r}{offline_hint()}: {type(err).__name__}: {err}. {MODEL_FIX}"
+        ) from err
+    if is_hub_id(name_or_path):  # records (configs, adapters) name the Hub id, not a cache path
+        model.config.name_or_path = model.name_or_path = name_or_path
+    return model
+
+
+def _load_adapter(path: Path, load_attn: str, dtype, **kwargs):
+    """A LoRA adapter merged onto the base its `adapter_config.json` names (a Hub id, or a path from here)."""
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        raise ConfigError(f"{path} has no {ADAPTER_WEIGHTS} (pickled adapters are not loaded): {MODEL_FIX}")
+    try:
+        config = PeftConfig.from_pretrained(str(path))
+    except Exception as err:
+        raise ConfigError(f"could not read the adapter config in {path}: {err}. {MODEL_FIX}") from err
+    if not config.base_model_name_or_path:
+        raise ConfigError(f"{path}/adapter_config.json names no base_model_name_or_path: {MODEL_FIX}")
+    base = _load_full(config.base_model_name_or_path, config.revision, load_attn, dtype, **kwargs)
+    try:
+        return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    except Exception as err:
+        raise ConfigError(f"could not load the adapter {str(path)!r}: {type(err).__name__}: {err}") from err
+
+
 def load_model(
     name_or_path: str,
     attn_implementation: str = "sdpa",
@@ -56,34 +108,12 @@ def load_model(
 ):
     """A causal LM from a Hub id, a local model dir or a LoRA adapter dir (merged onto its base)."""
     check_attn_implementation(attn_implementation)
-    path = Path(name_or_path).expanduser()
-    if looks_like_path(name_or_path) and not path.exists():
-        raise ConfigError(f"model path {name_or_path!r} does not exist: {MODEL_FIX}")
-    adapter = is_adapter_dir(name_or_path)
-    if path.is_dir() and not adapter and not (path / "config.json").is_file():
-        raise ConfigError(f"{name_or_path!r} has no config.json: {MODEL_FIX}")
     # the stock classes load eager attention; ours is installed afterwards (same weights, exact same math)
     load_attn = "eager" if attn_implementation in ("sdpa", "flex") else attn_implementation
-    try:
-        if adapter:  # the base named in adapter_config.json: a Hub id, or a path relative to here
-            model = AutoPeftModelForCausalLM.from_pretrained(
-                str(path), dtype=dtype, use_safetensors=True, trust_remote_code=False, **kwargs
-            ).merge_and_unload()
-        else:
-            model = AutoModelForCausalLM.from_pretrained(
-                name_or_path,
-                revision=revision,
-                dtype=dtype,
-                use_safetensors=True,
-                trust_remote_code=False,
-                attn_implementation=load_attn,
-                **kwargs,
-            )
-    except Exception as err:
-        raise ConfigError(
-            f"could not load model {name_or_path!r}{offline_hint()}: {type(err).__name__}: {err}. {MODEL_FIX}. "
-            "Only safetensors weights are loaded (no pickle); `tinystories pull` explains repos without them."
-        ) from err
+    if is_adapter_dir(name_or_path):
+        model = _load_adapter(Path(name_or_path).expanduser(), load_attn, dtype, **kwargs)
+    else:
+        model = _load_full(name_or_path, revision, load_attn, dtype, **kwargs)
     return install_attention(model, attn_implementation)
 
 

@@ -20,7 +20,9 @@ COMPARISON_KEYS = (
     "data",
     "split",
     "eval_results_file",
+    "error",
 )
+ERROR_CELL_CHARS = 200  # the table's error cell; comparison.json keeps the whole message
 
 
 def model_output_dir(model: str, output_dir: str | None, multiple: bool) -> Path:
@@ -61,13 +63,24 @@ def _judge_cells(judge: dict[str, Any], categories: list[str]) -> list[str]:
     return cells
 
 
+def _error_cell(error: Any) -> str:
+    """A failed model's error on one table line: no pipes or newlines, cut to ERROR_CELL_CHARS."""
+    text = " ".join(str(error or "").split()).replace("|", "\\|")
+    return text if len(text) <= ERROR_CELL_CHARS else text[: ERROR_CELL_CHARS - 1] + "…"
+
+
 def comparison_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of several models' results (loss, bits per byte, judge means ± CI half-width)."""
+    """A Markdown table of several models' results (loss, bits per byte, judge means ± CI half-width).
+
+    A model that failed (a row with `error`) keeps its line: dashes for the numbers, its error in the last column.
+    """
     cats: list[str] = []
     for r in rows:
         cats += [c for c in (r.get("judge") or {}).get("scores", {}) if c not in cats]
-    head = ["model", "params", "context", "tokens", "loss", "ppl", "bits/byte", *cats]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    extra = ["error"] if any(r.get("error") for r in rows) else []
+    head = ["model", "params", "context", "tokens", "loss", "ppl", "bits/byte", *cats, *extra]
+    align = ["---"] + ["---:"] * (len(head) - 1 - len(extra)) + ["---"] * len(extra)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     for r in rows:
 
         def num(key, fmt, r=r):
@@ -82,6 +95,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
             num("perplexity", ".3f"),
             num("bits_per_byte", ".4f"),
             *_judge_cells((r.get("judge") or {}).get("scores", {}), cats),
+            *[_error_cell(r.get("error")) or "–" for _ in extra],
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

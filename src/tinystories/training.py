@@ -20,8 +20,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 from peft import PeftModel
 from transformers import GenerationConfig, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
 from tinystories.cards import write_model_card
@@ -227,11 +229,48 @@ def _eval_results(info: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
     }
 
 
+def _is_zero3(trainer: Trainer) -> bool:
+    """DeepSpeed ZeRO-3: every rank holds a shard of each parameter, so every rank must take part in a forward."""
+    return bool(trainer.is_deepspeed_enabled) and is_deepspeed_zero3_enabled()
+
+
+def _save_weights(trainer: Trainer, output_dir: Path) -> None:
+    """`model.safetensors` (or the adapter) in `output_dir`, whatever the launcher; called on every rank.
+
+    Under ZeRO-3 the Trainer saves full weights only with `zero3_save_16bit_model: true` (the shipped
+    configs set it); otherwise it would write a sharded DeepSpeed checkpoint and no model, so the
+    parameters are gathered here (all ranks) and rank 0 writes them.
+    """
+    if not _is_zero3(trainer) or trainer.deepspeed.zero_gather_16bit_weights_on_model_save():
+        trainer.save_model(str(output_dir))  # safetensors (transformers 5 writes no pickle)
+        return
+    logger.warning(
+        "ZeRO-3 without stage3_gather_16bit_weights_on_model_save: gathering the parameters to save the model"
+    )
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with GatheredParameters(list(model.parameters()), modifier_rank=None):
+        if trainer.args.should_save:
+            model.save_pretrained(output_dir)  # the gathered parameters, tied ones once
+
+
+def _card_samples(trainer: Trainer, tokenizer, tail: Tail) -> list[dict[str, str]] | None:
+    """The card's sample generations: on rank 0, and under ZeRO-3 on every rank (the forward passes of a
+    sharded model are collective; `generate` keeps the ranks in step), where only rank 0 uses them."""
+    if not (tail.samples and tail.num_samples):
+        return None
+    if not (trainer.is_world_process_zero() or _is_zero3(trainer)):
+        return None
+    return sample_generations(
+        trainer.model, tokenizer, tail.samples, tail.num_samples, tail.sample_max_new_tokens
+    )
+
+
 def finish_run(trainer: Trainer, tokenizer, run_info: dict[str, Any], tail: Tail) -> dict[str, Any]:
     """Save, evaluate, write metrics/plot/samples/card, merge a LoRA adapter, push. Returns the final metrics."""
     output_dir = Path(trainer.args.output_dir)
-    trainer.save_model(str(output_dir))  # safetensors (transformers 5 writes no pickle)
+    _save_weights(trainer, output_dir)
     metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    samples = _card_samples(trainer, tokenizer, tail)
     if not trainer.is_world_process_zero():
         shutdown_distributed(trainer)  # wait for rank 0's writes, then leave the process group cleanly
         return metrics
@@ -242,10 +281,8 @@ def finish_run(trainer: Trainer, tokenizer, run_info: dict[str, Any], tail: Tail
     info = dict(run_info)
     if metrics:
         info.setdefault("eval_results", _eval_results(info, metrics))
-    if tail.samples and tail.num_samples:
-        info["samples"] = sample_generations(
-            trainer.model, tokenizer, tail.samples, tail.num_samples, tail.sample_max_new_tokens
-        )
+    if samples is not None:
+        info["samples"] = samples
     write_model_card(output_dir, info)
     if tail.merge_onto:
         export_merged(output_dir, tokenizer, info, tail)

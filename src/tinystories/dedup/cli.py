@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasets import Dataset, DatasetDict
+from datasets import Dataset
 
 from tinystories.config import parse_args
 from tinystories.core import EVAL_PROMPTS_FILE, REPO_ROOT, ConfigError
-from tinystories.data import load_raw
+from tinystories.data import load_split
 from tinystories.dedup.decontamination import read_eval_prompts
 from tinystories.dedup.pipeline import DedupResult, deduplicate
 from tinystories.paths import display_path
@@ -94,13 +94,9 @@ class DedupArguments:
 
 
 def load_input(source: str, split: str = "train") -> Dataset:
-    """A `datasets.Dataset` from any accepted source, including a `tinystories data` output dir."""
-    ds = load_raw(source)
-    if isinstance(ds, DatasetDict):
-        if split not in ds:
-            raise ConfigError(f"{source!r} has no split {split!r} (splits: {list(ds)}); pass --split")
-        ds = ds[split]
-    return ds
+    """`split` of any source training reads, by the same loader (a `.txt` Hub release as whole records, not
+    lines); a file or folder without splits whole."""
+    return load_split(source, split)
 
 
 def _iter_column(ds: Dataset, column: str, batch_size: int = 10_000) -> Iterator[str]:

@@ -87,6 +87,7 @@ class Vocabulary:
         summary_template: str | None = None,
         features_file: str | None = None,
     ):
+        # default: the installed package data (`core.DATA_GENERATION_DIR`, read via importlib.resources)
         self.data_dir = Path(data_dir) if data_dir else DEFAULT_DATA_GENERATION_DIR
         if not self.data_dir.is_dir():
             raise ConfigError(
@@ -94,17 +95,22 @@ class Vocabulary:
                 "<dir with nouns.txt, verbs.txt, adjectives.txt, features.yaml, templates/>"
             )
         self.words = {pos: _read_words(self.data_dir / name) for pos, name in WORD_FILES.items()}
-        self.features = self._read_features(self._resolve(features_file or FEATURES_FILE))
-        self.story_template_path = self._resolve(story_template or STORY_TEMPLATE)
-        self.summary_template_path = self._resolve(summary_template or SUMMARY_TEMPLATE)
+        self.features = self._read_features(self._resolve(features_file, FEATURES_FILE))
+        self.story_template_path = self._resolve(story_template, STORY_TEMPLATE)
+        self.summary_template_path = self._resolve(summary_template, SUMMARY_TEMPLATE)
         env = jinja2.Environment(
             undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False
         )
         self.story_template = env.from_string(self.story_template_path.read_text(encoding="utf-8"))
         self.summary_template = env.from_string(self.summary_template_path.read_text(encoding="utf-8"))
 
-    def _resolve(self, name: str) -> Path:
-        path = Path(name)
+    def _resolve(self, name: str | None, default: str) -> Path:
+        """A given file: as given (absolute or from the current directory), else in `data_dir`.
+
+        A default name is looked up in `data_dir` only, whatever the current directory holds.
+        """
+        path = Path(name) if name else self.data_dir / default
+        name = name or default
         if not path.is_absolute() and not path.exists():
             path = self.data_dir / name
         if not path.is_file():
