@@ -51,7 +51,7 @@ from tinystories.finetune import (
     build_trainer,
     load_base,
 )
-from tinystories.instruct import InstructExample, format_prompt
+from tinystories.instruct import InstructExample, format_completion, format_prompt
 from tinystories.sizes import build_config
 from tinystories.tokenizer import prepare_tokenizer
 
@@ -61,7 +61,7 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def instruct_examples(stories: list[str], seed: int = 0) -> list[dict[str, str]]:
-    """prompt/completion pairs: `Words:` (3 words of the story), `Random sentence:`, `Story:` + the story."""
+    """prompt/completion pairs: `Words:` (3 words of the story), `Random sentence:`, `Story: `; the story."""
     rng = random.Random(seed)
     rows = []
     for story in stories:
@@ -73,7 +73,7 @@ def instruct_examples(stories: list[str], seed: int = 0) -> list[dict[str, str]]
             story=story.strip(), words=rng.sample(words, 3), random_sentence=rng.choice(sentences)
         )
         example.order = rng.sample(["words", "random_sentence"], 2)
-        rows.append({"prompt": format_prompt(example), "completion": example.story})
+        rows.append({"prompt": format_prompt(example), "completion": format_completion(example.story)})
     return rows
 
 

@@ -81,7 +81,7 @@ def test_round_trip_random_subsets_and_orders():
             assert getattr(back, name) == (expected if expected else getattr(InstructExample(), name)), name
         assert format_example(back) == text  # parse -> format is the identity
         prompt, completion = split_prompt_completion(text)
-        assert prompt + completion == text and prompt.endswith("Story:\n")
+        assert prompt + completion == text and prompt.endswith("Story: \n") and completion.startswith("\n")
         seen_orders.add(tuple(shown.order))
     assert len(seen_orders) > 20  # many subsets and orders, as in the paper
 
@@ -124,7 +124,7 @@ def test_build_prompt_and_order(fields):
     )
     text = format_example(ex)
     assert [line.split(":")[0] for line in text.splitlines()[:2]] == [FIELDS[f] for f in fields]
-    assert build_prompt(words=["run", "ball", "red"]) == "Words: run, ball, red\nStory:\n"
+    assert build_prompt(words=["run", "ball", "red"]) == "Words: run, ball, red\nStory: \n"
 
 
 def test_not_an_instruct_example():
@@ -139,13 +139,15 @@ def test_instruction_lines_after_the_story_go_to_the_prompt():
     assert ex.summary == "Tom flies a red kite with his dad." and ex.words == ["kite", "fly", "red"]
     prompt, completion = split_prompt_completion(TRAILING_FIELDS_EXAMPLE)
     assert prompt == (
-        "Features: Dialogue\nSummary: Tom flies a red kite with his dad.\nWords: kite, fly, red\nStory:\n"
+        "Features: Dialogue\nSummary: Tom flies a red kite with his dad.\nWords: kite, fly, red\nStory: \n"
     )
-    assert completion == ex.story and "Summary" not in completion and "kite, fly" not in completion
+    assert completion == "\n" + ex.story and "Summary" not in completion and "kite, fly" not in completion
 
     prompt, completion = split_prompt_completion(ALL_AFTER_EXAMPLE)  # every instruction after the story
-    assert prompt == "Random sentence: She gave it to her mom.\nSummary: Sue gives her mom a shell.\nStory:\n"
-    assert completion == "Sue found a shell on the beach.\nShe gave it to her mom."
+    assert (
+        prompt == "Random sentence: She gave it to her mom.\nSummary: Sue gives her mom a shell.\nStory: \n"
+    )
+    assert completion == "\nSue found a shell on the beach.\nShe gave it to her mom."
     assert parse_example(format_example(parse_example(ALL_AFTER_EXAMPLE))) == parse_example(ALL_AFTER_EXAMPLE)
 
 
@@ -159,10 +161,23 @@ def test_story_lines_that_only_look_like_fields_stay_in_the_story():
 def test_build_prompt_ends_as_the_sft_prompts():
     """Generation conditions on exactly the text SFT trains on before a story."""
     prompt = build_prompt(words=["kite", "fly", "red"], summary="Tom flies a kite.", features=["Dialogue"])
-    assert prompt.endswith("\nStory:\n") and not prompt.endswith("\n\n")
+    assert prompt.endswith("\nStory: \n") and not prompt.endswith("\n\n")
     record = (
         "Story:\x20\n\nTom flew it.\nSummary: Tom flies a kite.\nWords: kite, fly, red\nFeatures: Dialogue"
     )
     sft_prompt, _ = split_prompt_completion(record)
     assert sorted(sft_prompt.splitlines()) == sorted(prompt.splitlines())
-    assert sft_prompt.endswith("\nStory:\n")
+    assert sft_prompt.endswith("\nStory: \n")
+
+
+def test_prompt_is_a_token_exact_prefix_of_the_released_records(gpt_neo_tokenizer):
+    """`Story: \\n\\nOnce` in the files is `:`, ` `, `\\n`, `\\n`, `Once`: the prompt is its exact token prefix."""
+    record = "Words: run, ball, red\nStory: \n\nOnce upon a time, Tom had a red ball."
+    prompt, completion = split_prompt_completion(record)
+    assert prompt + completion == record  # the record as it stands in the file
+    assert format_example(parse_example(record)) == record
+    ids = gpt_neo_tokenizer(record)["input_ids"]
+    prompt_ids = gpt_neo_tokenizer(prompt)["input_ids"]
+    assert ids[: len(prompt_ids)] == prompt_ids
+    assert prompt_ids + gpt_neo_tokenizer(completion)["input_ids"] == ids
+    assert build_prompt(words=["run", "ball", "red"]) == prompt

@@ -58,7 +58,10 @@ def test_prompt_tokens_masked_story_and_eos_trained(tiny_model_dir, instruct_txt
         assert row["input_ids"] == prompt_ids + story_ids + [eos]  # the whole example, EOS after the story
         assert row["labels"][:n] == [-100] * n  # every prompt token is masked ...
         assert row["labels"][n:] == [*story_ids, eos]  # ... and no story token, nor the EOS
-        assert example["prompt"].endswith("Story:\n") and not example["completion"].startswith(("\n", " "))
+        # the released files' layout: the prompt ends with the `Story: ` line, the completion is the blank line
+        # and the story (token-exact: prompt + completion tokenize as the record does)
+        assert example["prompt"].endswith("Story: \n") and example["completion"].startswith("\n")
+        assert not example["completion"].startswith(("\n\n", "\n "))
     # the split is the one the Instruct format defines
     first = next(t for t in source if t.strip())
     assert split_prompt_completion(first)[0].startswith(

@@ -1,20 +1,25 @@
 """The TinyStories-Instruct text format, shared by synthesis, SFT and generation.
 
-One example is a block of instruction lines followed by the story::
+One example is a block of instruction lines, a `Story: ` line, a blank line and the story, exactly as in
+the released `roneneldan/TinyStoriesInstruct` files (examples separated by `<|endoftext|>`; ␣ is a space)::
 
     Features: Dialogue, Twist
     Words: run, ball, happy
     Summary: A girl finds a ball and shares it.
     Random sentence: She threw the ball high.
-    Story:
+    Story:␣
+
     Once upon a time ...
 
-Instruction lines come in any order and any subset (the paper randomises both, so the model learns
-to follow whichever constraints it is given); this project writes `Story:` last. In the released
-`roneneldan/TinyStoriesInstruct` files examples are separated by `<|endoftext|>`, the story follows a
-`Story: ` line and a blank line, and some records put instruction lines (`Summary:`, `Words:`, ...)
-AFTER the story: `parse_example` moves those into the prompt fields, so they are never trained on as
-story text. A prompt (`format_prompt`, `build_prompt`, the SFT `prompt` column) always ends `Story:\\n`.
+Instruction lines come in any order and any subset (the paper randomises both, so the model learns to
+follow whichever constraints it is given); this project writes `Story: ` last. Some released records put
+instruction lines (`Summary:`, `Words:`, ...) AFTER the story: `parse_example` moves those into the prompt
+fields, so they are never trained on as story text.
+
+A prompt (`format_prompt`, `build_prompt`, the SFT `prompt` column) ends `Story: \n`, and the completion
+starts with the blank line's `\n`: with the GPT-Neo tokenizer the file's `Story: \n\nOnce` is `:`, ` `, `\n`,
+`\n`, `Once`, so the prompt is a token-exact prefix of what every model (the released ones included) saw
+before a story, and prompt + completion is the record as it stands in the file.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ FIELDS: dict[str, str] = {  # attribute -> line label
     "random_sentence": "Random sentence",
 }
 STORY_LABEL = "Story:"
+PROMPT_END = "Story: \n"  # the `Story: ` line; the blank line before the story starts the completion
+STORY_START = "\n"
 _LABEL_TO_FIELD = {label.lower(): name for name, label in FIELDS.items()}
 
 
@@ -60,13 +67,19 @@ def _field_value(example: InstructExample, name: str) -> str:
 
 
 def format_prompt(example: InstructExample) -> str:
-    """Instruction lines plus `Story:` and a newline: what the model is conditioned on."""
-    lines = [f"{FIELDS[name]}: {_field_value(example, name)}" for name in example.present_fields()]
-    return "\n".join([*lines, STORY_LABEL]) + "\n"
+    """Instruction lines plus the `Story: ` line: what the model is conditioned on."""
+    lines = [f"{FIELDS[name]}: {_field_value(example, name)}\n" for name in example.present_fields()]
+    return "".join(lines) + PROMPT_END
+
+
+def format_completion(story: str) -> str:
+    """The blank line after `Story: ` and the story: what the model learns to write."""
+    return STORY_START + story.strip()
 
 
 def format_example(example: InstructExample) -> str:
-    return format_prompt(example) + example.story.strip()
+    """One record as in the released files: instructions, `Story: `, a blank line, the story."""
+    return format_prompt(example) + format_completion(example.story)
 
 
 def randomize_fields(
@@ -136,12 +149,12 @@ def parse_example(text: str) -> InstructExample:
 
 
 def split_prompt_completion(text: str) -> tuple[str, str]:
-    """Split an example into (every instruction line + `Story:\\n`, the story alone).
+    """Split an example into (every instruction line + `Story: \\n`, the blank line + the story).
 
     Instruction lines found after the story go to the prompt, never to the completion.
     """
     example = parse_example(text)
-    return format_prompt(example), example.story
+    return format_prompt(example), format_completion(example.story)
 
 
 def build_prompt(
@@ -152,7 +165,8 @@ def build_prompt(
 ) -> str:
     """The prompt a user gives at generation time (fields in the canonical order).
 
-    It ends `Story:\\n`, exactly as the `prompt` of every SFT example does (`split_prompt_completion`).
+    It ends `Story: \\n`, exactly as the `prompt` of every SFT example does (`split_prompt_completion`) and
+    token for token as the released files do before the blank line and the story.
     """
     example = InstructExample(
         features=list(features or []),

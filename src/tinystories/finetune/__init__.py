@@ -9,7 +9,8 @@ PEFT and quantization configurations TRL builds from `ModelConfig` (`get_peft_co
 
 Data is TinyStories-Instruct text: instruction lines (`Features:`, `Words:`, `Summary:`,
 `Random sentence:`) then `Story:` and the story (`tinystories.instruct`). Each example is split into a
-`prompt` (the instructions up to and including `Story:\\n`) and a `completion` (the story); TRL then masks
+`prompt` (the instructions up to and including the `Story: ` line) and a `completion` (the blank line and
+the story); TRL then masks
 the prompt tokens to -100 and appends EOS to the completion, so the loss is on the story and its end only,
 and generation learns to stop. Packing uses TRL's `wrapped` strategy (its default `bfd` packs padding-free,
 which needs per-sequence position ids that GPT-Neo's attention ignores).

@@ -28,7 +28,7 @@ def instruct_fraction(dataset, text_column: str = "text", n: int = 200) -> float
 
 
 def to_prompt_completion(dataset, text_column: str = "text"):
-    """Instruct examples -> `prompt` (instructions + `Story:\\n`) and `completion` (the story) columns.
+    """Instruct examples -> `prompt` (instructions + `Story: \\n`) and `completion` (blank line + story) columns.
 
     Examples without a `Story:` line or with an empty story are dropped (and counted in the log).
     """
@@ -37,12 +37,12 @@ def to_prompt_completion(dataset, text_column: str = "text"):
         prompts, completions = [], []
         for text in batch[text_column]:
             try:
-                prompt, story = split_prompt_completion(text)
+                prompt, completion = split_prompt_completion(text)
             except ValueError:
                 continue
-            if story.strip():
+            if completion.strip():
                 prompts.append(prompt)
-                completions.append(story.strip())
+                completions.append(completion)
         return {"prompt": prompts, "completion": completions}
 
     converted = dataset.map(
