@@ -221,7 +221,7 @@ def _variant_result(
 def run_variant(payload: dict) -> dict:
     """Train one variant with `transformers.Trainer`; returns throughput, memory and losses."""
     hf_logging.set_verbosity_error()
-    device = payload["device"]
+    device, started = payload["device"], time.perf_counter()  # whole run: model, Trainer, every step
     set_seed(payload["seed"])
     tokenizer = AutoTokenizer.from_pretrained(payload["tokenizer"])
     model, config = _build_model(payload, tokenizer)
@@ -242,4 +242,8 @@ def run_variant(payload: dict) -> dict:
             torch.cuda.reset_peak_memory_stats()
         rss_before = _rss_mb()
         trainer.train()
-    return _variant_result(trainer, timing, config, payload, batch_size, rss_before)
+    result = _variant_result(trainer, timing, config, payload, batch_size, rss_before)
+    whole = time.perf_counter() - started
+    result["whole_run_seconds"] = round(whole, 3)
+    result["whole_run_tokens_per_second"] = round(result["real_tokens"] / whole, 1)
+    return result

@@ -26,6 +26,9 @@ class ModelArguments:
     size: str | None = field(default="33M", metadata={"help": f"released size: {size_names()}"})
     hidden_size: int | None = field(default=None, metadata={"help": "override the width (paper's grid)"})
     num_layers: int | None = field(default=None, metadata={"help": "override the depth (paper's grid)"})
+    num_heads: int | None = field(
+        default=None, metadata={"help": "attention heads (released: 16; fewer, wider heads suit tiny widths)"}
+    )
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "continue pretraining from a checkpoint (Hub id or dir) instead of a new model"},
@@ -139,6 +142,7 @@ def new_config(model_args: ModelArguments, data_args: DataArguments, tokenizer):
         vocab_size=len(tokenizer),
         max_position_embeddings=model_args.max_position_embeddings or data_args.block_size,
         eos_token_id=tokenizer.eos_token_id,
+        **({"num_heads": model_args.num_heads} if model_args.num_heads else {}),
     )
 
 
