@@ -56,6 +56,22 @@ def gpt_neo_tokenizer_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
+    """The tiny GPT-Neo (hidden 32, 2 layers, the real GPT-Neo tokenizer) as a saved model folder; read-only."""
+    from tiny import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m", gpt_neo_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def instruct_txt(tmp_path_factory, stories):
+    """300 Instruct records built from real stories, in the released `.txt` layout; read-only."""
+    from tiny import write_instruct_txt
+
+    return write_instruct_txt(stories, tmp_path_factory.mktemp("instruct") / "instruct.txt", n=300)
+
+
+@pytest.fixture(scope="session")
 def gpt_neo_tokenizer(gpt_neo_tokenizer_dir):
     from transformers import AutoTokenizer
 

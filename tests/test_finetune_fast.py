@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from trl import SFTTrainer
 
-from tiny import make_tiny_model_dir, write_instruct_txt
 from tinystories.finetune import (
     FinetuneModelConfig,
     TinyStoriesSFTConfig,
@@ -18,19 +16,12 @@ from tinystories.finetune import (
 from tinystories.sft import SFTScriptArguments
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
-    return make_tiny_model_dir(tmp_path_factory.mktemp("fast") / "m", gpt_neo_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def instruct_txt(tmp_path_factory, stories):
-    return write_instruct_txt(stories, tmp_path_factory.mktemp("data") / "instruct.txt", n=80)
-
-
-def _trainer(base_dir, instruct_txt, tmp_path, fused: bool, **overrides):
+def _trainer(tiny_model_dir, instruct_txt, tmp_path, fused: bool, **overrides):
     args = SFTScriptArguments(
-        base_model=str(base_dir), data=str(instruct_txt), max_train_samples=32, fused_cross_entropy=fused
+        base_model=str(tiny_model_dir),
+        data=str(instruct_txt),
+        max_train_samples=32,
+        fused_cross_entropy=fused,
     )
     training_args = TinyStoriesSFTConfig(
         output_dir=str(tmp_path / ("fused" if fused else "stock")),
@@ -46,9 +37,9 @@ def _trainer(base_dir, instruct_txt, tmp_path, fused: bool, **overrides):
     return build_trainer(training_args, model, tokenizer, data, fused_loss=fused)
 
 
-def test_fused_loss_equals_trl_loss_on_the_same_batch(base_dir, instruct_txt, tmp_path):
-    fused = _trainer(base_dir, instruct_txt, tmp_path, fused=True)
-    stock = _trainer(base_dir, instruct_txt, tmp_path, fused=False)
+def test_fused_loss_equals_trl_loss_on_the_same_batch(tiny_model_dir, instruct_txt, tmp_path):
+    fused = _trainer(tiny_model_dir, instruct_txt, tmp_path, fused=True)
+    stock = _trainer(tiny_model_dir, instruct_txt, tmp_path, fused=False)
     assert fused.fused_loss and not stock.fused_loss
     batch_f = next(iter(fused.get_train_dataloader()))
     batch_s = next(iter(stock.get_train_dataloader()))
@@ -65,13 +56,13 @@ def test_fused_loss_equals_trl_loss_on_the_same_batch(base_dir, instruct_txt, tm
         torch.testing.assert_close(pf.grad, ps.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_lora_fast_path_trains_the_same_adapter(base_dir, instruct_txt, tmp_path):
+def test_lora_fast_path_trains_the_same_adapter(tiny_model_dir, instruct_txt, tmp_path):
     from tinystories.lora import main
 
     outs = {}
     for fused in (True, False):
         out = tmp_path / f"lora-{fused}"
-        argv = ["--base_model", str(base_dir), "--data", str(instruct_txt), "--output_dir", str(out)]
+        argv = ["--base_model", str(tiny_model_dir), "--data", str(instruct_txt), "--output_dir", str(out)]
         argv += ["--max_steps", "3", "--per_device_train_batch_size", "4", "--max_length", "128"]
         argv += ["--learning_rate", "0.5", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0"]
         argv += ["--save_strategy", "no", "--eval_strategy", "no", "--num_samples", "0", "--merge", "false"]

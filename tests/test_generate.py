@@ -11,11 +11,6 @@ from tinystories.generate import TRAINED_CONTEXT, context_limit, generate_story,
 from tinystories.instruct import build_prompt
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m", gpt_neo_tokenizer_dir)
-
-
 def _greedy_ids(model, tokenizer, prompt: str, n: int) -> list[int]:
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     with torch.no_grad():

@@ -19,11 +19,6 @@ from tinystories.lora import (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m", gpt_neo_tokenizer_dir)
-
-
 @pytest.mark.parametrize("targets", [GPT_NEO_TARGET_MODULES, ["all-linear"], ["q_proj", "v_proj"]])
 def test_trainable_parameter_count(tiny_model_dir, targets):
     from peft import get_peft_model

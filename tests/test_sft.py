@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tiny import TINY_HUB_ID, make_tiny_model_dir, publish_tiny_model, write_instruct_txt
+from tiny import TINY_HUB_ID, publish_tiny_model, write_instruct_txt
 from tinystories.core import ConfigError
 from tinystories.finetune import (
     FinetuneModelConfig,
@@ -25,16 +25,6 @@ FAST = {
     "report_to": "none",
     "save_strategy": "no",
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m", gpt_neo_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def instruct_txt(tmp_path_factory, stories):
-    return write_instruct_txt(stories, tmp_path_factory.mktemp("data") / "instruct.txt", n=300)
 
 
 def _prepared_trainer(tiny_model_dir, instruct_txt, tmp_path, **overrides):
