@@ -1,6 +1,6 @@
 # TinyStories recipes. Every target depends on `install`, so a fresh clone needs no separate step.
 # Variables (all optional): SIZE DATA TOKENIZER MODEL BASE OUTPUT_DIR ACCELERATE NUM_GPUS ARGS
-#                           IN OUT (dedup)  REPO DRY_RUN STAGE_DIR (push)  REVISION (pull)
+#                           IN OUT (dedup)  REPO DRY_RUN STAGE_DIR (push)  REVISION (pull)  SWEEP (sweep)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -53,11 +53,11 @@ opt = $(if $(2),$(1) $(2))
 CPU_ARGS ?= --per_device_train_batch_size 8 --global_batch_size 8 --eval_steps 50 --save_steps 50 \
 	--max_eval_samples 200 --dataloader_num_workers 0 --use_cpu true
 
-.PHONY: help install test test-slow lint format quickstart check-size train tokenizer sft lora generate eval data dedup push pull bench clean
+.PHONY: help install test test-slow lint format quickstart check-size train tokenizer sft lora generate eval analyze sweep data dedup push pull bench clean
 
 help:
-	@echo "make install | quickstart | test | train SIZE=<$(subst $() ,|,$(SIZES))> | sft | lora | eval | data | dedup | push | pull | bench"
-	@echo "variables: DATA TOKENIZER MODEL BASE OUTPUT_DIR ACCELERATE NUM_GPUS ARGS IN OUT REPO DRY_RUN STAGE_DIR"
+	@echo "make install | quickstart | test | train SIZE=<$(subst $() ,|,$(SIZES))> | sft | lora | eval | analyze | sweep SWEEP=<quickstart|paper> | data | dedup | push | pull | bench"
+	@echo "variables: DATA TOKENIZER MODEL BASE OUTPUT_DIR ACCELERATE NUM_GPUS ARGS IN OUT REPO DRY_RUN STAGE_DIR SWEEP"
 
 install: $(VENV)/.installed
 
@@ -74,13 +74,13 @@ test-slow: install
 	$(PY) -m pytest -m slow $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff format --check src tests benchmarks && $(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts && $(VENV)/bin/ruff check src tests benchmarks scripts
 
 format: install
-	$(VENV)/bin/ruff format src tests benchmarks && $(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks scripts && $(VENV)/bin/ruff check --fix src tests benchmarks scripts
 
 quickstart: install
-	bash scripts/quickstart.sh
+	DATA="$(DATA)" TOKENIZER="$(TOKENIZER)" bash scripts/quickstart.sh
 
 check-size:
 	@test -f recipes/pretrain/$(SIZE).yaml || { echo "error: unknown SIZE=$(SIZE); valid sizes: $(SIZES)" >&2; exit 2; }
@@ -117,8 +117,19 @@ generate: install
 eval: install
 	$(TS) eval $(call opt,--model,$(MODEL)) $(call opt,--data,$(DATA)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
 
+analyze: install
+	$(TS) analyze $(call opt,--model,$(MODEL)) $(call opt,--data,$(DATA)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
+
+SWEEP ?= quickstart
+
+sweep: install
+	@test -f recipes/sweep/$(SWEEP).yaml || { echo "error: unknown SWEEP=$(SWEEP); valid: $(basename $(notdir $(wildcard recipes/sweep/*.yaml)))" >&2; exit 2; }
+	$(TS) sweep --config recipes/sweep/$(SWEEP).yaml $(call opt,--data,$(DATA)) $(call opt,--tokenizer,$(TOKENIZER)) \
+		$(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
+
 data: install
-	$(TS) data --config recipes/data/$(DATA_RECIPE).yaml $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
+	$(TS) data --config recipes/data/$(DATA_RECIPE).yaml $(call opt,--source_data,$(DATA)) \
+		$(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
 
 dedup: install
 	$(TS) dedup --config recipes/data/dedup.yaml --input $(or $(IN),outputs/data/tinystories) \

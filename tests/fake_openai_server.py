@@ -6,7 +6,8 @@ the connection without an answer), "malformed" (200 with a body that is not JSON
 choices), "slow" (answer after `slow_seconds`, past the client's timeout). The default `failure_plan`
 spreads prompts over these by a hash of the prompt, so tests can compute the expected outcome of every
 record. Successful answers are a deterministic story built from the quoted words of the prompt (or
-`reply(prompt)`).
+`reply(prompt)`), with `finish_reason` `finish(prompt)` ("stop" by default; "length" plays a completion cut off
+at `max_tokens`).
 
 Structured output (`response_format` in a chat request), by `response_format=`: "ignore" (answer as usual,
 like servers that accept the field and do not enforce it), "reject" (HTTP `reject_status`, 400 or 422, like
@@ -91,12 +92,18 @@ INJECTED = {  # status and body of the failure actions that answer with an HTTP 
 }
 
 
-def completion_body(payload: dict, prompt: str, text: str, chat: bool, attempt: int) -> dict:
+def completion_body(
+    payload: dict, prompt: str, text: str, chat: bool, attempt: int, finish_reason: str = "stop"
+) -> dict:
     """An OpenAI chat.completion (or legacy text_completion) answering `text`."""
     if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": finish_reason,
+        }
     else:
-        choice = {"index": 0, "text": text, "finish_reason": "stop"}
+        choice = {"index": 0, "text": text, "finish_reason": finish_reason}
     return {
         "id": f"fake-{attempt}",
         "object": "chat.completion" if chat else "text_completion",
@@ -185,7 +192,8 @@ class _Handler(BaseHTTPRequestHandler):
         text = fake.reply(prompt)
         if fmt and fake.response_format == "honour" and fmt.get("type") == "json_schema":
             text = json.dumps(schema_answer(fmt["json_schema"]["schema"], prompt))
-        return self._send(200, json.dumps(completion_body(payload, prompt, text, chat, attempt)).encode())
+        body = completion_body(payload, prompt, text, chat, attempt, fake.finish(prompt))
+        return self._send(200, json.dumps(body).encode())
 
 
 class FakeOpenAIServer:
@@ -198,9 +206,11 @@ class FakeOpenAIServer:
         reply: Callable[[str], str] = fake_story,
         response_format: str = "ignore",
         reject_status: int = 400,
+        finish: Callable[[str], str] = lambda prompt: "stop",
     ):
         assert response_format in RESPONSE_FORMAT_MODES, response_format
         self.plan = plan
+        self.finish = finish
         self.delay = delay
         self.slow_seconds = slow_seconds
         self.reply = reply

@@ -71,7 +71,7 @@ def test_bench_train_and_dedup_json(tmp_path, sample_txt, gpt_neo_tokenizer_dir,
         default["tokens_per_cpu_second"] / stock["tokens_per_cpu_second"], rel=0.02
     )
     for run in (stock, default):  # the whole run (model, Trainer, every step) is slower than the timed window
-        assert 0 < run["whole_run_tokens_per_second"] and run["whole_run_seconds"] > run["seconds"]
+        assert run["whole_run_tokens_per_second"] > 0 and run["whole_run_seconds"] > run["seconds"]
     assert res["whole_run_ratio_default_over_stock"] == pytest.approx(
         default["whole_run_tokens_per_second"] / stock["whole_run_tokens_per_second"], rel=0.02
     )

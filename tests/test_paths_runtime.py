@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tinystories.card_format import sanitize
 from tinystories.core import ConfigError
 from tinystories.finetune import TinyStoriesSFTConfig
 from tinystories.paths import display_path, is_hub_id, looks_like_path, public_name, resolve_hub_id
@@ -60,3 +61,11 @@ def test_device_and_dtype_rules():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_story_text_is_never_taken_for_a_path():
+    """Card samples are sanitized for local paths: a story that starts with '.' or has slashes stays as it is."""
+    sample = ". Then Lily said: the park/zoo/beach was fun." + " and then" * 800
+    assert not looks_like_path(sample) and resolve_hub_id(sample) is None
+    assert sanitize({"samples": [{"completion": sample}]}) == {"samples": [{"completion": sample}]}
+    assert resolve_hub_id("." + "x" * 5000) is None  # a name too long for the file system: not an error

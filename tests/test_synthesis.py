@@ -20,10 +20,12 @@ from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM
 from tinystories.core import ConfigError
 from tinystories.instruct import parse_example
 from tinystories.shards import read_shard, shard_dir
-from tinystories.synthesis import SynthesisArguments, Vocabulary, run
+from tinystories.synthesis import SynthesisArguments, TemplateBackend, Vocabulary, run, run_shard
+from tinystories.synthesis.backends import clean_completion
+from tinystories.synthesis.cleaning import strip_preamble
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_openai_server import FakeOpenAIServer, expected_outcome, fake_story, ok_plan
+from fake_openai_server import FakeOpenAIServer, bucket, expected_outcome, fake_story, ok_plan
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = {"Dialogue", "Twist", "BadEnding", "MoralValue", "Foreshadowing", "Conflict"}
@@ -240,6 +242,7 @@ def test_end_to_end_against_transformers_serve(tmp_path, tiny_chat_model):
         args = _args(
             tmp_path, backend="openai", model=str(tiny_chat_model), base_url=f"http://127.0.0.1:{port}/v1",
             mode="instruct", num_stories=3, concurrency=2, max_new_tokens=12, request_timeout=60, max_retries=1,
+            on_truncated="keep",  # 12 tokens cut every story off
             extra_body=json.dumps({"generation_config": json.dumps({"do_sample": True})}),
         )  # fmt: skip
         result = run(args)
@@ -259,11 +262,17 @@ def test_end_to_end_against_transformers_serve(tmp_path, tiny_chat_model):
 
 
 def test_transformers_backend_batched(tmp_path, tiny_chat_model):
+    # 8 new tokens cut every story off: kept here (flagged by finish_reason "length"), counted as truncated
     result = run(_args(tmp_path, backend="transformers", model=str(tiny_chat_model), num_stories=4,
-                       batch_size=4, max_new_tokens=8))  # fmt: skip
+                       batch_size=4, max_new_tokens=8, on_truncated="keep"))  # fmt: skip
     assert result["merge"]["generated"] + result["merge"]["failed"] == 4
     ds = load_from_disk(str(tmp_path / "out" / "dataset"))
     assert set(ds["backend"]) == {"transformers"}
+    assert (
+        result["merge"]["truncated"]
+        == result["merge"]["truncated_kept"]
+        == ds["finish_reason"].count("length")
+    )
 
 
 def test_vllm_backend_is_optional(tmp_path):
@@ -293,3 +302,86 @@ def test_merge_pushes_to_hub(tmp_path, monkeypatch):
     assert result["merge"]["pushed_to"] == "me/tiny"
     assert pushed["repo_id"] == "me/tiny" and pushed["rows"] == 12 and pushed["private"] is True
     assert "generation_prompt" in pushed["columns"]
+
+
+# ------------------------------------------------------------------------- fit to train on: preambles, truncation
+@pytest.mark.parametrize(
+    ("raw", "kept", "cut"),
+    [
+        ("Sure! Here's a short story for a 3-year-old:\n\nOnce upon a time.", "Once upon a time.",
+         "Sure! Here's a short story for a 3-year-old:"),
+        ("Title: The Red Ball\n\nOnce upon a time.", "Once upon a time.", "Title: The Red Ball"),
+        ("**The Red Ball**\nOnce upon a time.", "Once upon a time.", "**The Red Ball**"),
+        ("Sure!\nHere is a story:\n\n# Bob\n\nBob ran.", "Bob ran.", "Sure!\nHere is a story:\n\n# Bob"),
+        ("Certainly! Here is a summary: Tom finds a ball.", "Tom finds a ball.", "Certainly! Here is a summary:"),
+        ("Summary: A dog plays.", "A dog plays.", "Summary:"),
+        ("Here is Tom. He is a boy.\nHe runs.", "Here is Tom. He is a boy.\nHe runs.", None),  # a story line
+        ("Sure! Here is a story:", "Sure! Here is a story:", None),  # nothing after it: left alone
+        ("Once upon a time, here's a story: no.", "Once upon a time, here's a story: no.", None),
+    ],
+)  # fmt: skip
+def test_strip_preamble(raw, kept, cut):
+    assert strip_preamble(raw) == (kept, cut)
+    assert clean_completion(raw) == kept
+
+
+PREAMBLE = "Sure! Here's a short story for a 3 year old:"
+
+
+def _preamble_reply(prompt: str) -> str:
+    return f"{PREAMBLE}\n\n{fake_story(prompt)}" if bucket(prompt, 3) == 0 else fake_story(prompt)
+
+
+def _finish(prompt: str) -> str:
+    return "length" if bucket(prompt, 5) == 1 else "stop"
+
+
+@pytest.mark.parametrize("on_truncated", ["drop", "keep"])
+def test_preambles_stripped_and_truncated_counted(tmp_path, on_truncated):
+    with FakeOpenAIServer(ok_plan, reply=_preamble_reply, finish=_finish) as server:
+        args = _args(tmp_path, backend="openai", model="fake", base_url=server.url, num_stories=30,
+                     concurrency=4, on_truncated=on_truncated)  # fmt: skip
+        result = run(args)
+    prompts = [Vocabulary().spec(args.seed, i).prompt for i in range(30)]
+    cut = {p for p in prompts if _finish(p) == "length"}
+    with_preamble = {p for p in prompts if bucket(p, 3) == 0 and (p not in cut or on_truncated == "keep")}
+    assert 0 < len(cut) < 30 and 0 < len(with_preamble) < 30
+    merged, shard = result["merge"], result["shard"]
+    for counts in (merged, shard):
+        assert counts["truncated"] == len(cut) and counts["preambles_stripped"] == len(with_preamble)
+        assert counts["truncated_kept"] == (len(cut) if on_truncated == "keep" else 0)
+    ds = load_from_disk(str(tmp_path / "out" / "dataset"))
+    failed = load_from_disk(str(tmp_path / "out" / "failed"))
+    assert all(t == fake_story(p) for t, p in zip(ds["text"], ds["generation_prompt"], strict=True))
+    for row in ds:
+        has = row["generation_prompt"] in with_preamble
+        assert row["preambles"] == ([f"story: {PREAMBLE}"] if has else [])
+        assert (row["finish_reason"] == "length") == (row["generation_prompt"] in cut)
+    if on_truncated == "drop":
+        assert len(ds) == 30 - len(cut) and set(failed["generation_prompt"]) == cut
+        assert set(failed["error_type"]) == {"truncated"} and set(failed["stage"]) == {"story"}
+        assert all("max_new_tokens=512" in e for e in failed["error"])
+    else:
+        assert len(ds) == 30 and len(failed) == 0
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["truncated"] == len(cut)
+
+
+class _CutSummaries(TemplateBackend):
+    """A batch backend whose summaries of odd records run into the token limit."""
+
+    def complete_batch(self, requests):
+        answers = super().complete_batch(requests)
+        for r, a in zip(requests, answers, strict=True):
+            if r.kind == "summary" and r.spec.index % 2:
+                a.finish_reason = "length"
+        return answers
+
+
+def test_truncated_summaries_of_a_batch_backend(tmp_path):
+    args = _args(tmp_path, mode="instruct", num_stories=10)
+    summary = run_shard(args, backend=_CutSummaries(args.sampling()))
+    assert summary["generated"] == 5 and summary["failed"] == 5 and summary["truncated"] == 5
+    _, failures = read_shard(shard_dir(args.output_dir, 0, 1))
+    assert failures.column("stage").to_pylist() == ["summary"] * 5
+    assert failures.column("error_type").to_pylist() == ["truncated"] * 5

@@ -238,6 +238,21 @@ def _eval_section(eval_results: Mapping[str, Any] | None, context_length: int) -
         "eval_split": results.get("split", "validation"),
         "eval_context": results.get("max_length") or context_length,
         "eval_prompt_set": results.get("prompt_set"),  # "paper", "project" or a prompts file's name
+        "instruct_words": _instruct_words(results.get("instruct_words")),
+    }
+
+
+def _instruct_words(words: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The share of required `Words:` the stories use (and the base model's), as the card writes them."""
+    if not isinstance(words, Mapping) or words.get("rate") is None:
+        return None
+    base = words.get("base") if isinstance(words.get("base"), Mapping) else {}
+    return {
+        "rate": f"{words['rate']:.1%}",
+        "prompts": words.get("prompts"),
+        "completions": words.get("completions"),
+        "base_model": public_name(str(base.get("model") or "")) or None,
+        "base_rate": f"{base['rate']:.1%}" if base.get("rate") is not None else None,
     }
 
 

@@ -60,6 +60,18 @@ STAGES: dict[str, Stage] = {
         "tinystories.evaluation",
         "held-out loss, perplexity, bits per byte, completions, LLM judge",
     ),
+    "analyze": Stage(
+        "analyze",
+        None,
+        "tinystories.analysis",
+        "the paper's interpretability: attention-head distances and MLP-neuron roles",
+    ),
+    "sweep": Stage(
+        "sweep",
+        "sweep",
+        "tinystories.sweep",
+        "the paper's width x depth grid: train, evaluate, fit loss vs parameters",
+    ),
     "push": Stage(
         "push",
         None,

@@ -23,7 +23,9 @@ with `completions.jsonl` (story beginnings of `--prompts`: by default the paper'
 of `roneneldan/TinyStories`, or the project's 50 offline; recorded as `prompt_set`; the completions and the
 sampling parameters) and, when a judge ran, `judge_results.jsonl`. The model card of a folder trained
 with these recipes is re-rendered with the new numbers. Several `--model` values give one comparison table
-(`outputs/eval/comparison.md` / `.json`).
+(`outputs/eval/comparison.md` / `.json`). An Instruct model (`--instruct_eval`, auto: an sft/lora folder or
+"Instruct" in the name) also gets `instruct_words`: the share of required `Words:` its stories use, and its
+base model's on the same prompts (`tinystories.instruct_eval`; completions in `instruct_completions.jsonl`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ from tinystories.config import parse_args
 from tinystories.core import ConfigError
 from tinystories.data import EvalTexts, load_eval_texts
 from tinystories.generation import PromptSet, generate_completions, load_prompt_set
+from tinystories.instruct_eval import (
+    WORD_RULE,
+    base_model_of,
+    instruct_words,
+    wants_instruct_eval,
+    word_triples,
+)
 from tinystories.judge import JudgeArguments, run_judge
 from tinystories.metrics import score_texts
 from tinystories.modeling import context_limit, load_model
@@ -118,6 +127,21 @@ class EvalArguments:
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature; 0 = greedy"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling"})
     top_k: int | None = field(default=None, metadata={"help": "top-k sampling (None = off)"})
+    # ----- instruction following (instruct_eval.py)
+    instruct_eval: str = field(
+        default="auto",
+        metadata={
+            "help": "share of required Words: used (true/false/auto: on for an sft/lora card_info.json or "
+            "'Instruct' in the name), next to the base model's"
+        },
+    )
+    instruct_prompts: int = field(
+        default=50, metadata={"help": "Words: prompts (random word triples, seeded)"}
+    )
+    compare_base: str | None = field(
+        default=None,
+        metadata={"help": "base model for --instruct_eval (default: the adapter's / card_info.json's base)"},
+    )
     # ----- outputs
     output_dir: str | None = field(
         default=None,
@@ -129,6 +153,10 @@ class EvalArguments:
     write_card: bool = field(
         default=True, metadata={"help": "re-render the model card of a trained model dir"}
     )
+
+    def __post_init__(self):
+        if self.instruct_eval not in ("auto", "true", "false"):
+            raise ConfigError(f"--instruct_eval must be auto, true or false, got {self.instruct_eval!r}")
 
 
 def _merge_model_flags(argv: list[str]) -> list[str]:
@@ -185,6 +213,25 @@ def _complete_and_judge(
     return results
 
 
+def _instruct_words(model, tokenizer, name: str, label: str, args: EvalArguments, out_dir: Path) -> dict:
+    """`instruct_words` of an Instruct model and of its base, on the same word prompts and seeds."""
+    if not args.generate or not wants_instruct_eval(name, args.instruct_eval):
+        return {}
+    triples = word_triples(args.instruct_prompts, args.seed)
+    rows, result = instruct_words(model, tokenizer, triples, args, label)
+    base = base_model_of(name, args.compare_base)
+    if base:
+        device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+        base_model = load_model(base, attn_implementation=args.attn_implementation, dtype=dtype).to(device)
+        base_label = resolve_hub_id(base) or public_name(base)
+        base_rows, result["base"] = instruct_words(
+            base_model, load_tokenizer(base), triples, args, base_label
+        )
+        rows += base_rows
+    write_jsonl(out_dir / "instruct_completions.jsonl", rows)
+    return {"instruct_words": {**result, "base": result.get("base"), "rule": WORD_RULE}}
+
+
 def evaluate_model(
     name: str,
     texts: EvalTexts | None,
@@ -228,6 +275,7 @@ def evaluate_model(
         results["judge"] = existing["judge"]
         if existing.get("prompt_set"):
             results["prompt_set"] = existing["prompt_set"]
+    results.update(_instruct_words(model, tokenizer, name, label, args, out_dir))
 
     write_results(out_dir, results)
     same_dir = Path(name).is_dir() and out_dir.resolve() == Path(name).resolve()

@@ -34,15 +34,19 @@ def _exists(value: str) -> bool:
 def looks_like_path(name: str | os.PathLike) -> bool:
     """True when `name` means a local path: it exists here, or cannot be a Hub id (`name` / `org/name`).
 
-    `./x`, `/x`, `~/x`, `C:\\x`, `a/b/c`, `x.txt` and anything under `outputs/` are paths even before they exist.
+    `./x`, `/x`, `~/x`, `C:\\x`, `a/b/c`, `x.txt` and anything under `outputs/` are paths even before they exist;
+    a URL, and text with white space that is not an existing path (a story, a sample), are not.
     """
     value = str(name)
     if "://" in value:  # a URL is neither a Hub id nor a local path
         return False
     if _exists(value):
         return True
+    if any(c.isspace() for c in value):
+        return False
     return (
-        value.startswith((".", "/", "~", "\\", *OUTPUT_ROOTS))
+        value in (".", "..", "~")
+        or value.startswith(("./", "../", ".\\", "..\\", "/", "~/", "\\", *OUTPUT_ROOTS))
         or bool(_WINDOWS_DRIVE.match(value))
         or value.endswith(LOCAL_SUFFIXES)
         or value.count("/") > 1
@@ -68,12 +72,12 @@ def resolve_hub_id(name_or_path: str | os.PathLike | None) -> str | None:
     match = _CACHE_SNAPSHOT.search(value)
     if match:
         return f"{match.group(1)}/{match.group(2)}"
+    if not _exists(value):
+        return None
     for name in (PULL_INFO_FILE, CARD_INFO_FILE):
         path = Path(value) / name
-        if not path.is_file():
-            continue
         try:
-            repo_id = json.loads(path.read_text()).get("repo_id")
+            repo_id = json.loads(path.read_text()).get("repo_id") if path.is_file() else None
         except (OSError, ValueError, AttributeError):
             continue
         if is_hub_id(repo_id):

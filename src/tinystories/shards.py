@@ -42,9 +42,13 @@ RECORD_SCHEMA = pa.schema(
         ("backend", pa.string()),
         ("model", pa.string()),
         ("generation_config", pa.string()),  # JSON: max_new_tokens, temperature, top_p, seed, extra_body
-        ("finish_reason", pa.string()),
+        ("finish_reason", pa.string()),  # "length": cut off at max_new_tokens (kept with --on_truncated keep)
         ("completion_tokens", pa.int64()),
         ("created_at", pa.string()),
+        (
+            "preambles",
+            pa.list_(pa.string()),
+        ),  # what was cut: "story: Sure! Here's a story:" (older parts: null)
     ]
 )
 FAILURE_SCHEMA = pa.schema(
@@ -58,7 +62,7 @@ FAILURE_SCHEMA = pa.schema(
         ("generation_prompt", pa.string()),
         ("stage", pa.string()),  # "story" or "summary"
         ("error", pa.string()),
-        ("error_type", pa.string()),
+        ("error_type", pa.string()),  # e.g. APIStatusError, truncated, empty_story
         ("status_code", pa.int64()),
         ("attempts", pa.int64()),
         ("backend", pa.string()),
@@ -84,6 +88,14 @@ def read_shard(directory: Path) -> tuple[pa.Table, pa.Table]:
     records = _read_parts(sorted(directory.glob("data-*.parquet")), RECORD_SCHEMA)
     failures = _read_parts(sorted(directory.glob("failed-*.parquet")), FAILURE_SCHEMA)
     return records, failures
+
+
+def cleaning_counts(records: pa.Table, failures: pa.Table) -> dict[str, int]:
+    """Completions whose chat preamble was cut, and stories cut off at max_new_tokens (dropped or kept)."""
+    preambles = sum(1 for p in records.column("preambles").to_pylist() if p)
+    kept = records.column("finish_reason").to_pylist().count("length")
+    dropped = failures.column("error_type").to_pylist().count("truncated")
+    return {"preambles_stripped": preambles, "truncated": dropped + kept, "truncated_kept": kept}
 
 
 def is_synthesis_output(path: str | Path) -> bool:
@@ -112,9 +124,7 @@ def collect_shards(output_dir: str | Path) -> tuple[pa.Table, pa.Table, dict[str
     records = pa.concat_tables([t[0] for t in tables]) if tables else RECORD_SCHEMA.empty_table()
     failures = pa.concat_tables([t[1] for t in tables]) if tables else FAILURE_SCHEMA.empty_table()
     records = _unique_sorted(records)
-    ok = set(records.column("id").to_pylist())
-    keep = [i for i, x in enumerate(failures.column("id").to_pylist()) if x not in ok]
-    failures = _unique_sorted(failures.take(pa.array(keep, type=pa.int64())), keep="last")
+    failures = open_failures(records, failures)
     expected = base.get("num_stories")
     n_shards = num_shards.pop()
     stats = {
@@ -122,11 +132,19 @@ def collect_shards(output_dir: str | Path) -> tuple[pa.Table, pa.Table, dict[str
         "generated": records.num_rows,
         "failed": failures.num_rows,
         "missing": (expected - records.num_rows - failures.num_rows) if expected is not None else None,
+        **cleaning_counts(records, failures),
         "num_shards": n_shards,
         "shards_present": len(dirs),
         "job": base,
     }
     return records, failures, stats
+
+
+def open_failures(records: pa.Table, failures: pa.Table) -> pa.Table:
+    """The failures of records never generated since, the last one of each, sorted by index."""
+    ok = set(records.column("id").to_pylist())
+    keep = [i for i, x in enumerate(failures.column("id").to_pylist()) if x not in ok]
+    return _unique_sorted(failures.take(pa.array(keep, type=pa.int64())), keep="last")
 
 
 def _unique_sorted(table: pa.Table, keep: str = "first") -> pa.Table:

@@ -11,7 +11,9 @@ from tinystories.synthesis.backends import SamplingConfig
 from tinystories.synthesis.prompts import Vocabulary
 
 MODES = ("stories", "instruct")
-BACKENDS = ("openai", "transformers", "vllm", "template")
+BACKENDS = ("openai", "transformers", "vllm", "template", "stories")
+LLM_BACKENDS = ("openai", "transformers", "vllm")
+ON_TRUNCATED = ("drop", "keep")
 
 
 @dataclass
@@ -24,7 +26,10 @@ class SynthesisArguments:
         default="stories", metadata={"help": "'stories' (TinyStories) or 'instruct' (TinyStories-Instruct)"}
     )
     num_stories: int = field(
-        default=1000, metadata={"help": "records in the whole job (all shards together)"}
+        default=1000,
+        metadata={
+            "help": "records in the whole job (all shards together); with --source_data 0 = every story"
+        },
     )
     seed: int = field(
         default=42, metadata={"help": "prompt seed: record i's words/features depend only on (seed, i)"}
@@ -64,10 +69,33 @@ class SynthesisArguments:
     instruct_keep_probability: float = field(
         default=0.75, metadata={"help": "Instruct: chance each instruction field is kept"}
     )
+    # --- Instruct records from an existing story corpus (synthesis/from_stories.py)
+    source_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Instruct from these stories (Hub id, .txt/.jsonl/.parquet, dir; DATA=): Words, Random "
+            "sentence, Features derived from each story; --backend stories: no LLM, an LLM backend: the Summary"
+        },
+    )
+    source_split: str = field(
+        default="train", metadata={"help": "split of --source_data (a file: all of it)"}
+    )
+    source_text_column: str = field(default="text", metadata={"help": "story column of --source_data"})
+    # --- what is kept of a completion
+    on_truncated: str = field(
+        default="drop",
+        metadata={
+            "help": "a completion cut off at max_new_tokens (finish_reason length): 'drop' (to failed/, "
+            "error_type truncated) or 'keep' (a record with finish_reason 'length')"
+        },
+    )
     # --- backend
     backend: str = field(
         default="openai",
-        metadata={"help": "openai (any OpenAI-compatible server), transformers, vllm, template"},
+        metadata={
+            "help": "openai (any OpenAI-compatible server), transformers, vllm, template, "
+            "stories (no model: Instruct records from --source_data)"
+        },
     )
     model: str | None = field(default=None, metadata={"help": "served model name / Hub id / local dir"})
     base_url: str | None = field(
@@ -141,13 +169,16 @@ class SynthesisArguments:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.num_stories < 1:
-            raise ConfigError(f"num_stories must be >= 1, got {self.num_stories}")
+        if self.num_stories < (0 if self.source_data else 1):
+            raise ConfigError(f"num_stories must be >= 1 (0 with --source_data: all), got {self.num_stories}")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
             raise ConfigError(
                 f"shard_index must be in [0, num_shards): got shard_index={self.shard_index}, num_shards={self.num_shards}"
             )
-        if self.backend != "template" and not self.model and not self.merge_only:
+        self._validate_source()
+        if self.on_truncated not in ON_TRUNCATED:
+            raise ConfigError(f"on_truncated must be one of {ON_TRUNCATED}, got {self.on_truncated!r}")
+        if self.backend in LLM_BACKENDS and not self.model and not self.merge_only:
             raise ConfigError(
                 f"backend {self.backend!r} needs --model (served model name, Hub id or local dir)"
             )
@@ -160,6 +191,17 @@ class SynthesisArguments:
         self.sampling()  # --extra_body / --vllm_kwargs parse now, not after the shards are read
         self.engine_kwargs()
 
+    def _validate_source(self) -> None:
+        if self.backend == "stories" and not self.source_data:
+            raise ConfigError(
+                "backend 'stories' makes Instruct records from a corpus: pass --source_data (DATA=)"
+            )
+        if self.source_data and (self.mode != "instruct" or self.backend == "template"):
+            raise ConfigError(
+                "--source_data makes TinyStories-Instruct records: use --mode instruct with --backend stories "
+                f"(no LLM) or an LLM backend for the summaries (got mode {self.mode!r}, backend {self.backend!r})"
+            )
+
     def fingerprint(self, vocab: Vocabulary) -> dict[str, Any]:
         """What must not change between a run and its resume (changing it would mix two datasets)."""
         return {
@@ -168,7 +210,7 @@ class SynthesisArguments:
             "seed": self.seed,
             "num_shards": self.num_shards,
             "backend": self.backend,
-            "model": self.model if self.backend != "template" else None,
+            "model": self.model if self.backend in LLM_BACKENDS else None,
             "vocabulary": vocab.fingerprint(),
             "instruct_keep_probability": self.instruct_keep_probability if self.mode == "instruct" else None,
         }

@@ -21,6 +21,8 @@ from tinystories.core import ConfigError
 from tinystories.modeling import load_model
 from tinystories.openai_client import MalformedResponse, RequestFailed, RetryPolicy
 from tinystories.runtime import resolve_device
+from tinystories.synthesis.cleaning import clean_completion as clean_completion  # re-exported
+from tinystories.synthesis.cleaning import strip_preamble
 from tinystories.synthesis.prompts import PromptSpec, record_rng, split_sentences
 
 TEMPLATE_MODEL = "template-composer (offline, not an LLM)"
@@ -37,8 +39,9 @@ class Request:
 @dataclass
 class Completion:
     text: str
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "length": cut off at max_new_tokens
     usage: dict[str, int] = field(default_factory=dict)
+    preamble: str | None = None  # what `clean_completion` cut from the start (a chat preamble, a title)
 
 
 # A request that failed for good (after retries, or with a non-retryable error): the job records its
@@ -74,16 +77,10 @@ def _messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
     return [*messages, {"role": "user", "content": prompt}]
 
 
-def clean_completion(text: str) -> str:
-    """Strip whitespace and a leading `Title: ...` / `Summary:` label some chat models add."""
-    text = text.strip()
-    first, _, rest = text.partition("\n")
-    if first.lower().startswith(("title:", "**title")) and rest.strip():
-        text = rest.strip()
-    for label in ("Story:", "Summary:"):
-        if text.startswith(label):
-            text = text[len(label) :].strip()
-    return text
+def cleaned(text: str, finish_reason: str | None = None, usage: dict[str, int] | None = None) -> Completion:
+    """A completion with its chat preamble cut (`cleaning.strip_preamble`; what was cut is kept)."""
+    kept, preamble = strip_preamble(text)
+    return Completion(kept, finish_reason, usage or {}, preamble)
 
 
 # ------------------------------------------------------------------------------------------ openai
@@ -156,7 +153,7 @@ class OpenAIBackend:
                 for k in ("prompt_tokens", "completion_tokens")
                 if hasattr(usage, k)
             }
-        return Completion(clean_completion(text), getattr(choice, "finish_reason", None), usage_dict)
+        return cleaned(text, getattr(choice, "finish_reason", None), usage_dict)
 
     async def complete(self, request: Request) -> Completion:
         return await self.retry.call(lambda: self._once(request), request.spec.id)
@@ -216,9 +213,11 @@ class TransformersBackend:
         for row in new_tokens:
             n = int((row != self.tokenizer.pad_token_id).sum())
             finish = "length" if n >= s.max_new_tokens else "stop"
-            text = clean_completion(self.tokenizer.decode(row, skip_special_tokens=True))
-            if text:
-                results.append(Completion(text, finish, {"completion_tokens": n}))
+            answer = cleaned(
+                self.tokenizer.decode(row, skip_special_tokens=True), finish, {"completion_tokens": n}
+            )
+            if answer.text:
+                results.append(answer)
             else:
                 results.append(GenerationFailure("MalformedResponse: empty completion", "MalformedResponse"))
         return results
@@ -267,13 +266,13 @@ class VLLMBackend:
         results: list[Completion | GenerationFailure] = []
         for out in outputs:
             choice = out.outputs[0]
-            text = clean_completion(choice.text)
             usage = {
                 "prompt_tokens": len(out.prompt_token_ids or []),
                 "completion_tokens": len(choice.token_ids),
             }
-            if text:
-                results.append(Completion(text, choice.finish_reason, usage))
+            answer = cleaned(choice.text, choice.finish_reason, usage)
+            if answer.text:
+                results.append(answer)
             else:
                 results.append(GenerationFailure("MalformedResponse: empty completion", "MalformedResponse"))
         return results

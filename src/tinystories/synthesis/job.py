@@ -28,10 +28,18 @@ from tqdm.auto import tqdm
 
 from tinystories.config import parse_args
 from tinystories.core import ConfigError
-from tinystories.shards import collect_shards, load_generated, read_shard, shard_dir
+from tinystories.shards import (
+    cleaning_counts,
+    collect_shards,
+    load_generated,
+    open_failures,
+    read_shard,
+    shard_dir,
+)
 from tinystories.synthesis.arguments import SynthesisArguments
 from tinystories.synthesis.backends import Completion, GenerationFailure, build_backend
-from tinystories.synthesis.prompts import PromptSpec, Vocabulary
+from tinystories.synthesis.from_stories import CorpusBackend, StorySource
+from tinystories.synthesis.prompts import PromptSpec, Vocabulary, record_id
 from tinystories.synthesis.records import RecordBuilder, ShardWriter, shard_lock
 
 logger = logging.getLogger(__name__)
@@ -42,6 +50,12 @@ def shard_indices(num_stories: int, num_shards: int, shard_index: int) -> range:
 
 
 # ----------------------------------------------------------------------------------------- runners
+def _raise_failure(answer: Completion | GenerationFailure) -> Completion:
+    if isinstance(answer, GenerationFailure):
+        raise answer
+    return answer
+
+
 async def _run_async(
     builder: RecordBuilder, specs: list[PromptSpec], writer: ShardWriter, bar, concurrency: int
 ):
@@ -59,11 +73,12 @@ async def _run_async(
                 return
             stage = "story"
             try:
-                story = await backend.complete(builder.story_request(spec))
+                story = _raise_failure(builder.screen(await backend.complete(builder.story_request(spec))))
                 summary = None
-                if builder.args.mode == "instruct":
+                if builder.summaries:
                     stage = "summary"
-                    summary = await backend.complete(builder.summary_request(spec, story.text))
+                    request = builder.summary_request(spec, story.text)
+                    summary = _raise_failure(builder.screen(await backend.complete(request)))
                 writer.add(builder.record(spec, story, summary))
                 counts["generated"] += 1
             except GenerationFailure as err:
@@ -84,9 +99,11 @@ def _run_batched(builder: RecordBuilder, specs: list[PromptSpec], writer: ShardW
     counts = {"generated": 0, "failed": 0}
     for start in range(0, len(specs), batch_size):
         chunk = specs[start : start + batch_size]
-        stories = backend.complete_batch([builder.story_request(s) for s in chunk])
+        stories = [
+            builder.screen(c) for c in backend.complete_batch([builder.story_request(s) for s in chunk])
+        ]
         summaries: list[Any] = [None] * len(chunk)
-        if builder.args.mode == "instruct":
+        if builder.summaries:
             ok = [i for i, c in enumerate(stories) if isinstance(c, Completion)]
             answers = (
                 backend.complete_batch([builder.summary_request(chunk[i], stories[i].text) for i in ok])
@@ -94,7 +111,7 @@ def _run_batched(builder: RecordBuilder, specs: list[PromptSpec], writer: ShardW
                 else []
             )
             for i, answer in zip(ok, answers, strict=True):
-                summaries[i] = answer
+                summaries[i] = builder.screen(answer)
         for spec, story, summary in zip(chunk, stories, summaries, strict=True):
             if isinstance(story, GenerationFailure):
                 writer.add_failure(builder.failure(spec, "story", story))
@@ -137,16 +154,16 @@ def _shard_state(directory: Path) -> tuple[set[str], set[str]]:
     return done, set(failures.column("id").to_pylist()) - done
 
 
-def _pending(args: SynthesisArguments, directory: Path, specs: list[PromptSpec]) -> list[PromptSpec]:
-    """The specs of this shard still to generate (failed ones too with --retry_failed)."""
+def _pending(args: SynthesisArguments, directory: Path, indices: range) -> list[int]:
+    """The record indices of this shard still to generate (failed ones too with --retry_failed)."""
     done, failed = _shard_state(directory)
     skip = done if args.retry_failed else done | failed
-    todo = [s for s in specs if s.id not in skip]
+    todo = [i for i in indices if record_id(args.seed, i) not in skip]
     logger.info(
         "shard %d/%d: %d records, %d already generated, %d failed before, %d to do",
         args.shard_index,
         args.num_shards,
-        len(specs),
+        len(indices),
         len(done),
         len(failed),
         len(todo),
@@ -154,7 +171,9 @@ def _pending(args: SynthesisArguments, directory: Path, specs: list[PromptSpec])
     return todo
 
 
-def _backend_for(args: SynthesisArguments):
+def _backend_for(args: SynthesisArguments, source: StorySource | None = None):
+    if source is not None:  # corpus stories; an LLM only for the summaries
+        return CorpusBackend(source, None if args.backend == "stories" else _backend_for(args))
     return build_backend(
         args.backend,
         args.model,
@@ -189,14 +208,17 @@ def _generate(builder: RecordBuilder, directory: Path, total: int, todo: list[Pr
 
 
 def _write_summary(args: SynthesisArguments, directory: Path, expected: int, counts: dict[str, int]):
-    done, failed = _shard_state(directory)
+    records, failures = read_shard(directory)
+    failures = open_failures(records, failures)
+    done = len(set(records.column("id").to_pylist()))
     summary = {
         "shard_index": args.shard_index,
         "num_shards": args.num_shards,
         "expected": expected,
-        "generated": len(done),
-        "failed": len(failed),
-        "missing": expected - len(done) - len(failed),
+        "generated": done,
+        "failed": failures.num_rows,
+        "missing": expected - done - failures.num_rows,
+        **cleaning_counts(records, failures),
         "this_run": counts,
     }
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -209,18 +231,28 @@ def run_shard(args: SynthesisArguments, backend=None) -> dict[str, Any]:
     vocab = Vocabulary(
         args.data_generation_dir, args.story_template, args.summary_template, args.features_file
     )
+    source = None
+    fingerprint = args.fingerprint(vocab)
+    if args.source_data:  # Instruct records from a corpus: one per story (--num_stories 0: all of them)
+        source = StorySource(args.source_data, args.source_split, args.source_text_column)
+        args.num_stories = min(args.num_stories or len(source), len(source))
+        fingerprint = {**args.fingerprint(vocab), **source.fingerprint()}
     directory = shard_dir(args.output_dir, args.shard_index, args.num_shards)
     directory.mkdir(parents=True, exist_ok=True)
     with shard_lock(directory):
-        _check_job_file(directory, args.fingerprint(vocab))
+        _check_job_file(directory, fingerprint)
         indices = shard_indices(args.num_stories, args.num_shards, args.shard_index)
-        specs = [vocab.spec(args.seed, i) for i in indices]
-        todo = _pending(args, directory, specs)
+        todo = _pending(args, directory, indices)
         counts = {"generated": 0, "failed": 0}
         if todo:
-            builder = RecordBuilder(args, vocab, backend if backend is not None else _backend_for(args))
-            counts = _generate(builder, directory, len(specs), todo)
-        return _write_summary(args, directory, len(specs), counts)
+            specs = (
+                source.specs(vocab, args.seed, todo) if source else [vocab.spec(args.seed, i) for i in todo]
+            )
+            builder = RecordBuilder(
+                args, vocab, backend if backend is not None else _backend_for(args, source)
+            )
+            counts = _generate(builder, directory, len(indices), specs)
+        return _write_summary(args, directory, len(indices), counts)
 
 
 # ------------------------------------------------------------------------------------------- merge
@@ -229,7 +261,8 @@ def merge(args: SynthesisArguments) -> dict[str, Any]:
     root = Path(args.output_dir)
     dataset = Dataset(records)
     dataset.save_to_disk(str(root / "dataset"))
-    Dataset(failures).save_to_disk(str(root / "failed"))
+    # one shard even when empty: a 0-shard save of an empty dataset does not load back
+    Dataset(failures).save_to_disk(str(root / "failed"), num_shards=1 if not failures.num_rows else None)
     (root / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     if stats["missing"]:
         logger.warning(

@@ -164,7 +164,9 @@ class Vocabulary:
         return self.summary_template.render(story=story.strip()).strip()
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"”'])\s+")
+# a sentence ends at . ! ? (and a closing quote) before whitespace and a capital, a quote or a digit, so
+# `"Look!" said Tom.` stays one sentence
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“'(0-9])|(?<=[.!?][\"”'])\s+(?=[A-Z\"“'(0-9])")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -176,8 +178,17 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
+def _balanced(sentence: str) -> bool:
+    return sentence.count('"') % 2 == 0 and sentence.count("“") == sentence.count("”")
+
+
 def random_sentence(story: str, rng: random.Random, min_words: int = 3) -> str | None:
-    """A random sentence of the story (the paper's `Random sentence:` instruction)."""
+    """A random sentence of the story (the paper's `Random sentence:` instruction).
+
+    Preferred: at least `min_words` words and no unpaired quote (`Do you want to play?"` is passed over
+    when the story has a whole sentence to offer).
+    """
     sentences = split_sentences(story)
-    long_enough = [s for s in sentences if len(s.split()) >= min_words] or sentences
-    return rng.choice(long_enough) if long_enough else None
+    long_enough = [s for s in sentences if len(s.split()) >= min_words]
+    candidates = [s for s in long_enough if _balanced(s)] or long_enough or sentences
+    return rng.choice(candidates) if candidates else None

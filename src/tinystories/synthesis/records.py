@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from tinystories.core import ConfigError
 from tinystories.instruct import InstructExample, format_example, randomize_fields
 from tinystories.shards import FAILURE_SCHEMA, RECORD_SCHEMA
-from tinystories.synthesis.arguments import SynthesisArguments
+from tinystories.synthesis.arguments import LLM_BACKENDS, SynthesisArguments
 from tinystories.synthesis.backends import Completion, GenerationFailure, Request
 from tinystories.synthesis.prompts import PromptSpec, Vocabulary, random_sentence, record_rng
 
@@ -102,8 +102,10 @@ class RecordBuilder:
         self.args = args
         self.vocab = vocab
         self.backend = backend
-        self.model = backend.model if backend.name == "template" else args.model
-        self.generation_config = backend.sampling.to_json()
+        self.model = args.model if backend.name in LLM_BACKENDS else getattr(backend, "model", args.model)
+        self.generation_config = backend.sampling.to_json() if backend.sampling is not None else None
+        # Instruct records get an LLM summary, except from the `stories` backend (no model at all)
+        self.summaries = args.mode == "instruct" and backend.name != "stories"
 
     def story_request(self, spec: PromptSpec) -> Request:
         return Request(spec.prompt, "story", spec)
@@ -111,8 +113,25 @@ class RecordBuilder:
     def summary_request(self, spec: PromptSpec, story: str) -> Request:
         return Request(self.vocab.summary_prompt(story), "summary", spec, story=story)
 
+    def screen(self, answer: Completion | GenerationFailure) -> Completion | GenerationFailure:
+        """A completion cut off at max_new_tokens becomes a `truncated` failure (`--on_truncated drop`)."""
+        if not isinstance(answer, Completion) or answer.finish_reason != "length":
+            return answer
+        if self.args.on_truncated == "keep":
+            return answer  # kept, flagged by its finish_reason "length"
+        limit = self.backend.sampling.max_new_tokens if self.backend.sampling is not None else None
+        return GenerationFailure(
+            f"truncated: cut off at max_new_tokens={limit} (finish_reason length): {answer.text[-200:]!r}",
+            "truncated",
+        )
+
     def record(self, spec: PromptSpec, story: Completion, summary: Completion | None) -> dict:
         a = self.args
+        preambles = [
+            f"{kind}: {c.preamble}"
+            for kind, c in (("story", story), ("summary", summary))
+            if c and c.preamble
+        ]
         row: dict[str, Any] = {
             "id": spec.id,
             "index": spec.index,
@@ -125,8 +144,9 @@ class RecordBuilder:
             "words": spec.words,
             "features": spec.features,
             "instruction_fields": None,
-            "generation_prompt": spec.prompt,
+            "generation_prompt": spec.prompt or None,  # None: a corpus story (`--source_data`)
             "summary_prompt": None,
+            "preambles": preambles,
             "backend": self.backend.name,
             "model": self.model,
             "generation_config": self.generation_config,
@@ -135,22 +155,21 @@ class RecordBuilder:
             "created_at": _now(),
         }
         if a.mode == "instruct":
-            assert summary is not None
             rng = record_rng(spec.seed, spec.index, "instruct")
             full = InstructExample(
                 story=story.text,
                 features=list(spec.features),
                 words=spec.words,
-                summary=summary.text,
+                summary=summary.text if summary else None,
                 random_sentence=random_sentence(story.text, rng),
             )
             shown = randomize_fields(full, rng, keep_probability=a.instruct_keep_probability)
             row.update(
                 text=format_example(shown),
-                summary=summary.text,
+                summary=full.summary,
                 random_sentence=full.random_sentence,
                 instruction_fields=shown.order,
-                summary_prompt=self.vocab.summary_prompt(story.text),
+                summary_prompt=self.vocab.summary_prompt(story.text) if summary else None,
             )
         return row
 
@@ -162,7 +181,7 @@ class RecordBuilder:
             "mode": self.args.mode,
             "words": spec.words,
             "features": spec.features,
-            "generation_prompt": spec.prompt,
+            "generation_prompt": spec.prompt or None,
             "stage": stage,
             "error": err.error,
             "error_type": err.error_type,
