@@ -22,7 +22,8 @@ SECONDS=0
 stage "data: real stories"
 MODE=real
 if [ -z "$DATA" ]; then
-  if timeout 180 $PY -c "from tinystories.data import load_split; load_split('roneneldan/TinyStories', 'validation').to_parquet('$Q/stories.parquet')" \
+  if timeout 20 $PY -c "from huggingface_hub import HfApi; HfApi().dataset_info('roneneldan/TinyStories')" >/dev/null 2>&1 \
+     && timeout 300 $PY -c "from tinystories.data import load_split; load_split('roneneldan/TinyStories', 'validation').to_parquet('$Q/stories.parquet')" \
      && timeout 60 $PY -c "from tinystories.tokenizer import load_tokenizer; load_tokenizer('$TOKENIZER')" >/dev/null; then
     DATA="$Q/stories.parquet"
   else
