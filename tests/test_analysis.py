@@ -12,6 +12,7 @@ import torch
 from tiny import make_tiny_model_dir, train_tiny_tokenizer
 from tinystories import analysis
 from tinystories.analysis_inputs import WordCategories
+from tinystories.cards import write_model_card
 from tinystories.modeling import load_model
 
 NUM_STORIES = 6
@@ -24,6 +25,7 @@ def analysed(tmp_path_factory, stories):
     root = tmp_path_factory.mktemp("analysis")
     tokenizer = train_tiny_tokenizer(stories[:200])
     model_dir = make_tiny_model_dir(root / "model", tokenizer, window_size=4)
+    write_model_card(model_dir, {"stage": "pretrain", "model_name": "tiny"})  # a folder our recipes wrote
     data = root / "stories.txt"
     data.write_text("\n<|endoftext|>\n".join(stories[:NUM_STORIES]) + "\n", encoding="utf-8")
     argv = ["--model", str(model_dir), "--data", str(data), "--max_samples", str(NUM_STORIES)]
@@ -99,6 +101,14 @@ def test_a_window_constrained_layer_is_local_and_the_rest_is_not(analysed):
     assert all(kinds[(0, h)] != "local" for h in range(4))  # random global attention spreads over the story
     assert {h["layer_attention"] for h in result["heads"]} == {"global", "local"}
     assert all(h["mean_attention_distance"] <= 3 for h in result["heads"] if h["layer"] == 1)
+
+
+def test_card_links_the_figures(analysed):
+    model_dir, _, _, result = analysed
+    card = (model_dir / "README.md").read_text()
+    assert "## Figures" in card
+    for name in result["figures"]:
+        assert f"](analysis/{name})" in card and (model_dir / "analysis" / name).is_file()
 
 
 def test_outputs_and_random_control(analysed):

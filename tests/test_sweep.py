@@ -85,6 +85,8 @@ def test_sweep_trains_evaluates_fits_and_a_rerun_skips_finished_cells(
         assert (out / r["name"] / "eval_results.json").is_file()
     assert results["fit"]["params"]["power_law"]["num_points"] == 2
     assert (out / "loss_vs_params.png").is_file()
+    card = (out / runs[0]["name"] / "README.md").read_text()  # each cell's card links the sweep's figures
+    assert "## Figures" in card and "](../loss_vs_params.png)" in card
 
     def no_training(argv):
         raise AssertionError("a finished cell was retrained")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -32,6 +33,7 @@ from tinystories.analysis_neurons import (
 )
 from tinystories.analysis_plots import plot_attention_patterns, plot_head_distances, plot_neuron_roles
 from tinystories.analysis_report import analysis_output_dir, write_analysis
+from tinystories.cards import link_figures
 from tinystories.config import parse_args, setup_logging
 from tinystories.core import ConfigError
 from tinystories.data import load_eval_texts
@@ -151,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         "figures": figures,
     }
     path = write_analysis(out_dir, result)
+    if Path(args.model).expanduser().is_dir():  # a folder we trained: its card links the figures
+        link_figures(
+            Path(args.model).expanduser(),
+            "Attention heads and MLP neurons (`make analyze`)",
+            out_dir,
+            figures,
+        )
     kinds = {k: sum(h["kind"] == k for h in head_rows) for k in ("local", "mixed", "global")}
     print(f"heads: {kinds}; neurons with a clear role: {summary['clear_role_share']:.1%}", end="")
     print(f" (random init: {control['clear_role_share']:.1%})" if control else "")

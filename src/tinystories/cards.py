@@ -344,6 +344,7 @@ def build_model_card(
         code_url=info.get("code_url"),
         usage_prompt=DEFAULT_PROMPT,
         samples=_samples(info, eval_results),
+        figures=info.get("figures") or {},
         **_model_section(info, config, size, context_length),
         **_data_section(info),
         **_eval_section(eval_results, context_length),
@@ -376,6 +377,22 @@ def write_model_card(
     path = model_dir / "README.md"
     card.save(path)
     return path
+
+
+def link_figures(
+    model_dir: str | os.PathLike, title: str, figures_dir: str | os.PathLike, files: list[str]
+) -> Path | None:
+    """Add a figure set (e.g. `make analyze`'s or a sweep's PNGs) to the card of a folder we wrote; None otherwise.
+
+    Links are relative to the model folder, so they work where the folder and the figures sit side by side.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / CARD_INFO_FILE).is_file():
+        return None
+    stored = _read_json(model_dir / CARD_INFO_FILE) or {}
+    rel = Path(os.path.relpath(Path(figures_dir).resolve(), model_dir.resolve())).as_posix()
+    figures = {**(stored.get("figures") or {}), title: {"dir": rel, "files": list(files)}}
+    return write_model_card(model_dir, {"figures": figures})
 
 
 def update_model_card(model_dir: str | os.PathLike, repo_id: str | None = None) -> Path | None:

@@ -24,6 +24,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from tinystories import pretrain
+from tinystories.cards import link_figures
 from tinystories.config import parse_args, setup_logging
 from tinystories.data import load_eval_texts
 from tinystories.evaluation import EvalArguments, evaluate_model
@@ -163,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     if "compute" in fit:
         figures.append(plot_loss_vs_compute(runs, fit, out_dir / "loss_vs_compute.png"))
     figures.append(plot_judge(runs, out_dir / "judge_vs_size.png"))
-    path = write_results(out_dir, runs, fit, [f.name for f in figures if f], texts.record())
+    names = [f.name for f in figures if f]
+    path = write_results(out_dir, runs, fit, names, texts.record())
+    for cell in cells:  # every cell's card links the sweep it belongs to
+        link_figures(out_dir / cell.name, "The sweep this run belongs to (`make sweep`)", out_dir, names)
     print_table(runs, fit)
     print(f"results: {path}")
     return 0
