@@ -114,11 +114,17 @@ class _Timing(TrainerCallback):
     def __init__(self, device: str, warmup_steps: int):
         self.device, self.warmup_steps = device, warmup_steps
         self.start = self.end = None
+        self.train_begin = self.first_step = None  # wall clock: train() entered, first step done
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.train_begin = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.device == "cuda":
             torch.cuda.synchronize()
         mark = (time.perf_counter(), int(state.num_input_tokens_seen), time.process_time())
+        if state.global_step == 1:
+            self.first_step = mark[0]
         if state.global_step == self.warmup_steps:
             self.start = mark
         self.end = mark
@@ -225,6 +231,7 @@ def run_variant(payload: dict) -> dict:
     set_seed(payload["seed"])
     tokenizer = AutoTokenizer.from_pretrained(payload["tokenizer"])
     model, config = _build_model(payload, tokenizer)
+    model_built = time.perf_counter()
     dataset, collator, batch_size, processing_class = _train_inputs(payload, tokenizer)
     max_steps = math.ceil(len(dataset) / batch_size)
     timing = _Timing(device, payload["warmup_steps"])
@@ -243,7 +250,15 @@ def run_variant(payload: dict) -> dict:
         rss_before = _rss_mb()
         trainer.train()
     result = _variant_result(trainer, timing, config, payload, batch_size, rss_before)
-    whole = time.perf_counter() - started
+    ended = time.perf_counter()
+    whole = ended - started
     result["whole_run_seconds"] = round(whole, 3)
     result["whole_run_tokens_per_second"] = round(result["real_tokens"] / whole, 1)
+    result["phases"] = {  # where the whole run goes, in seconds
+        "tokenizer_and_model": round(model_built - started, 3),
+        "data_and_trainer": round(timing.train_begin - model_built, 3),
+        "first_step": round(timing.first_step - timing.train_begin, 3),
+        "other_steps": round(timing.end[0] - timing.first_step, 3),
+        "end_of_training": round(ended - timing.end[0], 3),
+    }
     return result

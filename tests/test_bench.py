@@ -75,10 +75,26 @@ def test_bench_train_and_dedup_json(tmp_path, sample_txt, gpt_neo_tokenizer_dir,
     assert res["whole_run_ratio_default_over_stock"] == pytest.approx(
         default["whole_run_tokens_per_second"] / stock["whole_run_tokens_per_second"], rel=0.02
     )
+    for run in (stock, default):  # the phases add up to the whole run
+        phases = run["phases"]
+        assert set(phases) == {
+            "tokenizer_and_model",
+            "data_and_trainer",
+            "first_step",
+            "other_steps",
+            "end_of_training",
+        }
+        assert min(phases.values()) >= 0 and phases["first_step"] > 0 and phases["other_steps"] > 0
+        assert sum(phases.values()) == pytest.approx(run["whole_run_seconds"], abs=0.01)
     assert report["dedup"]["num_stories"] == 400 and report["dedup"]["stories_per_second"] > 0
     assert report["machine"]["device"] == "cpu"
     printed = capsys.readouterr().out
-    assert "default / stock" in printed and "dedup:" in printed and str(out / "bench.json") in printed
+    assert (
+        "default / stock" in printed
+        and "dedup:" in printed
+        and "first step" in printed
+        and str(out / "bench.json") in printed
+    )
 
 
 def test_bench_errors_name_the_fix(tmp_path):

@@ -89,6 +89,17 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, sample_txt):
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
 
 
+def test_max_minutes_stops_a_time_boxed_run(tmp_path, sample_txt):
+    out = tmp_path / "boxed"  # a budget shorter than one step: stops after the first, evaluates, saves
+    history = run(sample_txt, out, "--max_steps", "500", "--eval_steps", "100", "--max_minutes", "1e-6")
+    steps = [h["step"] for h in history if "eval_loss" in h]
+    assert steps and set(steps) == {1}, history
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
+    assert (out / "model.safetensors").is_file()
+    with pytest.raises(ConfigError, match="--max_minutes -1.0: give a positive number"):
+        run(sample_txt, tmp_path / "bad", "--max_steps", "5", "--max_minutes", "-1")
+
+
 def test_finished_run_is_not_overwritten(tmp_path, sample_txt):
     out = tmp_path / "done"
     out.mkdir()

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_dataset=eval_set,
         data_collator=PackedCollator(),
         processing_class=tokenizer,
-        callbacks=[training.TokensPerSecondCallback()],
+        callbacks=[training.TokensPerSecondCallback()]
+        + ([training.TimeLimitCallback(args.max_minutes)] if args.max_minutes else []),
         eval_text_stats=(eval_stats.tokens, eval_stats.bytes),
     )
     trainer.train(resume_from_checkpoint=resume)

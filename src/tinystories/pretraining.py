@@ -98,6 +98,12 @@ class PretrainConfig(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "replace a finished run in output_dir"}
     )
+    max_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "stop after this many minutes of training (then evaluate, save, card as at max_steps)"
+        },
+    )
     precision: str = field(
         default="auto",
         metadata={
@@ -154,6 +160,10 @@ def validate(model_args: ModelArguments, data_args: DataArguments, args: Pretrai
     limit = model_args.max_position_embeddings
     if limit and data_args.block_size > limit:
         raise ConfigError(f"block_size {data_args.block_size} exceeds max_position_embeddings {limit}")
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise ConfigError(
+            f"--max_minutes {args.max_minutes}: give a positive number of minutes, or leave it unset"
+        )
 
 
 def prepare_data(data_args: DataArguments, args: PretrainConfig):

@@ -137,6 +137,25 @@ class TokensPerSecondCallback(TrainerCallback):
         self._last = (now, seen)
 
 
+class TimeLimitCallback(TrainerCallback):
+    """Stops training once `minutes` of wall clock have passed since `train()` began (`--max_minutes`).
+
+    The run then ends as at `max_steps`: the last evaluation, the save and the card; the step it stopped at
+    is in `trainer_state.json`. A resumed run gets the same budget again.
+    """
+
+    def __init__(self, minutes: float):
+        self.seconds, self._start = minutes * 60, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._start is not None and time.perf_counter() - self._start >= self.seconds:
+            logger.info("--max_minutes reached at step %d: stopping", state.global_step)
+            control.should_training_stop = True  # the run's tail evaluates and saves
+
+
 # ---------------------------------------------------------------------------------------- run record
 def hyperparameters(args: TrainingArguments, trainer: Trainer, **extra: Any) -> dict[str, Any]:
     """The training hyperparameters of a run, as its card and run record show them."""
@@ -349,6 +368,7 @@ def shutdown_distributed(trainer: Trainer) -> None:
 __all__ = [
     "BitsPerByteTrainer",
     "Tail",
+    "TimeLimitCallback",
     "TokensPerSecondCallback",
     "export_merged",
     "finish_run",
