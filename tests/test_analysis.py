@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from tiny import make_tiny_model_dir, train_tiny_tokenizer
 from tinystories import analysis
+from tinystories.analysis_heads import copying_score
 from tinystories.analysis_inputs import WordCategories
 from tinystories.cards import write_model_card
 from tinystories.modeling import load_model
@@ -149,3 +151,28 @@ def test_analysis_of_a_model_loaded_by_hub_id(hub_cache, tmp_path, stories, monk
     assert result["model"] == "roneneldan/TinyStories-1Layer-21M"
     assert len(result["heads"]) == 4 and result["neuron_summary_random_init"] is None
     assert {h["kind"] for h in result["heads"]} <= {"local", "global", "mixed"}
+
+
+class _Repeater(torch.nn.Module):
+    """Predicts the token `period` positions back: a perfect induction model for sequences shown twice."""
+
+    def __init__(self, vocab: int, period: int):
+        super().__init__()
+        self.vocab, self.period = vocab, period
+        self.config = SimpleNamespace(eos_token_id=0)
+        self.device = torch.device("cpu")
+
+    def forward(self, ids):
+        logits = torch.zeros(*ids.shape, self.vocab)
+        nxt = ids[:, : ids.shape[1] - self.period]  # at position t: the token at t + 1 - period
+        logits[:, self.period - 1 : ids.shape[1] - 1].scatter_(-1, nxt[..., None], 50.0)
+        return SimpleNamespace(logits=logits)
+
+
+def test_copying_score_separates_a_copying_model_from_one_that_cannot(analysed):
+    pool = torch.arange(1, 200)
+    perfect = copying_score(_Repeater(200, 10), pool, length=10, sequences=4)
+    assert perfect["first_copy_loss"] > 4.5  # ≈ ln(200): the first copy is unpredictable
+    assert perfect["second_copy_loss"] < 1e-3 and perfect["copying_score"] > 4.5
+    copying = analysed[3]["in_context_copying"]  # the untrained tiny model: the repeat is no easier
+    assert abs(copying["copying_score"]) < 0.5 and copying["first_copy_loss"] > 3

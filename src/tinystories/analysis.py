@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tinystories.analysis_heads import KIND_RULE, HeadStatistics, layer_attention_types
+from tinystories.analysis_heads import KIND_RULE, HeadStatistics, copying_score, layer_attention_types
 from tinystories.analysis_heads import __doc__ as HEADS_DOC
 from tinystories.analysis_inputs import WordCategories, encode_stories, run_batches
 from tinystories.analysis_neurons import (
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     roles = neurons.roles(categories)
     neuron_rows = neuron_entries(neurons, roles, tokenizer, stories, flat_ids, args.top_neurons)
     summary, control = role_summary(roles), None
+    copying = copying_score(model, flat_ids, length=min(40, (context - 1) // 2), seed=args.seed)
 
     # the control: the same neuron measurement on a random initialisation of the same shape
     if args.random_control:
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             "role": ROLE_RULE.format(top_k=args.top_activations),
         },
         "heads": head_rows,
+        "in_context_copying": copying,
         "neurons": neuron_rows,
         "neuron_summary": summary,
         "neuron_summary_random_init": control,
@@ -163,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     kinds = {k: sum(h["kind"] == k for h in head_rows) for k in ("local", "mixed", "global")}
     print(f"heads: {kinds}; neurons with a clear role: {summary['clear_role_share']:.1%}", end="")
     print(f" (random init: {control['clear_role_share']:.1%})" if control else "")
+    print(
+        f"in-context copying: loss {copying['first_copy_loss']:.2f} → {copying['second_copy_loss']:.2f} nats "
+        f"on the repeat of a random sequence (score {copying['copying_score']:.2f})"
+    )
     print(f"results: {path}")
     return 0
 

@@ -16,6 +16,11 @@ attention probability of query position i on key position j ≤ i):
 - `top_attended` (global heads): the token types that receive the most attention from later queries
   (keys j with 1 ≤ j < i: the EOS prefix and the query itself left out), as shares of that attention, with
   how often each occurs as such a key.
+
+In-context copying (`copying_score`, the induction test of Olsson et al. 2022): sequences of random tokens
+(drawn from the analysed stories' tokens), each shown twice after an EOS; the mean loss (nats) on the second
+copy against the first. A model with induction heads predicts the repeat (a second-copy loss near 0); one
+without them finds the repeat as surprising as the first copy (score ≈ 0).
 """
 
 from __future__ import annotations
@@ -32,6 +37,25 @@ KIND_RULE = (
     f"else global: a mean distance >= {GLOBAL_DISTANCE} x that of uniform causal attention; else mixed"
 )
 TOP_ATTENDED = 8
+
+
+@torch.no_grad()
+def copying_score(
+    model, token_ids: torch.Tensor, length: int = 40, sequences: int = 16, seed: int = 0
+) -> dict:
+    """{"first_copy_loss", "second_copy_loss", "copying_score"}: random sequences of `token_ids`, shown twice."""
+    generator = torch.Generator().manual_seed(seed)
+    pool = token_ids.unique()
+    half = pool[torch.randint(len(pool), (sequences, length), generator=generator)]
+    eos = torch.full((sequences, 1), int(model.config.eos_token_id or 0))
+    ids = torch.cat([eos, half, half], dim=1).to(model.device)
+    logits = model(ids).logits.float()
+    nll = -torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+    first, second = (
+        nll[:, 1:length].mean().item(),
+        nll[:, length + 1 :].mean().item(),
+    )  # each copy's tokens 2..L
+    return {"first_copy_loss": first, "second_copy_loss": second, "copying_score": first - second}
 
 
 def head_kind(local_share: float, distance_vs_uniform: float) -> str:

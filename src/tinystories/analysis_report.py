@@ -43,6 +43,14 @@ def _heads_section(result: dict[str, Any]) -> list[str]:
             f"| {h['attention_entropy']:.2f} "
             f"| {h['local_attention_share']:.2f} | {h['kind']} | {top} |"
         )
+    copying = result.get("in_context_copying")
+    if copying:
+        lines += [
+            "",
+            f"In-context copying (a random token sequence shown twice): loss {copying['first_copy_loss']:.2f} nats on "
+            f"the first copy, {copying['second_copy_loss']:.2f} on the repeat (score {copying['copying_score']:.2f}; "
+            "near 0: no induction heads yet).",
+        ]
     return lines
 
 
