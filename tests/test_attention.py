@@ -81,7 +81,7 @@ def test_install_keeps_parameters_and_config(models, tmp_path):
     assert attention_backend(fast) == "eager" and fast.config._attn_implementation == "eager"
 
 
-@pytest.mark.parametrize("seq_len", [6, WINDOW, 30])  # shorter than, equal to, longer than the window
+@pytest.mark.parametrize("seq_len", [6, WINDOW, 2 * WINDOW, 2 * WINDOW + 1, 30])  # <, =, 2x, 2x+1, >3x the window
 def test_logits_match_eager_no_padding(models, seq_len):
     eager, fast = models
     ids = torch.randint(0, 96, (2, seq_len))

@@ -94,6 +94,33 @@ def sliding_window_mask(
     return _band_mask(q_len, kv_len, window, torch.device(device))
 
 
+def _windowed_by_chunks(query, key, value, window: int, dropout_p: float) -> torch.Tensor:
+    """Sliding-window causal attention over whole sequences, `window` queries at a time (exact).
+
+    Queries [s, s + W) see only keys (s − W, s + W), so each chunk attends to at most 2W − 1 keys and the blocks
+    outside the band are never computed: the masked kernel over all T × T pairs costs ~1.7× more on CPU at
+    T = 2W. The first chunk is plain causal (the window cannot bite before position W).
+    """
+    q_len = query.shape[-2]
+    first = slice(0, min(window, q_len))
+    outs = [
+        F.scaled_dot_product_attention(
+            query[..., first, :], key[..., first, :], value[..., first, :],
+            dropout_p=dropout_p, is_causal=True, scale=1.0,
+        )
+    ]  # fmt: skip
+    for start in range(window, q_len, window):
+        end, k0 = min(start + window, q_len), start - window + 1
+        band = _band_mask(end - start, end - k0, window, query.device, window - 1)
+        outs.append(
+            F.scaled_dot_product_attention(
+                query[..., start:end, :], key[..., k0:end, :], value[..., k0:end, :],
+                attn_mask=band, dropout_p=dropout_p, scale=1.0,
+            )
+        )  # fmt: skip
+    return torch.cat(outs, dim=-2)
+
+
 class GPTNeoSdpaAttention(GPTNeoSelfAttention):
     """GPT-Neo self-attention computed with `scaled_dot_product_attention`; same parameters as eager."""
 
@@ -113,6 +140,8 @@ class GPTNeoSdpaAttention(GPTNeoSelfAttention):
                 if q_len == 1:  # decoding: the window is simply the last `window` keys
                     key, value = key[..., -window:, :], value[..., -window:, :]
                     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, scale=1.0)
+                if q_len == kv_len:
+                    return _windowed_by_chunks(query, key, value, window, dropout_p)
                 band = _band_mask(q_len, kv_len, window, query.device, 0)
                 return F.scaled_dot_product_attention(
                     query, key, value, attn_mask=band, dropout_p=dropout_p, scale=1.0
