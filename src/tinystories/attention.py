@@ -17,8 +17,9 @@ attention math of an already built or loaded model for `torch.nn.functional.scal
 Backends:
 
 * `"sdpa"` (default): global layers without padding use `is_causal=True` (the flash / efficient kernels);
-  local layers longer than the window use a cached boolean band mask (CPU flash and GPU efficient kernels
-  accept it); one-token decoding slices the cache to the last `window_size` keys instead of masking.
+  local layers longer than the window attend by chunks of `window_size` queries, each to its at most
+  2·window − 1 keys under a cached boolean band mask (so the blocks outside the band are never computed;
+  with a KV cache, the whole band mask); one-token decoding slices the cache to the last `window_size` keys.
 * `"flex"`: `torch.nn.attention.flex_attention` with a cached causal / sliding-window `BlockMask` for the
   training hot path (no padding, no cache, same query and key length): on a GPU, under `torch.compile`,
   the sliding-window layers run a fused kernel that skips the blocks outside the window. Calls with a
