@@ -9,8 +9,10 @@ import pytest
 import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
+from tinystories import attention
 from tinystories.attention import (
     GPTNeoSdpaAttention,
+    _attention_by_chunks,
     attention_backend,
     sliding_window_mask,
     use_fast_attention,
@@ -81,7 +83,9 @@ def test_install_keeps_parameters_and_config(models, tmp_path):
     assert attention_backend(fast) == "eager" and fast.config._attn_implementation == "eager"
 
 
-@pytest.mark.parametrize("seq_len", [6, WINDOW, 2 * WINDOW, 2 * WINDOW + 1, 30])  # <, =, 2x, 2x+1, >3x the window
+@pytest.mark.parametrize(
+    "seq_len", [6, WINDOW, 2 * WINDOW, 2 * WINDOW + 1, 30]
+)  # <, =, 2x, 2x+1, >3x the window
 def test_logits_match_eager_no_padding(models, seq_len):
     eager, fast = models
     ids = torch.randint(0, 96, (2, seq_len))
@@ -257,3 +261,39 @@ def test_fast_gelu_same_function_same_checkpoint():
     assert worst < TOL
     use_fast_gelu(fast, enable=False)
     assert type(fast.transformer.h[0].mlp.act).__name__ == "NewGELUActivation"
+
+
+@pytest.mark.parametrize("window", [None, 8, 20])
+@pytest.mark.parametrize("chunk", [4, 7, 16])
+def test_attention_by_chunks_equals_one_masked_call(window, chunk):
+    """CPU chunking: every chunk sees exactly the keys of the causal (or sliding-window) mask; values and grads."""
+    torch.manual_seed(0)
+    for seq_len in (5, 16, 33):
+        q, k, v = (torch.randn(2, 3, seq_len, 4, requires_grad=True) for _ in range(3))
+        full = sliding_window_mask(seq_len, seq_len, window or seq_len)
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=full, scale=1.0)
+        out = _attention_by_chunks(q, k, v, window, 0.0, chunk)
+        assert (out - ref).abs().max().item() < TOL
+        grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+        for a, b in zip(grads, grads_ref, strict=True):
+            assert (a - b).abs().max().item() < TOL
+
+
+def test_long_sequences_take_the_chunked_path_and_match_eager(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        attention, "_attention_by_chunks", lambda *a: calls.append(a[3]) or _attention_by_chunks(*a)
+    )
+    torch.manual_seed(0)
+    eager = GPTNeoForCausalLM(tiny_config(max_position_embeddings=320)).train()
+    fast = use_fast_attention(copy.deepcopy(eager), "sdpa")
+    ids = torch.randint(
+        0, 96, (2, 300)
+    )  # > attention.CPU_QUERY_CHUNK (128): three chunks, local layers far past the window
+    loss_eager, loss_fast = eager(ids, labels=ids).loss, fast(ids, labels=ids).loss
+    assert abs(loss_eager.item() - loss_fast.item()) < TOL
+    loss_eager.backward(), loss_fast.backward()
+    for (name, a), b in zip(eager.named_parameters(), fast.parameters(), strict=True):
+        assert (a.grad - b.grad).abs().max().item() < TOL, name
+    assert calls == [None, WINDOW, None, WINDOW], calls  # every layer, global and local, took it

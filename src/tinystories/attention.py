@@ -17,9 +17,10 @@ attention math of an already built or loaded model for `torch.nn.functional.scal
 Backends:
 
 * `"sdpa"` (default): global layers without padding use `is_causal=True` (the flash / efficient kernels);
-  local layers longer than the window attend by chunks of `window_size` queries, each to its at most
-  2·window − 1 keys under a cached boolean band mask (so the blocks outside the band are never computed;
-  with a KV cache, the whole band mask); one-token decoding slices the cache to the last `window_size` keys.
+  local layers longer than the window use a cached boolean band mask (CPU flash and GPU efficient kernels
+  accept it); one-token decoding slices the cache to the last `window_size` keys instead of masking. On CPU,
+  whole sequences longer than 128 tokens are attended 128 queries at a time, each chunk only to the keys
+  it can see (`_attention_by_chunks`: exact, and 1.3-2× faster than one masked T × T call).
 * `"flex"`: `torch.nn.attention.flex_attention` with a cached causal / sliding-window `BlockMask` for the
   training hot path (no padding, no cache, same query and key length): on a GPU, under `torch.compile`,
   the sliding-window layers run a fused kernel that skips the blocks outside the window. Calls with a
@@ -95,30 +96,30 @@ def sliding_window_mask(
     return _band_mask(q_len, kv_len, window, torch.device(device))
 
 
-def _windowed_by_chunks(query, key, value, window: int, dropout_p: float) -> torch.Tensor:
-    """Sliding-window causal attention over whole sequences, `window` queries at a time (exact).
+CPU_QUERY_CHUNK = (
+    128  # queries per SDPA call on CPU (the fastest of 64/128/256 for head dims 4-48, 512 tokens)
+)
 
-    Queries [s, s + W) see only keys (s − W, s + W), so each chunk attends to at most 2W − 1 keys and the blocks
-    outside the band are never computed: the masked kernel over all T × T pairs costs ~1.7× more on CPU at
-    T = 2W. The first chunk is plain causal (the window cannot bite before position W).
+
+def _attention_by_chunks(query, key, value, window: int | None, dropout_p: float, chunk: int) -> torch.Tensor:
+    """Causal (`window` None) or sliding-window attention over whole sequences, `chunk` queries a call (exact).
+
+    Queries [s, e) attend to keys [k0, e), k0 = 0 for a global layer and max(0, s − window + 1) for a local one,
+    under a cached boolean band mask (the first chunk, where no window can bite, is plain `is_causal`). The CPU
+    kernels compute every block of a causal or banded T × T problem, so fewer keys a call is less work: a
+    global layer at 512 tokens runs 1.3-2× faster, a local one 1.4-2.1× (`benchmarks/README.md`).
     """
-    q_len = query.shape[-2]
-    first = slice(0, min(window, q_len))
-    outs = [
-        F.scaled_dot_product_attention(
-            query[..., first, :], key[..., first, :], value[..., first, :],
-            dropout_p=dropout_p, is_causal=True, scale=1.0,
-        )
-    ]  # fmt: skip
-    for start in range(window, q_len, window):
-        end, k0 = min(start + window, q_len), start - window + 1
-        band = _band_mask(end - start, end - k0, window, query.device, window - 1)
-        outs.append(
-            F.scaled_dot_product_attention(
-                query[..., start:end, :], key[..., k0:end, :], value[..., k0:end, :],
-                attn_mask=band, dropout_p=dropout_p, scale=1.0,
-            )
-        )  # fmt: skip
+    q_len, outs = query.shape[-2], []
+    for start in range(0, q_len, chunk):
+        end = min(start + chunk, q_len)
+        if start == 0 and (window is None or end <= window):
+            part = (query[..., :end, :], key[..., :end, :], value[..., :end, :])
+            outs.append(F.scaled_dot_product_attention(*part, dropout_p=dropout_p, is_causal=True, scale=1.0))
+            continue
+        k0 = 0 if window is None else max(0, start - window + 1)
+        band = _band_mask(end - start, end - k0, window or end, query.device, start - k0)
+        part = (query[..., start:end, :], key[..., k0:end, :], value[..., k0:end, :])
+        outs.append(F.scaled_dot_product_attention(*part, attn_mask=band, dropout_p=dropout_p, scale=1.0))
     return torch.cat(outs, dim=-2)
 
 
@@ -137,12 +138,12 @@ class GPTNeoSdpaAttention(GPTNeoSelfAttention):
             attention_mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
 
         if attention_mask is None:
+            if q_len == kv_len > CPU_QUERY_CHUNK and query.device.type == "cpu":
+                return _attention_by_chunks(query, key, value, window, dropout_p, CPU_QUERY_CHUNK)
             if window is not None and kv_len > window:
                 if q_len == 1:  # decoding: the window is simply the last `window` keys
                     key, value = key[..., -window:, :], value[..., -window:, :]
                     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, scale=1.0)
-                if q_len == kv_len:
-                    return _windowed_by_chunks(query, key, value, window, dropout_p)
                 band = _band_mask(q_len, kv_len, window, query.device, 0)
                 return F.scaled_dot_product_attention(
                     query, key, value, attn_mask=band, dropout_p=dropout_p, scale=1.0
