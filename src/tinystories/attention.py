@@ -19,8 +19,8 @@ Backends:
 * `"sdpa"` (default): global layers without padding use `is_causal=True` (the flash / efficient kernels);
   local layers longer than the window use a cached boolean band mask (CPU flash and GPU efficient kernels
   accept it); one-token decoding slices the cache to the last `window_size` keys instead of masking. On CPU,
-  whole sequences longer than 128 tokens are attended 128 queries at a time, each chunk only to the keys
-  it can see (`_attention_by_chunks`: exact, and 1.3-2× faster than one masked T × T call).
+  a local layer over a whole sequence longer than the window attends `window_size` queries at a time, each
+  chunk only to the keys it can see (`_attention_by_chunks`: exact, and less work than one masked T × T call).
 * `"flex"`: `torch.nn.attention.flex_attention` with a cached causal / sliding-window `BlockMask` for the
   training hot path (no padding, no cache, same query and key length): on a GPU, under `torch.compile`,
   the sliding-window layers run a fused kernel that skips the blocks outside the window. Calls with a
@@ -96,18 +96,14 @@ def sliding_window_mask(
     return _band_mask(q_len, kv_len, window, torch.device(device))
 
 
-CPU_QUERY_CHUNK = (
-    128  # queries per SDPA call on CPU (the fastest of 64/128/256 for head dims 4-48, 512 tokens)
-)
-
-
 def _attention_by_chunks(query, key, value, window: int | None, dropout_p: float, chunk: int) -> torch.Tensor:
     """Causal (`window` None) or sliding-window attention over whole sequences, `chunk` queries a call (exact).
 
     Queries [s, e) attend to keys [k0, e), k0 = 0 for a global layer and max(0, s − window + 1) for a local one,
     under a cached boolean band mask (the first chunk, where no window can bite, is plain `is_causal`). The CPU
-    kernels compute every block of a causal or banded T × T problem, so fewer keys a call is less work: a
-    global layer at 512 tokens runs 1.3-2× faster, a local one 1.4-2.1× (`benchmarks/README.md`).
+    kernels compute every block of a banded T × T problem, so a local layer attended by chunks of its window
+    does ~1.7× less work at T = 2W: a default 1M step (3 × 512 tokens) 0.79× as long (`benchmarks/README.md`).
+    Global layers are left to one `is_causal` call: chunking them measured no steady gain end to end.
     """
     q_len, outs = query.shape[-2], []
     for start in range(0, q_len, chunk):
@@ -138,8 +134,8 @@ class GPTNeoSdpaAttention(GPTNeoSelfAttention):
             attention_mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
 
         if attention_mask is None:
-            if q_len == kv_len > CPU_QUERY_CHUNK and query.device.type == "cpu":
-                return _attention_by_chunks(query, key, value, window, dropout_p, CPU_QUERY_CHUNK)
+            if window is not None and q_len == kv_len > window and query.device.type == "cpu":
+                return _attention_by_chunks(query, key, value, window, dropout_p, window)
             if window is not None and kv_len > window:
                 if q_len == 1:  # decoding: the window is simply the last `window` keys
                     key, value = key[..., -window:, :], value[..., -window:, :]
