@@ -29,7 +29,7 @@ from tinystories.config import parse_args
 from tinystories.core import REPO_ROOT, ConfigError
 from tinystories.data import load_stories
 from tinystories.paths import display_path
-from tinystories.plots import plt
+from tinystories.plots import plt, save_figure
 
 DEFAULT_DATA = "../shared/data/tinystories/TinyStories-train.sample.txt"
 DEFAULT_TOKENIZER_DIR = "../shared/data/tokenizer-gpt-neo"
@@ -138,9 +138,7 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     ax.set_title("time to quality")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:

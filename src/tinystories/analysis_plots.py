@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tinystories.analysis_inputs import CATEGORIES
-from tinystories.plots import plt
+from tinystories.plots import plt, save_figure
 
 KIND_COLORS = {"local": "tab:blue", "mixed": "tab:orange", "global": "tab:red"}
 
@@ -38,9 +38,7 @@ def plot_head_distances(heads: list[dict], path: Path) -> Path:
     ax2.set_title("heads by kind")
     ax2.grid(alpha=0.3)
     ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 
@@ -60,9 +58,7 @@ def plot_attention_patterns(pattern, heads: list[dict], tokens: list[str], path:
             ax.set_title(f"L{layer}H{head} {kinds.get((layer, head), '')[:1]}", fontsize=6, pad=2)
     story = "".join(tokens[1:n]).strip().replace("\n", " ")
     fig.suptitle(f"attention, first {n} tokens of one story (query ↓, key →):\n{story[:80]}…", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path
 
 
@@ -82,7 +78,5 @@ def plot_neuron_roles(trained: dict, random_init: dict, path: Path) -> Path:
     )
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path

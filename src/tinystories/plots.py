@@ -11,6 +11,14 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out `fig`, write it to `path` as PNG and free it (figures are files here, never shown)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def save_loss_curve(log_history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
     """Train and eval loss against step (a Trainer's `log_history`), saved as PNG; None without losses."""
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
@@ -27,7 +35,4 @@ def save_loss_curve(log_history: list[dict[str, Any]], path: str | Path, title: 
     ax.set_title(title or "loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=120)

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.ticker import FuncFormatter
 
 from tinystories.judge import CATEGORIES as JUDGE_CATEGORIES
-from tinystories.plots import plt
+from tinystories.plots import plt, save_figure
 from tinystories.sweep_fit import describe
 
 
@@ -53,9 +53,7 @@ def plot_loss_vs_params(runs: list[dict], fit: dict, path: Path) -> Path:
         ax.set_title(title)
         ax.legend(fontsize=7)
     axes[0].set_ylabel(f"eval loss (nats/token), {budget:,} training tokens")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 
@@ -70,9 +68,7 @@ def plot_loss_vs_compute(runs: list[dict], fit: dict, path: Path) -> Path:
     ax.set_xlabel("compute (6 · non-embedding params · tokens, FLOPs)")
     ax.set_ylabel("eval loss (nats/token)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 
@@ -103,7 +99,5 @@ def plot_judge(runs: list[dict], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("judge score (1-10), mean over the other axis")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
