@@ -73,8 +73,10 @@ test: install
 test-slow: install
 	$(PY) -m pytest -m slow $(ARGS)
 
+# ruff, then the layer rule of ARCHITECTURE.md (import-linter contracts in pyproject.toml)
 lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts && $(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/lint-imports --no-cache
 
 format: install
 	$(VENV)/bin/ruff format src tests benchmarks scripts && $(VENV)/bin/ruff check --fix src tests benchmarks scripts

@@ -43,11 +43,12 @@ from benchmarks.dedup_bench import run_benchmark
 from benchmarks.finetune_bench import PATHS as FINETUNE_PATHS
 from benchmarks.finetune_bench import bench_finetune, format_finetune_table, run_path
 from benchmarks.train_bench import STOCK, default_variant, lever_variants, run_variant
-from tinystories.config import parse_args
 from tinystories.core import ConfigError
-from tinystories.data import load_stories, pack_tokenized, tokenize_stories
-from tinystories.paths import looks_like_path
-from tinystories.sizes import SIZES, size_names
+from tinystories.core.config import parse_args
+from tinystories.core.paths import looks_like_path
+from tinystories.data.loading import load_stories
+from tinystories.data.packing import pack_tokenized, tokenize_stories
+from tinystories.models.sizes import SIZES, size_names
 
 DEFAULT_DATA = "../shared/data/tinystories/TinyStories-train.sample.txt"
 DEFAULT_TOKENIZER_DIR = "../shared/data/tokenizer-gpt-neo"

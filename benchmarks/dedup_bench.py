@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from tinystories.core import EVAL_PROMPTS_FILE, REPO_ROOT
-from tinystories.data import iter_txt_stories
-from tinystories.dedup import DedupResult, deduplicate, read_eval_prompts
-from tinystories.synthesis import TemplateBackend, Vocabulary
+from tinystories.data.loading import iter_txt_stories
+from tinystories.dedup.decontamination import read_eval_prompts
+from tinystories.dedup.pipeline import DedupResult, deduplicate
+from tinystories.synthesis.backends import TemplateBackend
+from tinystories.synthesis.prompts import Vocabulary
 
 
 def _default_sample() -> Path:

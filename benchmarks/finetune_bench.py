@@ -42,18 +42,18 @@ from transformers.utils import logging as hf_logging
 from trl import SFTConfig, SFTTrainer
 
 from benchmarks.train_bench import _rss_mb
-from tinystories.data import PackedCollator, load_stories, pack_dataset
-from tinystories.finetune import (
+from tinystories.data.instruct import InstructExample, format_completion, format_prompt
+from tinystories.data.loading import load_stories
+from tinystories.data.packing import PackedCollator, pack_dataset
+from tinystories.data.tokenizer import prepare_tokenizer
+from tinystories.models.sizes import build_config
+from tinystories.training.finetune.arguments import (
     GPT_NEO_TARGET_MODULES,
     FinetuneArguments,
     FinetuneModelConfig,
     TinyStoriesSFTConfig,
-    build_trainer,
-    load_base,
 )
-from tinystories.instruct import InstructExample, format_completion, format_prompt
-from tinystories.sizes import build_config
-from tinystories.tokenizer import prepare_tokenizer
+from tinystories.training.finetune.trainer import build_trainer, load_base
 
 PATHS = ("trl", "sft", "sft+packing", "lora", "pretrain")
 _WORD = re.compile(r"[A-Za-z]{4,}")

@@ -25,11 +25,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tinystories.config import parse_args
 from tinystories.core import REPO_ROOT, ConfigError
-from tinystories.data import load_stories
-from tinystories.paths import display_path
-from tinystories.plots import plt, save_figure
+from tinystories.core.config import parse_args
+from tinystories.core.paths import display_path
+from tinystories.core.plots import plt, save_figure
+from tinystories.data.loading import load_stories
 
 DEFAULT_DATA = "../shared/data/tinystories/TinyStories-train.sample.txt"
 DEFAULT_TOKENIZER_DIR = "../shared/data/tokenizer-gpt-neo"

@@ -26,10 +26,10 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from tinystories.attention import use_fast_attention, use_fast_gelu
-from tinystories.data import PackedCollator
-from tinystories.losses import use_fused_cross_entropy
-from tinystories.sizes import build_config
+from tinystories.data.packing import PackedCollator
+from tinystories.models.attention import use_fast_attention, use_fast_gelu
+from tinystories.models.losses import use_fused_cross_entropy
+from tinystories.models.sizes import build_config
 
 # dense bf16 peak FLOP/s by GPU name fragment, for MFU
 PEAK_BF16_FLOPS = {

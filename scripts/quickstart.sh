@@ -23,8 +23,8 @@ stage "data: real stories"
 MODE=real
 if [ -z "$DATA" ]; then
   if timeout 20 $PY -c "from huggingface_hub import HfApi; HfApi().dataset_info('roneneldan/TinyStories')" >/dev/null 2>&1 \
-     && timeout 300 $PY -c "from tinystories.data import load_split; load_split('roneneldan/TinyStories', 'validation').to_parquet('$Q/stories.parquet')" \
-     && timeout 60 $PY -c "from tinystories.tokenizer import load_tokenizer; load_tokenizer('$TOKENIZER')" >/dev/null; then
+     && timeout 300 $PY -c "from tinystories.data.loading import load_split; load_split('roneneldan/TinyStories', 'validation').to_parquet('$Q/stories.parquet')" \
+     && timeout 60 $PY -c "from tinystories.data.tokenizer import load_tokenizer; load_tokenizer('$TOKENIZER')" >/dev/null; then
     DATA="$Q/stories.parquet"
   else
     MODE=smoke
@@ -35,7 +35,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1  # everything below runs offline
 
 if [ "$MODE" = real ]; then
   stage "instruct: Instruct records derived from the training stories (the held-out 10% never enter)"
-  $PY -c "from tinystories.data import load_stories; load_stories('$DATA', validation_fraction=0.1, seed=42)['train'].to_parquet('$Q/train_stories.parquet')"
+  $PY -c "from tinystories.data.loading import load_stories; load_stories('$DATA', validation_fraction=0.1, seed=42)['train'].to_parquet('$Q/train_stories.parquet')"
   $TS data --config recipes/data/instruct_from_stories.yaml --source_data $Q/train_stories.parquet \
       --output_dir $Q/data --num_stories 0
   PRETRAIN_ARGS=(--tokenizer_name "$TOKENIZER")

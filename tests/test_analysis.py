@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from tiny import make_tiny_model_dir, train_tiny_tokenizer
-from tinystories import analysis
-from tinystories.analysis_heads import copying_score
-from tinystories.analysis_inputs import WordCategories
-from tinystories.cards import write_model_card
-from tinystories.modeling import load_model
+from tinystories.analysis.heads import copying_score
+from tinystories.analysis.inputs import WordCategories
+from tinystories.hub.cards import write_model_card
+from tinystories.models.loading import load_model
+from tinystories.stages import analyze as analysis
 
 NUM_STORIES = 6
 CONTEXT = 96

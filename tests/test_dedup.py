@@ -11,14 +11,9 @@ from datasets import load_from_disk
 
 from benchmarks.dedup_bench import make_benchmark_corpus, run_benchmark, score
 from tinystories.core import ConfigError
-from tinystories.dedup import (
-    DedupArguments,
-    HashConfig,
-    Hasher,
-    deduplicate,
-    normalize_words,
-    run,
-)
+from tinystories.dedup.minhash import HashConfig, Hasher, normalize_words
+from tinystories.dedup.pipeline import deduplicate
+from tinystories.stages.dedup import DedupArguments, run
 
 
 def _edit(text: str, rng: random.Random, n: int) -> str:
@@ -136,8 +131,8 @@ def test_cli_on_release_txt(tmp_path, stories):
 
 
 def test_cli_on_generator_output(tmp_path):
-    from tinystories.synthesis import SynthesisArguments
-    from tinystories.synthesis import run as synth
+    from tinystories.synthesis.arguments import SynthesisArguments
+    from tinystories.synthesis.job import run as synth
 
     gen = tmp_path / "gen"
     synth(SynthesisArguments(output_dir=str(gen), backend="template", num_stories=50, mode="instruct"))

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from tiny import make_tiny_model_dir, train_tiny_tokenizer
-from tinystories import evaluation, metrics
 from tinystories.core import ConfigError
-from tinystories.metrics import bits_per_byte, num_utf8_bytes, perplexity
+from tinystories.data.packing import num_utf8_bytes
+from tinystories.evaluation import metrics
+from tinystories.evaluation.metrics import bits_per_byte, perplexity
+from tinystories.stages import eval as evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,7 +152,7 @@ def _write_jsonl(path: Path, texts: list[str]) -> Path:
 def test_eval_cli_writes_results_completions_and_card(tiny, tmp_path, monkeypatch, capsys):
     import shutil
 
-    from tinystories.cards import write_model_card
+    from tinystories.hub.cards import write_model_card
 
     long_ctx, short_ctx, tokenizer, texts = tiny
     monkeypatch.chdir(tmp_path)
@@ -186,7 +188,7 @@ def test_eval_cli_writes_results_completions_and_card(tiny, tmp_path, monkeypatc
     assert res_a["max_length"] == 512 and res_b["max_length"] == 64  # min(max_position_embeddings, 512)
 
     # the same held-out stories, scored directly, give the same numbers
-    from tinystories.data import load_stories
+    from tinystories.data.loading import load_stories
 
     held_out = list(load_stories(str(data), validation_fraction=0.25, seed=42)["validation"]["text"])
     direct = metrics.score_texts(_load(model_a), tokenizer, held_out, max_length=512, progress=False)

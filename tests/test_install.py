@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from tinystories import core
-from tinystories.synthesis import Vocabulary
+from tinystories.synthesis.prompts import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -56,7 +56,7 @@ def test_every_data_file_ships():
         if p.is_file() and p.suffix in {".txt", ".yaml", ".jsonl", ".jinja"}
     }
     assert needed and needed <= _shipped(data_dir, "tinystories.data_generation")
-    templates = {p.name for p in (ROOT / "src" / "tinystories" / "templates").glob("*.j2")}
-    assert templates and {f"templates/{t}" for t in templates} <= _shipped(
+    templates = {p.name for p in (ROOT / "src" / "tinystories" / "hub" / "templates").glob("*.j2")}
+    assert templates and {f"hub/templates/{t}" for t in templates} <= _shipped(
         ROOT / "src" / "tinystories", "tinystories"
     )

@@ -36,6 +36,39 @@ def test_every_stage_has_an_entry_point_and_a_make_target(stage):
     assert recipes is None or (PACKAGE.parents[1] / "recipes" / recipes).is_dir()
 
 
+def test_top_level_is_one_package_per_concern():
+    """At most 14 entries, no group of modules sharing a name prefix, each package saying what it owns."""
+    entries = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__")
+    assert len(entries) <= 14, entries
+    prefixes = [p.stem.split("_")[0] for p in PACKAGE.glob("*.py")]
+    assert sorted(set(prefixes)) == sorted(prefixes), prefixes
+    for init in PACKAGE.rglob("__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and doc.splitlines()[0].strip(), (
+            f"{init.parent.name}/ needs a docstring saying what it owns"
+        )
+
+
+@pytest.mark.parametrize("stage", [s for s, v in STAGES.items() if v.module.startswith("tinystories")])
+def test_every_subcommand_has_a_module_of_its_name(stage):
+    assert STAGES[stage].module == f"tinystories.stages.{stage}"
+    assert (PACKAGE / "stages" / f"{stage}.py").is_file()
+
+
+def test_tests_follow_the_packages():
+    """A test file is named after the package (or top-level folder) it tests: test_<package>[_<module>].py."""
+    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    packages |= {"benchmarks", "scripts"}
+    project = {"test_layout.py", "test_install.py"}  # the repository itself
+    tests = PACKAGE.parents[1] / "tests"
+    stray = [
+        p.name
+        for p in tests.glob("test_*.py")
+        if p.name not in project and p.stem.removeprefix("test_").split("_")[0] not in packages
+    ]
+    assert stray == []
+
+
 def test_unknown_stage_is_an_error(capsys):
     assert main(["nope"]) == 2
     assert "valid stages" in capsys.readouterr().err
@@ -64,13 +97,14 @@ def test_imports_at_the_top():
 
 
 def test_lora_does_not_import_the_sft_entry_point():
-    tree = ast.parse((PACKAGE / "lora.py").read_text())
+    tree = ast.parse((PACKAGE / "stages" / "lora.py").read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert "tinystories.sft" not in imported and "tinystories.finetune" in imported
+    assert "tinystories.stages.sft" not in imported
+    assert any(m.startswith("tinystories.training.finetune") for m in imported)
 
 
 def test_core_has_no_heavy_dependencies():
-    tree = ast.parse((PACKAGE / "core.py").read_text())
+    tree = ast.parse((PACKAGE / "core" / "__init__.py").read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"__future__", "importlib", "os", "pathlib"}

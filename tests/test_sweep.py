@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from tinystories import pretrain, sweep
 from tinystories.core import ConfigError
-from tinystories.sizes import non_embedding_params
-from tinystories.sweep_fit import compute_frontier, fit_power_law, fit_runs, fit_saturating_power_law
-from tinystories.sweep_grid import build_grid, override_flags
+from tinystories.models.sizes import non_embedding_params
+from tinystories.stages import sweep
+from tinystories.stages import train as pretrain
+from tinystories.sweep.fit import compute_frontier, fit_power_law, fit_runs, fit_saturating_power_law
+from tinystories.sweep.grid import build_grid, override_flags
 
 
 def test_fit_recovers_a_known_power_law():

@@ -18,11 +18,13 @@ from datasets import Dataset, load_from_disk
 from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM
 
 from tinystories.core import ConfigError
-from tinystories.instruct import parse_example
-from tinystories.shards import read_shard, shard_dir
-from tinystories.synthesis import SynthesisArguments, TemplateBackend, Vocabulary, run, run_shard
-from tinystories.synthesis.backends import clean_completion
-from tinystories.synthesis.cleaning import strip_preamble
+from tinystories.data.instruct import parse_example
+from tinystories.data.shards import read_shard, shard_dir
+from tinystories.synthesis.arguments import SynthesisArguments
+from tinystories.synthesis.backends import TemplateBackend
+from tinystories.synthesis.cleaning import clean_completion, strip_preamble
+from tinystories.synthesis.job import run, run_shard
+from tinystories.synthesis.prompts import Vocabulary
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import FakeOpenAIServer, bucket, expected_outcome, fake_story, ok_plan

@@ -20,8 +20,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, GPTNeoForCausalLM, PreTrainedTokenizerFast
 
-from tinystories.instruct import InstructExample, format_example, randomize_fields
-from tinystories.sizes import build_config
+from tinystories.data.instruct import InstructExample, format_example, randomize_fields
+from tinystories.models.sizes import build_config
 
 TINY_HUB_ID = "roneneldan/TinyStories-tiny-test"
 CHAT_TEMPLATE = (

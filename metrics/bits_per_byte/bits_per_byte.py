@@ -13,9 +13,10 @@ Two ways to call it:
 import datasets
 import evaluate
 
-from tinystories.metrics import bits_per_byte, num_utf8_bytes, perplexity, score_texts
-from tinystories.modeling import context_limit, load_model
-from tinystories.tokenizer import load_tokenizer
+from tinystories.data.packing import num_utf8_bytes
+from tinystories.data.tokenizer import load_tokenizer
+from tinystories.evaluation.metrics import bits_per_byte, perplexity, score_texts
+from tinystories.models.loading import context_limit, load_model
 
 _CITATION = """\
 @article{eldan2023tinystories,

@@ -9,7 +9,7 @@ raised; means come with Student-t 95% confidence intervals.
 import datasets
 import evaluate
 
-from tinystories.judge import CATEGORIES, JudgeArguments, run_judge
+from tinystories.evaluation.judge import CATEGORIES, JudgeArguments, run_judge
 
 _CITATION = """\
 @article{eldan2023tinystories,

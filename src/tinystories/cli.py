@@ -26,59 +26,62 @@ STAGES: dict[str, Stage] = {
     "data": Stage(
         "data",
         "data",
-        "tinystories.synthesis",
+        "tinystories.stages.data",
         "synthesize stories (TinyStories / Instruct) with an LLM backend",
     ),
     "dedup": Stage(
-        "dedup", "data", "tinystories.dedup", "exact + near-duplicate removal and decontamination"
+        "dedup", "data", "tinystories.stages.dedup", "exact + near-duplicate removal and decontamination"
     ),
     "tokenizer": Stage(
         "tokenizer",
         None,
-        "tinystories.tokenizer",
+        "tinystories.stages.tokenizer",
         "build a trimmed (top-K) or trained byte-level BPE tokenizer",
     ),
     "train": Stage(
         "train",
         "pretrain",
-        "tinystories.pretrain",
+        "tinystories.stages.train",
         "pretrain a GPT-Neo model (a released size or a custom one)",
     ),
     "sft": Stage(
         "sft",
         "instruct",
-        "tinystories.sft",
+        "tinystories.stages.sft",
         "supervised fine-tuning of the Instruct variant with TRL SFTTrainer",
     ),
-    "lora": Stage("lora", "lora", "tinystories.lora", "LoRA / DoRA / QLoRA fine-tuning with PEFT"),
+    "lora": Stage("lora", "lora", "tinystories.stages.lora", "LoRA / DoRA / QLoRA fine-tuning with PEFT"),
     "generate": Stage(
-        "generate", None, "tinystories.generate", "generate a story (plain beginning or Instruct prompt)"
+        "generate",
+        None,
+        "tinystories.stages.generate",
+        "generate a story (plain beginning or Instruct prompt)",
     ),
     "eval": Stage(
         "eval",
         "eval",
-        "tinystories.evaluation",
+        "tinystories.stages.eval",
         "held-out loss, perplexity, bits per byte, completions, LLM judge",
     ),
     "analyze": Stage(
         "analyze",
         None,
-        "tinystories.analysis",
+        "tinystories.stages.analyze",
         "the paper's interpretability: attention-head distances and MLP-neuron roles",
     ),
     "sweep": Stage(
         "sweep",
         "sweep",
-        "tinystories.sweep",
+        "tinystories.stages.sweep",
         "the paper's width x depth grid: train, evaluate, fit loss vs parameters",
     ),
     "push": Stage(
         "push",
         None,
-        "tinystories.hub",
+        "tinystories.stages.push",
         "push a model or dataset folder to the Hub (or stage it with --dry_run)",
     ),
-    "pull": Stage("pull", None, "tinystories.pull", "download a released checkpoint from the Hub"),
+    "pull": Stage("pull", None, "tinystories.stages.pull", "download a released checkpoint from the Hub"),
     "bench": Stage(
         "bench",
         None,

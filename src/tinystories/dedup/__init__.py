@@ -17,47 +17,5 @@ dataset with every input column), `dropped/` (dropped records + `reason`, `dupli
 `similarity`, `matched_prompt`, `input_index`), `dedup_stats.json`.
 
 Modules: `minhash` (hashing, LSH, union-find), `decontamination` (eval prompts), `pipeline`
-(`deduplicate` and its filters), `cli` (arguments, I/O, `main`).
+(`deduplicate` and its filters); the stage itself (arguments, I/O, `main`) is `tinystories.stages.dedup`.
 """
-
-from tinystories.dedup.cli import DedupArguments, load_input, main, run
-from tinystories.dedup.decontamination import PromptIndex, read_eval_prompts
-from tinystories.dedup.minhash import (
-    HashConfig,
-    Hasher,
-    candidate_pairs,
-    estimated_jaccard,
-    lsh_params,
-    ngram_hashes,
-    normalize_words,
-)
-from tinystories.dedup.pipeline import (
-    DedupResult,
-    deduplicate,
-    drop_contaminated,
-    drop_exact_duplicates,
-    drop_near_duplicates,
-    hash_texts,
-)
-
-__all__ = [
-    "DedupArguments",
-    "DedupResult",
-    "HashConfig",
-    "Hasher",
-    "PromptIndex",
-    "candidate_pairs",
-    "deduplicate",
-    "drop_contaminated",
-    "drop_exact_duplicates",
-    "drop_near_duplicates",
-    "estimated_jaccard",
-    "hash_texts",
-    "load_input",
-    "lsh_params",
-    "main",
-    "ngram_hashes",
-    "normalize_words",
-    "read_eval_prompts",
-    "run",
-]

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, set_seed
 
-from tinystories import openai_client
-from tinystories.core import ConfigError
-from tinystories.modeling import load_model
-from tinystories.openai_client import MalformedResponse, RequestFailed, RetryPolicy
-from tinystories.runtime import resolve_device
-from tinystories.synthesis.cleaning import clean_completion as clean_completion  # re-exported
-from tinystories.synthesis.cleaning import strip_preamble
+from tinystories.core import ConfigError, openai_client
+from tinystories.core.openai_client import MalformedResponse, RequestFailed, RetryPolicy
+from tinystories.core.runtime import resolve_device
+from tinystories.models.loading import load_model
+from tinystories.synthesis.cleaning import (
+    strip_preamble,
+)
 from tinystories.synthesis.prompts import PromptSpec, record_rng, split_sentences
 
 TEMPLATE_MODEL = "template-composer (offline, not an LLM)"

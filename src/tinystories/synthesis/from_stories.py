@@ -5,7 +5,7 @@
 `--source_split` of a Hub dataset). Record `i` is story `i`; its instructions depend only on `(seed, i)`:
 
 - `Words:` one verb, one noun and one adjective of the project's word lists (`data_generation/`) that the
-  story uses, in the lists' base form (`ran` in the story gives `run`; the rule is `tinystories.wordforms`,
+  story uses, in the lists' base form (`ran` in the story gives `run`; the rule is `tinystories.data.wordforms`,
   on the words the story writes in lowercase, so the name `Lily` is not the noun `lily`), drawn with the
   record's own seeded rng; a part of speech the story has none of is filled from the other lists' words it
   uses, then from its other lowercase words (4+ letters, not a function word).
@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinystories.core import ConfigError
-from tinystories.data import load_split
-from tinystories.paths import data_name
+from tinystories.core.paths import data_name
+from tinystories.data.loading import load_split
+from tinystories.data.wordforms import PARTS_OF_SPEECH, FormIndex, word_forms
 from tinystories.synthesis.backends import Completion, GenerationFailure, Request
 from tinystories.synthesis.prompts import PromptSpec, Vocabulary, record_id, record_rng
-from tinystories.wordforms import PARTS_OF_SPEECH, FormIndex, word_forms
 
 # an opening quote right before a word, words, a closing quote right after one: `"Hi, Tom!"`, `“Yes.”`
 _QUOTED_SPEECH = re.compile(r'"(?=\S)[^"\n]*[A-Za-z][^"\n]*(?<=\S)"|“(?=\S)[^”\n]*[A-Za-z][^”\n]*(?<=\S)”')

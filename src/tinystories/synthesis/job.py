@@ -1,6 +1,6 @@
 """A synthesis job: prompts -> backend -> parquet shards, resumable, shardable across machines, mergeable.
 
-Layout of `output_dir` (see `tinystories.shards`)::
+Layout of `output_dir` (see `tinystories.data.shards`)::
 
     shards/shard-00000-of-00004/job.json          what this shard generates (checked on resume)
     shards/shard-00000-of-00004/data-00000.parquet   generated records, written atomically
@@ -26,12 +26,10 @@ from typing import Any
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from tinystories.config import parse_args
 from tinystories.core import ConfigError
-from tinystories.shards import (
+from tinystories.data.shards import (
     cleaning_counts,
     collect_shards,
-    load_generated,
     open_failures,
     read_shard,
     shard_dir,
@@ -290,20 +288,3 @@ def run(args: SynthesisArguments) -> dict[str, Any]:
         if args.merge_only or all_done:
             result["merge"] = merge(args)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    (args,) = parse_args([SynthesisArguments], argv)
-    result = run(args)
-    print(json.dumps(result, indent=2, default=str))
-    shard = result.get("shard", {})
-    merged = result.get("merge")
-    if merged:
-        print(
-            f"dataset: {Path(args.output_dir) / 'dataset'} ({merged['generated']} records, {merged['failed']} failed)"
-        )
-    return 0 if not shard.get("missing") else 1
-
-
-__all__ = ["SynthesisArguments", "load_generated", "main", "merge", "run", "run_shard"]

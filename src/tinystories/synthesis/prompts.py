@@ -17,9 +17,9 @@ import jinja2
 import yaml
 
 from tinystories.core import DATA_GENERATION_DIR, ConfigError
+from tinystories.data.wordforms import WORD_FILES, read_words
 
 DEFAULT_DATA_GENERATION_DIR = DATA_GENERATION_DIR
-WORD_FILES = {"verb": "verbs.txt", "noun": "nouns.txt", "adjective": "adjectives.txt"}
 FEATURES_FILE = "features.yaml"
 STORY_TEMPLATE = "templates/story.jinja"
 SUMMARY_TEMPLATE = "templates/summary.jinja"
@@ -61,22 +61,6 @@ def record_rng(seed: int, index: int, purpose: str = "prompt") -> random.Random:
     return random.Random(f"{seed}-{index}-{purpose}")
 
 
-def _read_words(path: Path) -> list[str]:
-    if not path.is_file():
-        raise ConfigError(
-            f"word list {str(path)!r} not found: pass --data_generation_dir <dir with {path.name}>"
-        )
-    words, seen = [], set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        word = line.split("#", 1)[0].strip()
-        if word and word not in seen:
-            seen.add(word)
-            words.append(word)
-    if not words:
-        raise ConfigError(f"word list {str(path)!r} is empty: one word per line")
-    return words
-
-
 class Vocabulary:
     """Word lists, features and Jinja templates from a `data_generation/`-style directory."""
 
@@ -94,7 +78,7 @@ class Vocabulary:
                 f"data generation directory {str(self.data_dir)!r} not found: pass --data_generation_dir "
                 "<dir with nouns.txt, verbs.txt, adjectives.txt, features.yaml, templates/>"
             )
-        self.words = {pos: _read_words(self.data_dir / name) for pos, name in WORD_FILES.items()}
+        self.words = {pos: read_words(self.data_dir / name) for pos, name in WORD_FILES.items()}
         self.features = self._read_features(self._resolve(features_file, FEATURES_FILE))
         self.story_template_path = self._resolve(story_template, STORY_TEMPLATE)
         self.summary_template_path = self._resolve(summary_template, SUMMARY_TEMPLATE)

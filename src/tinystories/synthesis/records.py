@@ -1,6 +1,6 @@
 """What a synthesis job writes: one row per record (or failure), buffered into atomic parquet parts.
 
-`RecordBuilder` turns a prompt and its completions into a row of `tinystories.shards.RECORD_SCHEMA` (or a
+`RecordBuilder` turns a prompt and its completions into a row of `tinystories.data.shards.RECORD_SCHEMA` (or a
 failure row of `FAILURE_SCHEMA`); `ShardWriter` writes them to a shard directory as `data-*` / `failed-*`
 parts, each to a temporary name renamed when complete; `shard_lock` keeps a second process off the shard.
 """
@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tinystories.core import ConfigError
-from tinystories.instruct import InstructExample, format_example, randomize_fields
-from tinystories.shards import FAILURE_SCHEMA, RECORD_SCHEMA
+from tinystories.data.instruct import InstructExample, format_example, randomize_fields
+from tinystories.data.shards import FAILURE_SCHEMA, RECORD_SCHEMA
 from tinystories.synthesis.arguments import LLM_BACKENDS, SynthesisArguments
 from tinystories.synthesis.backends import Completion, GenerationFailure, Request
 from tinystories.synthesis.prompts import PromptSpec, Vocabulary, random_sentence, record_rng

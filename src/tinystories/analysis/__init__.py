@@ -1,0 +1,1 @@
+"""The paper's interpretability (`tinystories analyze`): attention-head statistics and MLP-neuron roles."""

@@ -1,0 +1,236 @@
+"""Generating stories: sampling within the trained context, card samples and evaluation completions.
+
+`generate_story` is the one sampling function (stops at EOS, never reads past the trained context of 512
+tokens). `SAMPLE_PROMPTS` (`hub.cards`) is the one table of prompts the recipes show in model cards and usage snippets;
+the evaluation prompts are data, read by `load_prompt_set`: `paper` (default), the paper's 44 story beginnings
+(`Evaluation prompts.yaml` of the `roneneldan/TinyStories` dataset, through the HF cache), `project`, the
+project's own 50 (`data_generation/eval_prompts.jsonl`, also the fallback when the paper's file cannot be
+had), or any JSONL with a `prompt` field (`load_prompts`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from huggingface_hub import hf_hub_download
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, set_seed
+
+from tinystories.core import EVAL_PROMPTS_FILE, ConfigError
+from tinystories.data.instruct import build_prompt
+from tinystories.hub.cards import SAMPLE_PROMPTS
+from tinystories.models.loading import context_limit
+
+logger = logging.getLogger(__name__)
+
+PAPER_PROMPTS_REPO = "roneneldan/TinyStories"  # a dataset repo
+PAPER_PROMPTS_FILE = "Evaluation prompts.yaml"  # a YAML list of the paper's 44 story beginnings
+
+
+def _generation_config(tokenizer, max_length: int, temperature, top_k, top_p, num_return_sequences: int = 1):
+    """A complete generation config: the checkpoint's own (max_length, top_k, ...) must not override it.
+
+    `max_length` (prompt + new tokens) rather than `max_new_tokens`, which would clash with a stored max_length.
+    """
+    eos_id = tokenizer.eos_token_id
+    do_sample = temperature is not None and temperature > 0
+    sampling = (
+        {"temperature": float(temperature), "top_k": top_k or 0, "top_p": top_p or 1.0} if do_sample else {}
+    )
+    return GenerationConfig(
+        max_length=max_length,
+        do_sample=do_sample,
+        num_return_sequences=num_return_sequences,
+        eos_token_id=eos_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id,
+        **sampling,
+    )
+
+
+@torch.no_grad()
+def generate_story(
+    model,
+    tokenizer,
+    prompt: str = "",
+    max_new_tokens: int = 400,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = 0.95,
+    seed: int | None = None,
+    num_return_sequences: int = 1,
+) -> str | list[str]:
+    """Continue `prompt` until the end-of-text token (or the trained context is full).
+
+    Returns the generated continuation only (without the prompt and without the EOS token); a list
+    when `num_return_sequences > 1`. `max_new_tokens` is capped so that prompt + continuation fit in
+    the model's trained context (512). `temperature <= 0` decodes greedily.
+    """
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError("the tokenizer has no eos_token: generation could not stop at the end of a story")
+    # unconditional: start from <|endoftext|>, the separator the model saw before each story
+    prompt_ids = (tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []) or [eos_id]
+    limit = context_limit(model)
+    room = limit - len(prompt_ids)
+    if room <= 0:
+        raise ValueError(
+            f"the prompt is {len(prompt_ids)} tokens, but the model was trained on {limit}-token contexts: "
+            "shorten the prompt"
+        )
+    input_ids = torch.tensor([prompt_ids], device=next(model.parameters()).device)
+    if seed is not None:
+        set_seed(seed)
+    was_training = model.training
+    model.eval()
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        generation_config=_generation_config(
+            tokenizer,
+            len(prompt_ids) + max(1, min(int(max_new_tokens), room)),
+            temperature,
+            top_k,
+            top_p,
+            num_return_sequences,
+        ),
+    )
+    if was_training:
+        model.train()
+    stories = []
+    for row in output[:, len(prompt_ids) :].tolist():
+        if eos_id in row:  # stop at the first EOS; what follows is padding
+            row = row[: row.index(eos_id)]
+        stories.append(tokenizer.decode(row, skip_special_tokens=True))
+    return stories if num_return_sequences > 1 else stories[0]
+
+
+def sample_generations(
+    model, tokenizer, kind: str = "stories", n: int = 3, max_new_tokens: int = 200, seed: int = 0
+) -> list[dict[str, str]]:
+    """`n` samples ({prompt, completion}) from `SAMPLE_PROMPTS[kind]` ("stories" or "instruct") for a card.
+
+    A failure is logged and ends the list: a card without samples beats a lost run.
+    """
+    samples = []
+    for i, entry in enumerate(SAMPLE_PROMPTS[kind][: max(0, n)]):
+        prompt = build_prompt(**entry) if kind == "instruct" else entry
+        try:
+            story = generate_story(model, tokenizer, prompt, max_new_tokens=max_new_tokens, seed=seed + i)
+        except Exception as err:
+            logger.warning("sample generation failed: %s", err)
+            break
+        samples.append({"prompt": prompt.strip(), "completion": story.strip()})
+    return samples
+
+
+def load_prompts(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
+    """The rows (`id`, `prompt`, optional `category`) of a JSONL file of story beginnings."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"prompts file {str(path)!r} not found: pass --prompts paper, project or <jsonl with a `prompt` field>"
+        )
+    prompts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ConfigError(f"{path}:{n} is not valid JSON: {e}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise ConfigError(f"{path}:{n} needs a non-empty string field `prompt`")
+        row.setdefault("id", f"p{len(prompts):03d}")
+        prompts.append(row)
+    return prompts[:limit] if limit else prompts
+
+
+def parse_paper_prompts(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """`Evaluation prompts.yaml` (a YAML list of story beginnings) as `load_prompts` rows, ids `paper-000`..."""
+    try:
+        items = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"could not read {str(path)!r}: {err}. Pass --prompts project to use ours") from err
+    if not isinstance(items, list) or not items or not all(isinstance(p, str) and p.strip() for p in items):
+        raise ConfigError(f"{str(path)!r} is not a YAML list of story beginnings: pass --prompts project")
+    return [{"id": f"paper-{i:03d}", "prompt": p.strip(), "category": None} for i, p in enumerate(items)]
+
+
+@dataclass
+class PromptSet:
+    """Evaluation prompts and the name of their set (`eval_results.json` `prompt_set`)."""
+
+    name: str  # "paper", "project" or the JSONL file's name
+    rows: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def load_prompt_set(source: str = "paper", limit: int | None = None) -> PromptSet:
+    """`paper`: the paper's prompts from the Hub (or its cache), else the project's with one log line saying so;
+    `project`: `data_generation/eval_prompts.jsonl`; anything else: a JSONL path (`load_prompts`)."""
+    if source == "paper":
+        try:
+            path = hf_hub_download(PAPER_PROMPTS_REPO, PAPER_PROMPTS_FILE, repo_type="dataset")
+        except Exception as err:  # offline without a cached copy, Hub unreachable
+            logger.warning(
+                "the paper's evaluation prompts (%r of %s) are not available (%s): using the project's own, %s",
+                PAPER_PROMPTS_FILE,
+                PAPER_PROMPTS_REPO,
+                type(err).__name__,
+                EVAL_PROMPTS_FILE.name,
+            )
+        else:
+            rows = parse_paper_prompts(path)
+            return PromptSet("paper", rows[:limit] if limit else rows)
+    if source in ("paper", "project"):
+        return PromptSet("project", load_prompts(EVAL_PROMPTS_FILE, limit))
+    return PromptSet(Path(source).name, load_prompts(source, limit))
+
+
+def generate_completions(model, tokenizer, prompts: list[dict], args, model_name: str) -> list[dict]:
+    """`args.num_completions` sampled completions of every prompt, one row each with the sampling parameters."""
+    sampling = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p if args.temperature > 0 else None,
+        "top_k": args.top_k if args.temperature > 0 else None,
+        "do_sample": args.temperature > 0,
+        "num_completions": args.num_completions,
+        "seed": args.seed,
+    }
+    rows = []
+    for i, p in enumerate(tqdm(prompts, desc="completing prompts", unit="prompt", mininterval=2)):
+        outs = generate_story(
+            model,
+            tokenizer,
+            p["prompt"],
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed + i,
+            num_return_sequences=args.num_completions,
+        )
+        outs = outs if isinstance(outs, list) else [outs]
+        for k, completion in enumerate(outs):
+            rows.append(
+                {
+                    "id": f"{p['id']}-{k}",
+                    "prompt_id": p["id"],
+                    "category": p.get("category"),
+                    "prompt": p["prompt"],
+                    "completion": completion,
+                    "model": model_name,
+                    "sampling": sampling,
+                }
+            )
+    return rows

@@ -1,0 +1,232 @@
+"""One model's evaluation (`evaluate_model`): loss and bits per byte, completions, the judge,
+Instruct metrics, `eval_results.json` and the card; `tinystories eval` and `tinystories sweep` call it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tinystories.core import ConfigError
+from tinystories.core.paths import data_name, public_name, resolve_hub_id
+from tinystories.core.runtime import resolve_device, resolve_dtype
+from tinystories.data.loading import EvalTexts
+from tinystories.data.tokenizer import load_tokenizer
+from tinystories.evaluation.generation import PromptSet, generate_completions
+from tinystories.evaluation.instructions import (
+    WORD_RULE,
+    base_model_of,
+    instruct_words,
+    wants_instruct_eval,
+    word_triples,
+)
+from tinystories.evaluation.judge import JudgeArguments, run_judge
+from tinystories.evaluation.metrics import score_texts
+from tinystories.evaluation.reports import (
+    read_results,
+    write_jsonl,
+    write_results,
+)
+from tinystories.hub.cards import update_model_card
+from tinystories.models.loading import context_limit, load_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalArguments:
+    # ----- models and data
+    model: list[str] = field(
+        default_factory=lambda: ["roneneldan/TinyStories-33M"],
+        metadata={"help": "one or more Hub ids or local model dirs (repeat --model or list several)"},
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision for every --model"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (default: the model's own)"})
+    data: str = field(
+        default="roneneldan/TinyStories",
+        metadata={"help": "Hub dataset id or local .txt/.jsonl/.json/.parquet/save_to_disk dir"},
+    )
+    split: str = field(
+        default="validation",
+        metadata={
+            "help": "split of a Hub dataset / saved DatasetDict to score (a plain file is scored whole)"
+        },
+    )
+    validation_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "score what a training run with this held-out fraction (and --seed) held out; "
+            "default: the whole of a local file, the --split of a Hub dataset"
+        },
+    )
+    seed: int = field(default=42, metadata={"help": "seed of the held-out split and of sampling"})
+    text_column: str = field(default="text", metadata={"help": "text column of the data"})
+    max_samples: int | None = field(default=None, metadata={"help": "evaluate on the first N stories only"})
+    # ----- loss
+    max_length: int | None = field(
+        default=None, metadata={"help": "tokens per window (default min(max_position_embeddings, 512))"}
+    )
+    stride: int | None = field(
+        default=None, metadata={"help": "new tokens per window for long stories (default max_length // 2)"}
+    )
+    batch_size: int = field(default=16, metadata={"help": "windows per forward pass"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
+    dtype: str = field(
+        default="float32", metadata={"help": "float32, bfloat16 or float16 for the forward pass"}
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, flex or eager"})
+    skip_loss: bool = field(default=False, metadata={"help": "skip the held-out loss"})
+    # ----- completions
+    prompts: str = field(
+        default="paper",
+        metadata={
+            "help": "paper (the paper's 44 prompts from roneneldan/TinyStories; the project's offline), "
+            "project (data_generation/eval_prompts.jsonl) or a JSONL of story beginnings (field `prompt`)"
+        },
+    )
+    generate: bool = field(default=True, metadata={"help": "complete the evaluation prompts"})
+    num_prompts: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
+    num_completions: int = field(default=1, metadata={"help": "completions per prompt (the paper used 10)"})
+    max_new_tokens: int = field(
+        default=200, metadata={"help": "tokens per completion (capped by the context)"}
+    )
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature; 0 = greedy"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling"})
+    top_k: int | None = field(default=None, metadata={"help": "top-k sampling (None = off)"})
+    # ----- instruction following (instruct_eval.py)
+    instruct_eval: str = field(
+        default="auto",
+        metadata={
+            "help": "share of required Words: used (true/false/auto: on for an sft/lora card_info.json or "
+            "'Instruct' in the name), next to the base model's"
+        },
+    )
+    instruct_prompts: int = field(
+        default=50, metadata={"help": "Words: prompts (random word triples, seeded)"}
+    )
+    compare_base: str | None = field(
+        default=None,
+        metadata={"help": "base model for --instruct_eval (default: the adapter's / card_info.json's base)"},
+    )
+    # ----- outputs
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "where eval_results.json goes (default: the model dir / outputs/eval/<org>__<name>)"
+        },
+    )
+    comparison_dir: str = field(default="outputs/eval", metadata={"help": "where the comparison table goes"})
+    write_card: bool = field(
+        default=True, metadata={"help": "re-render the model card of a trained model dir"}
+    )
+
+    def __post_init__(self):
+        if self.instruct_eval not in ("auto", "true", "false"):
+            raise ConfigError(f"--instruct_eval must be auto, true or false, got {self.instruct_eval!r}")
+
+
+def _score(model, tokenizer, texts: EvalTexts, args: EvalArguments, max_length: int, name: str) -> dict:
+    start = time.perf_counter()
+    scores = score_texts(model, tokenizer, texts.texts, max_length, args.batch_size, args.stride)
+    scores.pop("nll"), scores.pop("tokens")
+    scores["eval_seconds"] = round(time.perf_counter() - start, 2)
+    logger.info(
+        "%s: loss %.4f, bpb %.4f over %d tokens",
+        name,
+        scores["loss"],
+        scores["bits_per_byte"],
+        scores["num_tokens"],
+    )
+    return scores
+
+
+def _complete_and_judge(
+    model, tokenizer, prompts: PromptSet, args, judge_args, label: str, out_dir: Path
+) -> dict:
+    """Completions of the evaluation prompts (`completions.jsonl`) and, with a judge, their grades."""
+    rows = generate_completions(model, tokenizer, prompts.rows, args, label)
+    write_jsonl(out_dir / "completions.jsonl", rows)
+    results: dict[str, Any] = {
+        "prompt_set": prompts.name,
+        "completions_file": "completions.jsonl",
+        "generation": rows[0]["sampling"] if rows else {},
+        "samples": [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows[:3]],
+    }
+    if judge_args.enabled:
+        graded, summary = run_judge(rows, judge_args)
+        write_jsonl(out_dir / "judge_results.jsonl", graded)
+        results["judge"] = {**summary, "results_file": "judge_results.jsonl"}
+    return results
+
+
+def _instruct_words(model, tokenizer, name: str, label: str, args: EvalArguments, out_dir: Path) -> dict:
+    """`instruct_words` of an Instruct model and of its base, on the same word prompts and seeds."""
+    if not args.generate or not wants_instruct_eval(name, args.instruct_eval):
+        return {}
+    triples = word_triples(args.instruct_prompts, args.seed)
+    rows, result = instruct_words(model, tokenizer, triples, args, label)
+    base = base_model_of(name, args.compare_base)
+    if base:
+        device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+        base_model = load_model(base, attn_implementation=args.attn_implementation, dtype=dtype).to(device)
+        base_label = resolve_hub_id(base) or public_name(base)
+        base_rows, result["base"] = instruct_words(
+            base_model, load_tokenizer(base), triples, args, base_label
+        )
+        rows += base_rows
+    write_jsonl(out_dir / "instruct_completions.jsonl", rows)
+    return {"instruct_words": {**result, "base": result.get("base"), "rule": WORD_RULE}}
+
+
+def evaluate_model(
+    name: str,
+    texts: EvalTexts | None,
+    prompts: PromptSet | None,
+    args: EvalArguments,
+    judge_args: JudgeArguments,
+    out_dir: Path,
+):
+    """Score `texts`, complete `prompts` (and judge them) with one model; write its `eval_results.json`."""
+    model = load_model(
+        name,
+        attn_implementation=args.attn_implementation,
+        revision=args.revision,
+        dtype=resolve_dtype(args.dtype),
+    ).to(resolve_device(args.device))
+    tokenizer = load_tokenizer(args.tokenizer or name, revision=None if args.tokenizer else args.revision)
+    stored = int(getattr(model.config, "max_position_embeddings", 0) or context_limit(model))
+    max_length = args.max_length or context_limit(model)
+    if max_length > stored:
+        raise ConfigError(f"--max_length {max_length} exceeds the model's {stored} position embeddings")
+
+    label = resolve_hub_id(name) or public_name(name)
+    results: dict[str, Any] = {
+        "model": label,
+        "revision": args.revision,
+        "data": data_name(args.data),
+        "dataset": data_name(args.data),
+        "max_length": max_length,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": args.dtype,
+    }
+    existing = read_results(out_dir)
+    if texts is not None:
+        results.update(texts.record())  # the split, or "all" of a whole file, and how it was selected
+        results.update(_score(model, tokenizer, texts, args, max_length, name))
+    else:  # keep the previous loss numbers when only re-running completions / the judge
+        results.update({k: v for k, v in existing.items() if k not in results and k != "judge"})
+    if prompts:
+        results.update(_complete_and_judge(model, tokenizer, prompts, args, judge_args, label, out_dir))
+    elif existing.get("judge"):  # grades of the earlier completions, and which prompts they were
+        results["judge"] = existing["judge"]
+        if existing.get("prompt_set"):
+            results["prompt_set"] = existing["prompt_set"]
+    results.update(_instruct_words(model, tokenizer, name, label, args, out_dir))
+
+    write_results(out_dir, results)
+    same_dir = Path(name).is_dir() and out_dir.resolve() == Path(name).resolve()
+    if args.write_card and same_dir and update_model_card(out_dir):
+        logger.info("model card updated: %s", out_dir / "README.md")
+    return results

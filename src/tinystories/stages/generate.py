@@ -1,0 +1,123 @@
+"""`tinystories generate`: sample a story from a checkpoint, from a plain beginning or an Instruct prompt.
+
+    tinystories generate --model roneneldan/TinyStories-33M --prompt "Once upon a time"
+    tinystories generate --model roneneldan/TinyStories-Instruct-33M \\
+        --words dog ball happy --features Dialogue Twist --summary "A dog loses his ball."
+
+Instruction fields (`--words`, `--features`, `--summary`, `--random_sentence`) build the
+TinyStories-Instruct prompt (`tinystories.data.instruct.build_prompt`, ending in `Story:`); `--prompt` is a
+plain story beginning (after the instructions, when both are given). Sampling stays inside the context
+the released models were trained at (512 tokens: their stored `max_position_embeddings` 2048 is
+misleading) and stops at the end-of-text token. Only the story is printed.
+
+The sampling itself is `tinystories.evaluation.generation.generate_story` (also used for card samples and eval).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tinystories.core import TRAINED_CONTEXT, ConfigError
+from tinystories.core.config import parse_args
+from tinystories.core.runtime import resolve_device, resolve_dtype
+from tinystories.data.instruct import build_prompt
+from tinystories.data.tokenizer import load_tokenizer
+from tinystories.evaluation.generation import generate_story
+from tinystories.models.loading import context_limit, load_model
+
+__all__ = ["TRAINED_CONTEXT", "GenerateArguments", "context_limit", "generate_story", "main"]
+
+
+@dataclass
+class GenerateArguments:
+    model: str = field(
+        default="roneneldan/TinyStories-Instruct-33M",
+        metadata={"help": "Hub id or local dir of a causal LM, or a LoRA adapter dir (merged onto its base)"},
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)"})
+    prompt: str | None = field(
+        default=None,
+        metadata={"help": "plain story beginning, e.g. 'Once upon a time' (after the instructions)"},
+    )
+    words: list[str] | None = field(
+        default=None, metadata={"help": "Instruct: words the story must use (space or comma separated)"}
+    )
+    features: list[str] | None = field(
+        default=None, metadata={"help": "Instruct: story features, e.g. Dialogue Twist BadEnding MoralValue"}
+    )
+    summary: str | None = field(default=None, metadata={"help": "Instruct: a one-line summary of the story"})
+    random_sentence: str | None = field(
+        default=None, metadata={"help": "Instruct: a sentence the story must include"}
+    )
+    max_new_tokens: int = field(
+        default=400, metadata={"help": f"capped so that prompt + story <= {TRAINED_CONTEXT} tokens"}
+    )
+    temperature: float = field(default=0.8, metadata={"help": "0 = greedy decoding"})
+    top_k: int | None = field(default=None, metadata={"help": "sample among the k most likely tokens"})
+    top_p: float | None = field(default=0.95, metadata={"help": "nucleus sampling (1.0 or unset = off)"})
+    num_stories: int = field(
+        default=1, metadata={"help": "how many stories to sample (printed one per block)"}
+    )
+    seed: int = field(default=42, metadata={"help": "random seed (the same seed gives the same story)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
+    dtype: str | None = field(
+        default=None, metadata={"help": "float32, bfloat16 or float16 (default: float32)"}
+    )
+    show_prompt: bool = field(
+        default=False, metadata={"help": "also print the Instruct prompt before the story (debugging)"}
+    )
+
+
+def _split_list(values: list[str] | None) -> list[str]:
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+def build_generation_prompt(args: GenerateArguments) -> tuple[str, bool]:
+    """(prompt, is_instruct): the Instruct prompt when any instruction field is given, plus `--prompt`."""
+    words, features = _split_list(args.words), _split_list(args.features)
+    is_instruct = bool(words or features or args.summary or args.random_sentence)
+    prompt = ""
+    if is_instruct:
+        prompt = build_prompt(
+            words=words, features=features, summary=args.summary, random_sentence=args.random_sentence
+        )
+    return prompt + (args.prompt or ""), is_instruct
+
+
+def main(argv: list[str] | None = None) -> int:
+    (args,) = parse_args([GenerateArguments], argv)
+    if args.num_stories < 1 or args.max_new_tokens < 1:
+        raise ConfigError("--num_stories and --max_new_tokens must be at least 1")
+    prompt, _ = build_generation_prompt(args)
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+
+    tokenizer = load_tokenizer(args.model, revision=args.revision)
+    model = load_model(args.model, revision=args.revision, dtype=dtype).to(device)
+    try:
+        stories = generate_story(
+            model,
+            tokenizer,
+            prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            num_return_sequences=args.num_stories,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+    if args.show_prompt and prompt:
+        print(prompt, end="" if prompt.endswith("\n") else "\n")
+    for i, story in enumerate([stories] if isinstance(stories, str) else stories):
+        if i:
+            print("\n" + "-" * 40 + "\n")
+        print(
+            ((args.prompt or "") + story).strip()
+        )  # a plain beginning is part of the story; instructions are not
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""`tinystories lora`: LoRA / DoRA / QLoRA fine-tuning of a TinyStories checkpoint with PEFT, laptop-sized.
+
+    tinystories lora --config recipes/lora/33M.yaml --base_model roneneldan/TinyStories-33M --data my_stories.txt
+
+recipe → data (Instruct examples → prompt/completion, or plain stories → text) → base model (4-bit with
+`--load_in_4bit`) → `SFTTrainer` with the `LoraConfig` TRL builds from `ModelConfig` (`get_peft_config`:
+`--use_dora`, `--use_rslora`, `--lora_modules_to_save` ... come for free) → shared tail on the adapter in
+`output_dir` → merged export in `output_dir/merged`. The steps are the fine-tuning pipeline
+`tinystories.training.finetune.run`, shared with `tinystories sft`; this module holds LoRA's defaults.
+
+LoRA adapters sit on GPT-Neo's attention (`q_proj k_proj v_proj out_proj`) and MLP (`c_fc c_proj`)
+projections; each adds `r × (in + out)` parameters, i.e. `18·r·hidden` per layer with all six. QLoRA loads
+the frozen base in 4-bit NF4 with bitsandbytes and needs a CUDA GPU.
+
+`adapter_config.json` records the base model the adapter is loaded onto: a Hub id as is; for a local base
+(e.g. the quickstart's `outputs/quickstart/pretrain`) its absolute path, so the adapter reloads from any
+directory of this machine. `tinystories push` publishes the base's Hub id instead (pass `--adapter_base_name
+<hub id>` once the base is on the Hub) and refuses an adapter whose base is not on the Hub. The merged export
+in `merged/` is a plain `transformers` model that needs neither PEFT nor the base.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tinystories.core.config import parse_args, setup_logging
+from tinystories.training.finetune.arguments import (
+    GPT_NEO_TARGET_MODULES,
+    FinetuneArguments,
+    FinetuneModelConfig,
+    TinyStoriesSFTConfig,
+)
+from tinystories.training.finetune.pipeline import run
+from tinystories.training.finetune.trainer import adapter_base_name
+
+__all__ = [
+    "GPT_NEO_TARGET_MODULES",
+    "LoraModelConfig",
+    "LoraScriptArguments",
+    "TinyStoriesLoraConfig",
+    "adapter_base_name",
+    "expected_trainable_parameters",
+    "main",
+]
+
+
+@dataclass
+class LoraScriptArguments(FinetuneArguments):
+    data_format: str = field(
+        default="auto",
+        metadata={
+            "help": "instruct (loss on the story after the instructions), stories (plain text), or auto"
+        },
+    )
+
+
+@dataclass
+class LoraModelConfig(FinetuneModelConfig):
+    use_peft: bool = field(default=True, metadata={"help": "train a LoRA adapter (false: full fine-tuning)"})
+
+
+@dataclass
+class TinyStoriesLoraConfig(TinyStoriesSFTConfig):
+    output_dir: str | None = field(default="outputs/lora", metadata={"help": "where the adapter is saved"})
+    learning_rate: float = field(
+        default=1e-3, metadata={"help": "LoRA tolerates a larger lr than full fine-tuning"}
+    )
+
+
+def expected_trainable_parameters(config, r: int, target_modules: list[str] | str | None = None) -> int:
+    """LoRA parameters on a GPT-Neo: r × (in + out) per adapted Linear (18·r·hidden per layer with all six)."""
+    h, layers = config.hidden_size, config.num_layers
+    inner = config.intermediate_size or 4 * h
+    shapes = {
+        "q_proj": (h, h),
+        "k_proj": (h, h),
+        "v_proj": (h, h),
+        "out_proj": (h, h),
+        "c_fc": (h, inner),
+        "c_proj": (inner, h),
+    }
+    all_linear = target_modules in (None, ["all-linear"], "all-linear")
+    targets = GPT_NEO_TARGET_MODULES if all_linear else target_modules
+    return layers * sum(r * sum(shapes[t]) for t in targets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, training_args, model_config = parse_args(
+        [LoraScriptArguments, TinyStoriesLoraConfig, LoraModelConfig], argv
+    )
+    setup_logging()
+    run(args, training_args, model_config)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

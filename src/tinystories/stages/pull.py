@@ -1,0 +1,106 @@
+"""`tinystories pull`: download a released checkpoint (e.g. `roneneldan/TinyStories-33M`) from the Hub.
+
+    tinystories pull --model roneneldan/TinyStories-33M                 # into the HF cache
+    tinystories pull --model roneneldan/TinyStories-33M --local_dir outputs/pulled/TinyStories-33M
+    tinystories pull --model roneneldan/TinyStories-33M --revision <branch, tag, commit or refs/pr/<n>>
+
+Weights, configs, tokenizer files and the card go into the HF cache; no repository code runs (no
+`trust_remote_code`). Safetensors are used where the revision has them. The released repos keep only
+`pytorch_model.bin` on `main`: it is read with `torch.load(weights_only=True)` (plain tensors only: a pickle
+that names anything else is refused, and nothing in it runs) and converted once to `model.safetensors` in the
+cache's snapshot folder of that commit (`tinystories.models.checkpoints`). A revision without tokenizer files (some of
+the Hub's conversion PRs `refs/pr/<n>`) gets `main`'s. After a pull every stage accepts the Hub id
+(`--model roneneldan/TinyStories-33M`, plus `--revision` when one was pulled), also with `HF_HUB_OFFLINE=1`.
+`--local_dir` adds a plain copy (safetensors, config, tokenizer, card, `pull_info.json`; never a pickle) that
+every stage accepts as a local model dir.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+
+from transformers import AutoConfig
+
+from tinystories.core import TRAINED_CONTEXT
+from tinystories.core.config import parse_args
+from tinystories.core.paths import PULL_INFO_FILE
+from tinystories.data.tokenizer import load_tokenizer
+from tinystories.models.checkpoints import ALLOW_PATTERNS, fetch_checkpoint
+
+
+@dataclass
+class PullArguments:
+    model: str = field(default="roneneldan/TinyStories-33M", metadata={"help": "Hub model id"})
+    revision: str | None = field(default=None, metadata={"help": "branch, tag, commit or refs/pr/<n>"})
+    local_dir: str | None = field(
+        default=None, metadata={"help": "also copy the files here (safetensors, config, tokenizer)"}
+    )
+    verify: bool = field(default=True, metadata={"help": "load the config and tokenizer after downloading"})
+
+
+def copy_snapshot(snapshot: Path, local_dir: Path) -> None:
+    """The files a pull keeps, as plain files (the cache's symlinks resolved); pickles stay behind."""
+    local_dir.mkdir(parents=True, exist_ok=True)
+    for src in sorted(snapshot.rglob("*")):
+        rel = src.relative_to(snapshot)
+        if src.is_file() and any(fnmatch(rel.as_posix(), p) for p in ALLOW_PATTERNS):
+            (local_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, local_dir / rel)
+
+
+def pull(repo_id: str, revision: str | None = None, local_dir: str | None = None) -> Path:
+    """Download `repo_id@revision` into the HF cache (pickled weights converted once to safetensors there).
+
+    Returns the cache's snapshot folder, or `local_dir` holding a plain copy of it.
+    """
+    snapshot = fetch_checkpoint(repo_id, revision)
+    if not local_dir:
+        return snapshot
+    folder = Path(local_dir)
+    copy_snapshot(snapshot, folder)
+    commit = snapshot.name if snapshot.parent.name == "snapshots" else None
+    info = {"repo_id": repo_id, "revision": revision or "main", "commit": commit}
+    (folder / PULL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return folder
+
+
+def describe(folder: Path) -> str:
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    parts = [
+        f"{config.get('architectures', ['?'])[0]}",
+        f"hidden {config.get('hidden_size', '?')}",
+        f"layers {config.get('num_layers', config.get('num_hidden_layers', '?'))}",
+        f"vocab {config.get('vocab_size', '?')}",
+        f"{weights / 1e6:.1f} MB safetensors",
+    ]
+    stored = config.get("max_position_embeddings")
+    line = ", ".join(parts)
+    if stored and stored > TRAINED_CONTEXT:
+        line += (
+            f"\nnote: config stores {stored} positions but the TinyStories models were trained at {TRAINED_CONTEXT}; "
+            f"eval and generate stay within {TRAINED_CONTEXT}"
+        )
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    (args,) = parse_args([PullArguments], argv)
+    folder = pull(args.model, args.revision, args.local_dir)
+    print(f"pulled {args.model}{'@' + args.revision if args.revision else ''}: {describe(folder)}")
+    if args.verify:
+        AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        tokenizer = load_tokenizer(str(folder))
+        print(f"tokenizer: {len(tokenizer):,} tokens, eos {tokenizer.eos_token!r}")
+    target = args.local_dir or args.model
+    hint = f" --revision {args.revision}" if args.revision and not args.local_dir else ""
+    make_args = f' ARGS="{hint.strip()}"' if hint else ""
+    print(
+        f"use it with: make eval MODEL={target}{make_args}   |   tinystories generate --model {target}{hint}"
+    )
+    print(folder)
+    return 0

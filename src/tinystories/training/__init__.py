@@ -1,0 +1,2 @@
+"""Training runs: the Trainer additions, the run record, the shared tail, and the pretraining and
+fine-tuning cores."""

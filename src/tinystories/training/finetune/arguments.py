@@ -1,0 +1,201 @@
+"""What `tinystories sft` and `tinystories lora` accept, and the checks that run before any data is read."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from trl import ModelConfig, SFTConfig
+
+from tinystories.core import TRAINED_CONTEXT, ConfigError
+from tinystories.core.runtime import PRECISIONS, resolve_precision
+
+logger = logging.getLogger(__name__)
+
+
+DEFAULT_BASE = "roneneldan/TinyStories-33M"
+DEFAULT_INSTRUCT_DATA = "roneneldan/TinyStoriesInstruct"
+GPT_NEO_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
+DATA_FORMATS = ("auto", "instruct", "stories")
+
+
+# --------------------------------------------------------------------------------------------- configs
+@dataclass
+class FinetuneArguments:
+    """Base model, data and card options of `tinystories sft` and `tinystories lora`."""
+
+    base_model: str = field(
+        default=DEFAULT_BASE, metadata={"help": "Hub id or local dir of the model to fine-tune (BASE=)"}
+    )
+    base_revision: str | None = field(default=None, metadata={"help": "Hub revision of the base model"})
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "tokenizer Hub id or dir (default: the base model's own)"}
+    )
+    data: str = field(
+        default=DEFAULT_INSTRUCT_DATA,
+        metadata={"help": "Hub dataset id or local .txt/.jsonl/.json/.parquet/save_to_disk path (DATA=)"},
+    )
+    data_format: str = field(
+        default="instruct",
+        metadata={
+            "help": "instruct (loss on the story after the instructions), stories (plain text), or auto"
+        },
+    )
+    eval_data: str | None = field(
+        default=None,
+        metadata={"help": "separate eval data (default: the data's validation split or a held-out part)"},
+    )
+    data_revision: str | None = field(default=None, metadata={"help": "Hub revision of the dataset"})
+    text_column: str = field(default="text", metadata={"help": "column holding the formatted examples"})
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "held out for eval when the data has no validation split"}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "use only the first N train examples"}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "use only the first N eval examples"}
+    )
+    model_name: str | None = field(
+        default=None, metadata={"help": "name for the model card / Hub repo (default: the output dir name)"}
+    )
+    num_samples: int = field(
+        default=3, metadata={"help": "sample generations written into the model card (0 = none)"}
+    )
+    sample_max_new_tokens: int = field(default=200, metadata={"help": "length cap of each card sample"})
+    adapter_base_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "PEFT: base model name written to adapter_config.json (default: the Hub id, or the base folder's absolute path)"
+        },
+    )
+    merge: bool = field(
+        default=True, metadata={"help": "PEFT: also write the merged model to <output_dir>/merged"}
+    )
+    fused_cross_entropy: bool = field(
+        default=True,
+        metadata={
+            "help": "pretraining's chunked LM-head + cross-entropy for the training loss (false: TRL's loss)"
+        },
+    )
+
+
+@dataclass
+class FinetuneModelConfig(ModelConfig):
+    """TRL's `ModelConfig` with GPT-Neo defaults: the project's SDPA attention, LoRA on all six projections.
+
+    `--use_peft true` turns SFT into LoRA (`use_dora`, `use_rslora`, `lora_modules_to_save` ... as in TRL);
+    `--load_in_4bit true` loads the frozen base in 4-bit (QLoRA: bitsandbytes and a CUDA GPU).
+    """
+
+    attn_implementation: str | None = field(default="sdpa", metadata={"help": "sdpa, flex or eager"})
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: list(GPT_NEO_TARGET_MODULES),
+        metadata={
+            "help": "modules to adapt (GPT-Neo: q_proj k_proj v_proj out_proj c_fc c_proj), or all-linear"
+        },
+    )
+    use_bnb_nested_quant: bool = field(
+        default=True, metadata={"help": "double quantization of the 4-bit constants"}
+    )
+
+
+@dataclass
+class TinyStoriesSFTConfig(SFTConfig):
+    """TRL's `SFTConfig` with recipe defaults: 512-token context, wrapped packing, precision from the hardware.
+
+    TRL turns bf16 on whenever fp16 is off, also on a CPU. Here `precision: auto` (the default) follows
+    `tinystories.core.runtime.resolve_precision`; `bf16`/`fp16` set explicitly win.
+    """
+
+    output_dir: str | None = field(default="outputs/sft", metadata={"help": "where the run is saved"})
+    max_length: int | None = field(default=TRAINED_CONTEXT, metadata={"help": "tokens per training sequence"})
+    packing_strategy: str = field(
+        default="wrapped", metadata={"help": "'wrapped' (GPT-Neo cannot pack padding-free)"}
+    )
+    # TRL defaults the deprecated alias `gradient_checkpointing` to True; unset, `activation_checkpointing`
+    # (transformers' new name, off by default) decides. `--activation_checkpointing true` trades compute for memory.
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "deprecated alias of activation_checkpointing"}
+    )
+    include_num_input_tokens_seen: str = field(
+        default="non_padding", metadata={"help": "count trained tokens (for tokens/s and the card)"}
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (bf16 on a bf16 GPU, fp16 on an older CUDA GPU, fp32 on CPU/MPS), bf16, fp16, fp32"
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "replace a finished run in output_dir"}
+    )
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}: use {', '.join(PRECISIONS)}")
+        if self.bf16 is None and not self.fp16:
+            self.bf16, self.fp16 = resolve_precision(self.precision, use_cpu=bool(self.use_cpu))
+        super().__post_init__()
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def validate_training_args(training_args: SFTConfig, model_context: int | None = None) -> None:
+    """Errors that would otherwise surface after loading data (or as wrong numbers)."""
+    if training_args.max_length is None or training_args.max_length < 16:
+        raise ConfigError("--max_length must be set (at least 16; the recipes use 512, the trained context)")
+    if model_context is not None and training_args.max_length > model_context:
+        logger.warning(
+            "max_length %d is longer than the base model's %d position embeddings: training at %d",
+            training_args.max_length,
+            model_context,
+            model_context,
+        )
+        training_args.max_length = model_context
+    if training_args.max_length > TRAINED_CONTEXT:
+        logger.warning(
+            "max_length %d is past the %d-token context the TinyStories models were trained at",
+            training_args.max_length,
+            TRAINED_CONTEXT,
+        )
+    if training_args.packing and training_args.packing_strategy != "wrapped":
+        raise ConfigError(
+            f"--packing_strategy {training_args.packing_strategy!r} packs padding-free, which GPT-Neo's attention "
+            "does not support (sequences would attend across each other): use --packing_strategy wrapped"
+        )
+    if training_args.padding_free:
+        raise ConfigError("--padding_free is not supported by GPT-Neo's attention: remove it")
+
+
+def validate_model_config(model_config: FinetuneModelConfig, args: FinetuneArguments) -> None:
+    """PEFT / quantization settings that cannot run here, named before any data is read."""
+    if args.data_format not in DATA_FORMATS:
+        raise ConfigError(f"--data_format {args.data_format!r}: use one of {', '.join(DATA_FORMATS)}")
+    if model_config.model_name_or_path:  # TRL's name for the base model
+        args.base_model = model_config.model_name_or_path
+    if model_config.use_peft:
+        if model_config.lora_r < 1 or model_config.lora_alpha <= 0:
+            raise ConfigError(
+                f"--lora_r ({model_config.lora_r}) must be >= 1 and --lora_alpha ({model_config.lora_alpha}) > 0"
+            )
+        if not 0 <= model_config.lora_dropout < 1:
+            raise ConfigError(f"--lora_dropout {model_config.lora_dropout} must be in [0, 1)")
+        if not model_config.lora_target_modules:
+            raise ConfigError("--lora_target_modules is empty: use q_proj k_proj v_proj out_proj c_fc c_proj")
+    if model_config.load_in_4bit or model_config.load_in_8bit:
+        check_quantization_available()
+
+
+def check_quantization_available() -> None:
+    """QLoRA needs bitsandbytes and a CUDA GPU; say so before any data is read."""
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "--load_in_4bit (QLoRA) needs a CUDA GPU, and none is visible: drop --load_in_4bit "
+            "(plain LoRA on a TinyStories model fits a laptop GPU or a CPU)"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            "--load_in_4bit (QLoRA) needs bitsandbytes: `pip install -e .[qlora]` (or drop --load_in_4bit)"
+        )

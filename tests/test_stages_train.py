@@ -1,0 +1,167 @@
+"""Pretraining end to end on a tiny model: loss drops, resume is exact, output loads, bad input fails fast."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tinystories.core import ConfigError
+from tinystories.stages import train as pretrain
+
+TINY = [
+    "--max_train_samples", "600", "--max_eval_samples", "60",
+    "--train_tokenizer", "true", "--vocab_size", "512",
+    "--hidden_size", "32", "--num_layers", "2", "--block_size", "64",
+    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+    "--gradient_accumulation_steps", "1", "--global_batch_size", "8", "--learning_rate", "3e-3",
+    "--logging_steps", "5", "--report_to", "none", "--use_cpu", "true",
+    "--dataloader_num_workers", "0", "--seed", "7",
+]  # fmt: skip
+
+
+def run(sample_txt, out, *extra):
+    argv = ["--dataset_name", str(sample_txt), "--output_dir", str(out), *TINY, *extra]
+    assert pretrain.main(argv) == 0
+    return json.loads((out / "trainer_state.json").read_text())["log_history"]
+
+
+def test_eval_loss_drops_and_result_generates(tmp_path, sample_txt):
+    out = tmp_path / "run"
+    history = run(
+        sample_txt, out, "--max_steps", "50", "--eval_steps", "25", "--save_steps", "50", "--learning_rate", "6e-3",
+        "--eval_on_start", "true",
+    )  # fmt: skip
+    evals = [h for h in history if "eval_loss" in h]
+    first, last = evals[0], evals[-1]
+    assert first["step"] == 0 and last["step"] == 50
+    assert first["eval_loss"] > 5.5  # ~ln(512) for an untrained model
+    assert last["eval_loss"] < first["eval_loss"] - 1.0, (first, last)  # the stated margin: 1 nat in 50 steps
+    assert 0 < last["eval_bits_per_byte"] < first["eval_bits_per_byte"]
+
+    # the final save: safetensors (no pickle), tokenizer, generation config with eos, plot, card
+    for name in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "generation_config.json",
+        "loss_curve.png",
+        "README.md",
+    ]:
+        assert (out / name).is_file(), name
+    assert not (out / "pytorch_model.bin").exists()
+    gen = json.loads((out / "generation_config.json").read_text())
+    tok = json.loads((out / "tokenizer_config.json").read_text())
+    assert gen["eos_token_id"] is not None and gen["max_length"] == 512
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["num_input_tokens_seen"] == 50 * 8 * 64
+    assert tok["eos_token"] == "<|endoftext|>"
+
+    from transformers import pipeline
+
+    generator = pipeline("text-generation", model=str(out), device="cpu")
+    text = generator("Once upon a time", max_new_tokens=20, do_sample=False)[0]["generated_text"]
+    assert text.startswith("Once upon a time") and len(text) > len("Once upon a time")
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, sample_txt):
+    args = ("--max_steps", "16", "--eval_steps", "8", "--save_steps", "8", "--attn_implementation", "eager")
+    full = tmp_path / "full"
+    history_full = run(sample_txt, full, *args)
+    # a run that was stopped after its step-8 checkpoint: only that checkpoint (and its tokenizer) exists
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-8", resumed / "checkpoint-8")
+    for name in ["tokenizer.json", "tokenizer_config.json"]:
+        shutil.copy(full / name, resumed / name)
+    history_resumed = run(sample_txt, resumed, *args)  # `make train` again: resumes by itself
+    assert any(h.get("step") == 16 for h in history_resumed)
+
+    def last(history, key):
+        return [h[key] for h in history if key in h][-1]
+
+    assert last(history_resumed, "eval_loss") == pytest.approx(last(history_full, "eval_loss"), abs=1e-5)
+    assert last(history_resumed, "loss") == pytest.approx(last(history_full, "loss"), abs=1e-5)
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+
+
+def test_max_minutes_stops_a_time_boxed_run(tmp_path, sample_txt):
+    out = tmp_path / "boxed"  # a budget shorter than one step: stops after the first, evaluates, saves
+    history = run(sample_txt, out, "--max_steps", "500", "--eval_steps", "100", "--max_minutes", "1e-6")
+    steps = [h["step"] for h in history if "eval_loss" in h]
+    assert steps and set(steps) == {1}, history
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
+    assert (out / "model.safetensors").is_file()
+    with pytest.raises(ConfigError, match="--max_minutes -1.0: give a positive number"):
+        run(sample_txt, tmp_path / "bad", "--max_steps", "5", "--max_minutes", "-1")
+
+
+def test_finished_run_is_not_overwritten(tmp_path, sample_txt):
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(ConfigError, match="already holds a finished model"):
+        pretrain.main(
+            ["--dataset_name", str(sample_txt), "--output_dir", str(out), *TINY, "--max_steps", "1"]
+        )
+    assert (out / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_bad_input_fails_fast(tmp_path, sample_txt, monkeypatch):
+    with pytest.raises(ConfigError, match="unknown size '5M'.*1M, 3M, 8M, 28M, 33M, 1L-21M, 2L-33M"):
+        pretrain.main(
+            ["--size", "5M", "--dataset_name", str(sample_txt), "--output_dir", str(tmp_path / "x")]
+        )
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("size: 1M\nlearning_rat: 0.001\n")
+    with pytest.raises(ConfigError, match="learning_rat.*did you mean learning_rate"):
+        pretrain.main(["--config", str(recipe)])
+    with pytest.raises(ConfigError, match="does not exist"):
+        pretrain.main(
+            [
+                "--size",
+                "1M",
+                "--dataset_name",
+                str(tmp_path / "nope.txt"),
+                "--output_dir",
+                str(tmp_path / "y"),
+            ]
+        )
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        pretrain.main(["--size", "1M", "--dataset_name", str(empty), "--output_dir", str(tmp_path / "z")])
+    # a push at the end of training is checked before any data is read
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
+    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
+    with pytest.raises(ConfigError, match="no Hugging Face token found"):
+        pretrain.main(
+            [
+                "--size",
+                "1M",
+                "--dataset_name",
+                str(tmp_path / "nope.txt"),
+                "--push_to_hub",
+                "true",
+                "--hub_model_id",
+                "me/m",
+            ]
+        )
+
+
+def test_make_train_rejects_unknown_size(repo_root):
+    proc = subprocess.run(
+        ["make", "-s", "train", "SIZE=5M"], cwd=repo_root, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode != 0
+    assert "unknown SIZE=5M; valid sizes:" in proc.stderr
+    for name in ["1M", "3M", "8M", "28M", "33M", "1L-21M", "2L-33M"]:
+        assert name in proc.stderr

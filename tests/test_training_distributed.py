@@ -1,0 +1,192 @@
+"""Two CPU processes: DDP over gloo and DeepSpeed ZeRO-2/ZeRO-3 end with the single-process losses.
+
+Sequential sampling makes the global batches identical: process r of 2 takes rows r, r+2, ... of the
+same order a single process reads 8 at a time, so the gradients match up to float reduction order.
+The vocabulary (4096 x hidden 32 = 131K embedding entries) is above ZeRO-3's 100K-element persistence
+threshold, so under ZeRO-3 the tied embedding / LM-head weight really is sharded between the ranks.
+
+Run as a script under `accelerate launch` (see `test_fused_loss_gathers_a_sharded_weight_under_zero3`),
+this file is the worker of the fused-loss gradient check.
+"""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+from deepspeed.utils import safe_get_full_grad
+from transformers import AutoModelForCausalLM, GPTNeoConfig
+
+from tinystories.evaluation.generation import SAMPLE_PROMPTS
+from tinystories.models.losses import use_fused_cross_entropy
+
+COMMON = [
+    "--max_train_samples", "400", "--max_eval_samples", "40",
+    "--train_tokenizer", "true", "--vocab_size", "4096",
+    "--hidden_size", "32", "--num_layers", "2", "--block_size", "64",
+    "--per_device_eval_batch_size", "16", "--global_batch_size", "8", "--learning_rate", "3e-3",
+    "--max_steps", "12", "--logging_steps", "4", "--eval_steps", "12", "--save_steps", "12",
+    "--train_sampling_strategy", "sequential", "--report_to", "none", "--use_cpu", "true",
+    "--dataloader_num_workers", "0", "--seed", "3", "--attn_implementation", "eager",
+]  # fmt: skip
+
+
+def _env():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env["DS_ACCELERATOR"] = "cpu"
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+def _train(out, sample_txt, launcher: list[str], per_device: int) -> list[dict]:
+    cmd = [
+        *launcher,
+        "-m",
+        "tinystories.cli",
+        "train",
+        "--dataset_name",
+        str(sample_txt),
+        "--output_dir",
+        str(out),
+    ]
+    _run([*cmd, *COMMON, "--per_device_train_batch_size", str(per_device)])
+    return json.loads((out / "trainer_state.json").read_text())["log_history"]
+
+
+def _losses(history):
+    return [h["loss"] for h in history if "loss" in h], [h["eval_loss"] for h in history if "eval_loss" in h]
+
+
+def _logits(model_dir) -> torch.Tensor:
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = (torch.arange(64).reshape(2, 32) * 37) % model.config.vocab_size
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, sample_txt):
+    out = tmp_path_factory.mktemp("single")
+    return out, _losses(_train(out, sample_txt, [sys.executable], per_device=8))
+
+
+@pytest.fixture(scope="module")
+def single_process(single_run):
+    return single_run[1]
+
+
+def _accelerate(repo_root, config):
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(repo_root / "accelerate_configs" / config),
+    ]
+
+
+def test_ddp_two_processes_match_single(tmp_path, sample_txt, repo_root, single_process):
+    train, evals = _losses(
+        _train(tmp_path / "ddp", sample_txt, _accelerate(repo_root, "cpu_ddp.yaml"), per_device=4)
+    )
+    ref_train, ref_evals = single_process
+    assert len(train) == len(ref_train) == 3
+    assert train == pytest.approx(ref_train, abs=2e-3)
+    assert evals[-1] == pytest.approx(ref_evals[-1], abs=2e-3)
+    assert train[-1] < train[0]  # it learned
+
+
+def test_deepspeed_zero2_two_processes_match_single(tmp_path, sample_txt, repo_root, single_process):
+    out = tmp_path / "ds"
+    train, evals = _losses(
+        _train(out, sample_txt, _accelerate(repo_root, "cpu_deepspeed_zero2.yaml"), per_device=4)
+    )
+    ref_train, ref_evals = single_process
+    assert len(train) == len(ref_train)
+    # DeepSpeed steps with its own (CPU) Adam implementation: close, not bit-equal
+    assert train == pytest.approx(ref_train, abs=2e-2)
+    assert evals[-1] == pytest.approx(ref_evals[-1], abs=2e-2)
+    assert (out / "model.safetensors").is_file()
+
+
+def test_deepspeed_zero3_two_processes_match_single(tmp_path, sample_txt, repo_root, single_run):
+    """Sharded parameters, fused loss (the default): the tail gathers the weights into model.safetensors
+    and generates the card samples on both ranks (a rank-0-only generation would hang)."""
+    out = tmp_path / "z3"
+    train, evals = _losses(
+        _train(out, sample_txt, _accelerate(repo_root, "cpu_deepspeed_zero3.yaml"), per_device=4)
+    )
+    ref_out, (ref_train, ref_evals) = single_run
+    assert len(train) == len(ref_train)
+    assert train == pytest.approx(ref_train, abs=2e-2)
+    assert evals[-1] == pytest.approx(ref_evals[-1], abs=2e-2)
+    assert not list(out.glob("global_step*"))  # full weights, not only a sharded DeepSpeed checkpoint
+    torch.testing.assert_close(_logits(out), _logits(ref_out), atol=1e-3, rtol=0)
+    assert SAMPLE_PROMPTS["stories"][0] in (out / "README.md").read_text()
+
+
+def test_fused_loss_gathers_a_sharded_weight_under_zero3(repo_root):
+    """The fused loss on a ZeRO-3 sharded, untied LM head that DeepSpeed does not gather by itself."""
+    _run([*_accelerate(repo_root, "cpu_deepspeed_zero3.yaml"), __file__])
+
+
+def _without_parameter_discovery(module, args) -> None:
+    for m in module.modules():
+        m._parameters._in_forward = False  # DeepSpeed's flag: gather a parameter read in this forward
+
+
+def _zero3_fused_loss_worker() -> None:
+    """Each rank: the fused loss of its half batch; the gathered gradients of every parameter must equal
+    those of the stock loss, averaged over both halves, in one process.
+
+    In an eager forward, DeepSpeed's engine gathers a parameter read outside its module's forward by
+    itself; under torch.compile it does not. A pre-hook turns that discovery off, so the head weight
+    reaches the fused loss still sharded and `losses._gathered` has to do it.
+    """
+    config = GPTNeoConfig(
+        vocab_size=2048, hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global"], 2]],
+        max_position_embeddings=32, intermediate_size=128, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")  # before ZeRO-3 init
+    ref = copy.deepcopy(model)
+    use_fused_cross_entropy(model)
+    accelerator = Accelerator()  # the DeepSpeed launcher's config; ranks from torch.distributed
+    rank, world = dist.get_rank(), dist.get_world_size()
+    accelerator.state.deepspeed_plugin.deepspeed_config.update(
+        train_micro_batch_size_per_gpu=2, train_batch_size=2 * world
+    )
+    engine, _ = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.0))
+    ids = torch.randint(0, 2048, (2 * world, 16), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[0, :5] = -100
+    head = engine.module.lm_head.weight  # 131K entries (> the 100K persistence threshold): sharded
+    assert head.ds_status == ZeroParamStatus.NOT_AVAILABLE and head.numel() == 0
+    engine.module.register_forward_pre_hook(_without_parameter_discovery)
+    engine.train()
+    rows = slice(2 * rank, 2 * rank + 2)
+    accelerator.backward(engine(input_ids=ids[rows], labels=labels[rows]).loss)
+    grads = {name: safe_get_full_grad(p) for name, p in engine.module.named_parameters()}  # collective
+    ref.train()
+    expected = sum(
+        ref(input_ids=ids[r : r + 2], labels=labels[r : r + 2]).loss for r in range(0, 2 * world, 2)
+    )
+    (expected / world).backward()
+    for name, param in ref.named_parameters():
+        torch.testing.assert_close(grads[name], param.grad, atol=1e-6, rtol=1e-4, msg=name)
+    print(f"rank {rank}: fused loss on the sharded head: gradients match", flush=True)
+
+
+if __name__ == "__main__":
+    _zero3_fused_loss_worker()
