@@ -30,17 +30,7 @@ from tinystories.data.packing import PackedCollator
 from tinystories.models.attention import use_fast_attention, use_fast_gelu
 from tinystories.models.losses import use_fused_cross_entropy
 from tinystories.models.sizes import build_config
-
-# dense bf16 peak FLOP/s by GPU name fragment, for MFU
-PEAK_BF16_FLOPS = {
-    "H100": 989e12,
-    "H200": 989e12,
-    "GH200": 989e12,
-    "A100": 312e12,
-    "L4": 121e12,
-    "A10": 125e12,
-}
-
+from tinystories.training.throughput import flops_per_token, mfu
 
 # --------------------------------------------------------------------------------------------- variants
 STOCK = {
@@ -95,17 +85,6 @@ def _rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def flops_per_token(config, seq_len: int) -> float:
-    """Training FLOPs per token (6 × matmul params incl. the LM head + attention scores, window-aware)."""
-    h, n_layers, vocab = config.hidden_size, config.num_layers, config.vocab_size
-    matmul_params = n_layers * 12 * h * h + vocab * h
-    attn = 0.0
-    for kind in config.attention_layers:
-        ctx = min(seq_len, config.window_size) if kind == "local" else seq_len
-        attn += 6 * 2 * h * ctx / 2  # QK^T and AV, causal: half the context on average
-    return 6 * matmul_params + attn
 
 
 class _Timing(TrainerCallback):
@@ -216,11 +195,10 @@ def _variant_result(
     if payload["device"] == "cuda":
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-        if peak and result["tokens_per_second"]:
-            fpt = flops_per_token(config, payload["block_size"])
-            result["mfu"] = round(result["tokens_per_second"] * fpt / peak, 4)
-            result["flops_per_token"] = fpt
+        utilisation = mfu(result["tokens_per_second"] or 0, config, payload["block_size"], name)
+        if utilisation is not None:
+            result["mfu"] = round(utilisation, 4)
+            result["flops_per_token"] = flops_per_token(config, payload["block_size"])
     return result
 
 
