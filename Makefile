@@ -25,24 +25,48 @@ REVISION   ?=
 IN         ?=
 OUT        ?=
 
-# Launcher: picked from the hardware unless ACCELERATE is given (a file in accelerate_configs/).
-GPU_COUNT := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-NUM_GPUS  ?= $(if $(filter-out 0,$(GPU_COUNT)),$(GPU_COUNT),1)
-ACCELERATE ?= $(if $(filter 0,$(or $(GPU_COUNT),0)),cpu,$(if $(filter 1,$(NUM_GPUS)),single_gpu,multi_gpu))
+# Launcher: picked from the GPUs torch sees (CUDA_VISIBLE_DEVICES respected) unless ACCELERATE is given (a
+# file in accelerate_configs/). torch is asked once, and only by a target that launches (`help`/`test` do not);
+# nvidia-smi only to say so when it lists GPUs that torch cannot use (a CPU-only torch wheel).
+comma            := ,
+GIVEN_ACCELERATE := $(ACCELERATE)
+GIVEN_NUM_GPUS   := $(NUM_GPUS)
+TORCH_CUDA = $(eval TORCH_CUDA := $(or $(shell $(PY) -c 'import torch; print(torch.cuda.device_count(), torch.version.cuda)' 2>/dev/null),0 None))$(TORCH_CUDA)
+GPU_COUNT  = $(firstword $(TORCH_CUDA))
+SMI_GPUS   = $(or $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU'),0)
+CONFIG_PROCESSES = $(shell sed -n 's/^num_processes: *\([0-9]*\).*/\1/p' accelerate_configs/$(ACCELERATE).yaml 2>/dev/null)
+NUM_GPUS  ?= $(if $(filter cpu_%,$(GIVEN_ACCELERATE)),$(CONFIG_PROCESSES),$(if $(filter-out 0,$(GPU_COUNT)),$(GPU_COUNT),1))
+ACCELERATE ?= $(if $(filter 0,$(GPU_COUNT)),cpu,$(if $(filter 1,$(NUM_GPUS)),single_gpu,multi_gpu))
 # A config for several machines (multi_node.yaml) holds the TOTAL process count (num_machines x GPUs per
-# machine) and is launched as is; on one machine the local GPU count is passed. LAUNCH_ARGS reach
-# `accelerate launch`, e.g. LAUNCH_ARGS="--machine_rank 1 --main_process_ip node-0" on the second node.
-NUM_MACHINES := $(shell sed -n 's/^num_machines: *\([0-9]*\).*/\1/p' accelerate_configs/$(ACCELERATE).yaml 2>/dev/null)
+# machine) and is launched as is; on one machine NUM_GPUS processes are started (single_gpu: one, on the
+# first GPU given). LAUNCH_ARGS reach `accelerate launch`, e.g. LAUNCH_ARGS="--machine_rank 1
+# --main_process_ip node-0" on the second node.
+NUM_MACHINES = $(shell sed -n 's/^num_machines: *\([0-9]*\).*/\1/p' accelerate_configs/$(ACCELERATE).yaml 2>/dev/null)
+MULTI_MACHINE = $(filter-out 0 1,$(or $(NUM_MACHINES),1))
+PROCESSES = $(if $(filter single_gpu,$(ACCELERATE)),1,$(NUM_GPUS))
+FIRST_GPU = $(or $(firstword $(subst $(comma), ,$(CUDA_VISIBLE_DEVICES))),0)
+ONE_GPU   = $(if $(filter single_gpu,$(ACCELERATE)),$(if $(filter-out 0 1,$(GPU_COUNT)),CUDA_VISIBLE_DEVICES=$(FIRST_GPU) ))
 LAUNCH_ARGS ?=
-ifeq ($(ACCELERATE),cpu)
-LAUNCH := $(PY)
-else
-LAUNCH := $(VENV)/bin/accelerate launch --config_file accelerate_configs/$(ACCELERATE).yaml \
-	$(if $(filter-out 0 1,$(or $(NUM_MACHINES),1)),,--num_processes $(NUM_GPUS)) $(LAUNCH_ARGS)
-endif
+LAUNCH = $(LAUNCH_CHECK)$(if $(filter cpu,$(ACCELERATE)),$(PY),$(ONE_GPU)$(VENV)/bin/accelerate launch \
+	--config_file accelerate_configs/$(ACCELERATE).yaml $(if $(MULTI_MACHINE),,--num_processes $(PROCESSES)) $(LAUNCH_ARGS))
+
+# The launch refuses what would not run on the devices given (each message names the fix).
+CVD_SAYS   = $(if $(filter-out undefined,$(origin CUDA_VISIBLE_DEVICES)), (CUDA_VISIBLE_DEVICES=$(CUDA_VISIBLE_DEVICES)))
+CVD_EMPTY  = $(if $(filter-out undefined,$(origin CUDA_VISIBLE_DEVICES)),$(if $(strip $(CUDA_VISIBLE_DEVICES)),,yes))
+NO_CUDA    = torch in $(VENV) sees no CUDA GPU$(CVD_SAYS)$(if $(filter None,$(word 2,$(TORCH_CUDA))), and is a CPU-only build)
+CUDA_FIX   = install a CUDA build of torch into $(VENV) (https://pytorch.org/get-started/locally), fix CUDA_VISIBLE_DEVICES, or pass ACCELERATE=cpu to train on the CPU
+ERR_SMI    = nvidia-smi lists $(SMI_GPUS) GPUs but $(NO_CUDA): $(CUDA_FIX)
+ERR_NO_GPU = ACCELERATE=$(ACCELERATE) launches on GPUs but $(NO_CUDA): $(CUDA_FIX)
+ERR_MANY   = NUM_GPUS=$(NUM_GPUS) but torch sees $(GPU_COUNT) GPU(s)$(CVD_SAYS): pass NUM_GPUS=$(GPU_COUNT) or fewer, or list more devices in CUDA_VISIBLE_DEVICES
+ERR_SINGLE = ACCELERATE=single_gpu runs one process: drop NUM_GPUS=$(NUM_GPUS), or pass ACCELERATE=multi_gpu
+LAUNCH_CHECK = $(strip \
+	$(if $(GIVEN_ACCELERATE)$(CVD_EMPTY),,$(if $(filter 0,$(GPU_COUNT)),$(if $(filter 0,$(SMI_GPUS)),,$(error $(ERR_SMI))))) \
+	$(if $(filter-out cpu%,$(ACCELERATE)),$(if $(filter 0,$(GPU_COUNT)),$(error $(ERR_NO_GPU)))) \
+	$(if $(filter single_gpu,$(ACCELERATE)),$(if $(filter-out 1,$(GIVEN_NUM_GPUS)),$(error $(ERR_SINGLE)))) \
+	$(if $(filter-out cpu%,$(ACCELERATE)),$(if $(MULTI_MACHINE),,$(if $(shell test '$(PROCESSES)' -gt '$(GPU_COUNT)' 2>/dev/null && echo x),$(error $(ERR_MANY))))))
 
 # DeepSpeed on CPU processes (cpu_deepspeed_*): DeepSpeed's own accelerator must be the CPU too.
-ifneq ($(filter cpu_deepspeed%,$(ACCELERATE)),)
+ifneq ($(filter cpu_deepspeed%,$(GIVEN_ACCELERATE)),)
 export DS_ACCELERATOR ?= cpu
 endif
 
@@ -53,10 +77,10 @@ opt = $(if $(2),$(1) $(2))
 CPU_ARGS ?= --per_device_train_batch_size 8 --global_batch_size 8 --eval_steps 50 --save_steps 50 \
 	--max_eval_samples 200 --dataloader_num_workers 0 --use_cpu true
 
-.PHONY: help install test test-slow lint format quickstart check-size train tokenizer sft lora generate eval analyze sweep data dedup push pull bench clean
+.PHONY: help install test test-slow lint format quickstart check-size train tokenizer sft lora generate demo eval analyze sweep data dedup push pull export bench gpu-check clean
 
 help:
-	@echo "make install | quickstart | test | train SIZE=<$(subst $() ,|,$(SIZES))> | sft | lora | eval | analyze | sweep SWEEP=<quickstart|paper> | data | dedup | push | pull | bench"
+	@echo "make install | quickstart | test | train SIZE=<$(subst $() ,|,$(SIZES))> | sft | lora | eval | analyze | sweep SWEEP=<quickstart|paper> | data | dedup | demo MODEL=... | push | pull | export MODEL=... | bench | gpu-check [WHEELS=dir] [PY=python3]"
 	@echo "variables: DATA TOKENIZER MODEL BASE OUTPUT_DIR ACCELERATE NUM_GPUS ARGS IN OUT REPO DRY_RUN STAGE_DIR SWEEP"
 
 install: $(VENV)/.installed
@@ -75,11 +99,11 @@ test-slow: install
 
 # ruff, then the layer rule of ARCHITECTURE.md (import-linter contracts in pyproject.toml)
 lint: install
-	$(VENV)/bin/ruff format --check src tests benchmarks scripts && $(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts demo && $(VENV)/bin/ruff check src tests benchmarks scripts demo
 	$(VENV)/bin/lint-imports --no-cache
 
 format: install
-	$(VENV)/bin/ruff format src tests benchmarks scripts && $(VENV)/bin/ruff check --fix src tests benchmarks scripts
+	$(VENV)/bin/ruff format src tests benchmarks scripts demo && $(VENV)/bin/ruff check --fix src tests benchmarks scripts demo
 
 quickstart: install
 	DATA="$(DATA)" TOKENIZER="$(TOKENIZER)" bash scripts/quickstart.sh
@@ -116,6 +140,11 @@ lora: install
 generate: install
 	$(TS) generate --model $(or $(MODEL),roneneldan/TinyStories-33M) $(ARGS)
 
+# The Gradio demo on 127.0.0.1 (demo/space/app.py: the Space that `make push MODEL=<hub id> REPO=<user>/<space>
+# ARGS="--space true"` publishes). MODEL: a Hub id or a local model dir; ARGS="--port 7861".
+demo: install
+	$(PY) demo/space/app.py --model $(or $(MODEL),roneneldan/TinyStories-33M) $(ARGS)
+
 eval: install
 	$(TS) eval $(call opt,--model,$(MODEL)) $(call opt,--data,$(DATA)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
 
@@ -144,8 +173,23 @@ push: install
 pull: install
 	$(TS) pull --model $(or $(MODEL),roneneldan/TinyStories-33M) $(call opt,--revision,$(REVISION)) $(call opt,--local_dir,$(OUTPUT_DIR)) $(ARGS)
 
+export: install
+	$(TS) export $(call opt,--model,$(MODEL)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
+
 bench: install
 	$(PY) -m benchmarks.bench $(ARGS)
+
+# One command that measures a GPU (benchmarks/gpu_check.py, < 8 min on one H100/H200; JSON + tables in
+# benchmarks/gpu/). No `install`: a bare GPU machine has no registry. Python: PY=<python> or PYTHON_GPU=<python>
+# (one with a CUDA torch), else .venv's when there is one, else python3. WHEELS=<dir> first installs the
+# project and its pinned packages from that folder (pip --no-index; torch is never reinstalled). Without a
+# CUDA GPU it stops at once, installing nothing (exit 2).
+GPU_PY = $(or $(PYTHON_GPU),$(if $(filter command line,$(origin PY)),$(PY),$(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)))
+WHEELS ?=
+
+gpu-check:
+	$(GPU_PY) -m benchmarks.gpu_check $(call opt,--wheels,$(WHEELS)) $(call opt,--data,$(DATA)) \
+		$(call opt,--tokenizer,$(TOKENIZER)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
 
 clean:
 	rm -rf outputs/quickstart outputs/bench

@@ -7,8 +7,8 @@ training run: `benchmarks.train_bench`):
 * **stock**: what `transformers` gives you: `GPTNeoForCausalLM` with eager attention, one story per row
   padded to the longest story of the batch by `DataCollatorForLanguageModeling(mlm=False)`, the model's
   own cross-entropy over the full logits, `adamw_torch`;
-* **default**: the project's pretraining path: the same model with `use_fast_attention` (SDPA on CPU,
-  flex_attention on a GPU), stories packed into `block_size` blocks (`tinystories.data.pack_tokenized`,
+* **default**: the project's pretraining path: the same model with `use_fast_attention` (SDPA, as the
+  recipes run it; `--backend flex` measures flex_attention), stories packed into `block_size` blocks (`tinystories.data.pack_tokenized`,
   no padding), the fused linear cross-entropy (`tinystories.losses`), the one-kernel tanh GELU
   (`use_fast_gelu`, same function as `gelu_new`), fused AdamW, bf16 on a GPU.
 
@@ -83,7 +83,9 @@ class BenchArguments:
     )
     backend: str = field(default="auto", metadata={"help": "attention of the default path: auto, sdpa, flex"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the default path"})
-    chunk_size: int = field(default=256, metadata={"help": "rows per chunk of the fused cross-entropy"})
+    chunk_size: int | None = field(
+        default=None, metadata={"help": "rows per chunk of the fused cross-entropy (default: per device)"}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     isolate: bool = field(
         default=True, metadata={"help": "run each path in a fresh process (clean peak memory)"}

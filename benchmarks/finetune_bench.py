@@ -247,7 +247,7 @@ def bench_finetune(args, device: str, run) -> dict:
     for r in runs.values():
         for ref in ("trl", "pretrain"):
             if ref in runs and r is not runs[ref]:
-                r[f"vs_{ref}"] = round(r["tokens_per_second"] / runs[ref]["tokens_per_second"], 2)
+                r[f"vs_{ref}"] = round(r["tokens_per_second"] / runs[ref]["tokens_per_second"], 3)
                 r[f"whole_run_vs_{ref}"] = round(
                     r["whole_run_tokens_per_second"] / runs[ref]["whole_run_tokens_per_second"], 2
                 )

@@ -47,7 +47,9 @@ STOCK = {
 
 def default_variant(device: str, backend: str, compile_: bool) -> dict:
     if backend == "auto":
-        backend = "flex" if device == "cuda" else "sdpa"
+        backend = (
+            "sdpa"  # what the recipes (`attn_implementation: sdpa`) and `make train` run, on every device
+        )
     return {
         "attention": backend,
         "packing": True,

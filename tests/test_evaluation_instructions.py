@@ -149,3 +149,43 @@ def test_eval_writes_instruct_words_for_the_model_and_its_base(tiny_pair, tmp_pa
     ]
     assert evaluation.main(plain) == 0
     assert "instruct_words" not in json.loads((base / "eval_results.json").read_text())
+
+
+def test_eval_writes_instruct_features_and_dark_stories(
+    tiny_pair, tmp_path, monkeypatch, hub_cache, sample_txt
+):
+    """`instruct_features` for the model and its base on the same prompts, `dark_stories` next to the data's."""
+    from tinystories.data.features import DETECTORS, is_dark
+
+    sft_src, base = tiny_pair
+    hub_cache.add(BASE_ID, base)
+    monkeypatch.chdir(tmp_path)
+    sft = shutil.copytree(sft_src, tmp_path / "TinyStories-tiny-sft")
+    write_model_card(sft, {"stage": "sft", "base_model": BASE_ID, "datasets": ["x"]})
+    args = ["--model", str(sft), "--data", str(sample_txt), "--max_samples", "40", "--prompts", "project",
+            "--num_prompts", "3", "--max_new_tokens", "12", "--instruct_prompts", "1", "--feature_prompts", "2",
+            "--num_completions", "2"]  # fmt: skip
+    assert evaluation.main(args) == 0
+    results = json.loads((sft / "eval_results.json").read_text())
+    features = results["instruct_features"]
+    assert features["prompts"] == 6 and features["completions"] == 12 and features["base"]["model"] == BASE_ID
+    rows = [json.loads(line) for line in (sft / "feature_completions.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and [r["prompt"] for r in rows[:12]] == [r["prompt"] for r in rows[12:]]
+    for result, part in ((features, rows[:12]), (features["base"], rows[12:])):
+        for name, rates in result["features"].items():
+            asked = [DETECTORS[name](r["completion"]) for r in part if r["asks"] == name]
+            other = [DETECTORS[name](r["completion"]) for r in part if r["asks"] != name]
+            assert rates["asked"]["rate"] == pytest.approx(sum(asked) / 4) and len(asked) == 4
+            assert (
+                rates["not_asked"]["rate"] == pytest.approx(sum(other) / 8)
+                and rates["not_asked"]["prompts"] == 4
+            )
+            assert rates["difference"] == pytest.approx(sum(asked) / 4 - sum(other) / 8)
+    dark = results["dark_stories"]
+    completions = [json.loads(line) for line in (sft / "completions.jsonl").read_text().splitlines()]
+    assert dark["model"]["completions"] == len(completions) == 6
+    assert dark["model"]["rate"] == pytest.approx(sum(is_dark(r["completion"]) for r in completions) / 6)
+    assert dark["data"]["stories"] == 40 and 0 <= dark["data"]["rate"] <= 1
+    card = (sft / "README.md").read_text()
+    assert "| feature | asked | not asked | base: asked | base: not asked |" in card
+    assert "| Dialogue |" in card and "Dark stories" in card

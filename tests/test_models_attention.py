@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -295,3 +296,38 @@ def test_long_sequences_take_the_chunked_path_and_match_eager(monkeypatch):
     for (name, a), b in zip(eager.named_parameters(), fast.parameters(), strict=True):
         assert (a.grad - b.grad).abs().max().item() < TOL, name
     assert calls == [WINDOW, WINDOW], calls  # both local layers took it, by chunks of their window
+
+
+# ------------------------------------------------------------------------------------ GPU decisions
+def test_local_layers_go_by_chunks_on_a_gpu_too():
+    """A 512-token local layer never gets a dense band mask (which rules out flash and computes 512 x 512)."""
+    assert attention.local_plan("cuda", 512, 512, 256) == "chunks"
+    assert attention.local_plan("cpu", 512, 512, 256) == "chunks"
+    assert attention.local_plan("cuda", 1, 600, 256) == "last_window"
+    assert attention.local_plan("cuda", 200, 200, 256) == "causal"
+    assert attention.local_plan("cuda", 44, 300, 256) == "band"  # a prefill after a cache: the band
+
+
+def test_flex_only_on_whole_blocks_and_compiled_with_dynamic_shapes(monkeypatch):
+    applies = attention.flex_applies
+    assert applies(512, 512, 128, masked=False, dropout=False, cpu_grad=False)
+    assert not applies(44, 44, 128, masked=False, dropout=False, cpu_grad=False)  # a card-sample prefill
+    assert not applies(512, 512, 128, masked=True, dropout=False, cpu_grad=False)
+    assert not applies(1, 512, 128, masked=False, dropout=False, cpu_grad=False)
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.update(kwargs) or fn)
+    attention._compiled_flex.cache_clear()
+    attention._compiled_flex()
+    attention._compiled_flex.cache_clear()
+    assert seen.get("dynamic") is None  # not dynamic=False: that recompiles for every new shape
+
+
+def test_bench_measures_the_recipes_attention():
+    import yaml
+
+    from benchmarks.train_bench import default_variant
+
+    root = Path(__file__).resolve().parents[1]
+    recipe = yaml.safe_load((root / "recipes" / "pretrain" / "33M.yaml").read_text())
+    for device in ("cuda", "cpu"):
+        assert default_variant(device, "auto", False)["attention"] == recipe["attn_implementation"]

@@ -86,3 +86,15 @@ def test_custom_grid_and_errors():
         build_config("5M")
     with pytest.raises(ConfigError, match="divisible"):
         build_config(hidden_size=100, num_layers=2)
+
+
+def test_non_embedding_count_of_a_zero3_sharded_model():
+    """Under ZeRO-3 a rank holds a shard (`numel()` 0 once partitioned); `ds_numel` is the whole parameter."""
+    from tinystories.models.sizes import build_config, count_non_embedding_params
+
+    model = GPTNeoForCausalLM(build_config("1M"))
+    assert count_non_embedding_params(model) == 398_464  # the 0.40M of the released 1M
+    for p in model.parameters():
+        p.ds_numel = p.numel()
+        p.data = torch.empty(0)  # what a partitioned parameter looks like on a rank
+    assert count_non_embedding_params(model) == 398_464

@@ -11,14 +11,15 @@ import pytest
 from datasets import load_from_disk
 
 from tinystories.core import ConfigError
+from tinystories.data.features import detect_features
 from tinystories.data.instruct import PROMPT_END, parse_example
 from tinystories.data.loading import load_stories
-from tinystories.data.wordforms import FormIndex, uses_word
+from tinystories.data.wordforms import FormIndex, split_sentences, uses_word
 from tinystories.stages.data import main
 from tinystories.synthesis.arguments import SynthesisArguments
-from tinystories.synthesis.from_stories import choose_words, detect_features, lowercase_words
+from tinystories.synthesis.from_stories import choose_words, lowercase_words
 from tinystories.synthesis.job import run
-from tinystories.synthesis.prompts import Vocabulary, split_sentences
+from tinystories.synthesis.prompts import Vocabulary
 from tinystories.training.finetune.arguments import FinetuneArguments
 from tinystories.training.finetune.data import prepare_data
 

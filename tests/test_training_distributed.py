@@ -6,14 +6,18 @@ The vocabulary (4096 x hidden 32 = 131K embedding entries) is above ZeRO-3's 100
 threshold, so under ZeRO-3 the tied embedding / LM-head weight really is sharded between the ranks.
 
 Run as a script under `accelerate launch` (see `test_fused_loss_gathers_a_sharded_weight_under_zero3`),
-this file is the worker of the fused-loss gradient check.
+this file is the worker of the fused-loss gradient check, and with `time-limit` that of the `--max_minutes`
+check on skewed clocks.
 """
 
 import copy
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -21,10 +25,11 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 from deepspeed.utils import safe_get_full_grad
-from transformers import AutoModelForCausalLM, GPTNeoConfig
+from transformers import AutoModelForCausalLM, GPTNeoConfig, GPTNeoForCausalLM, Trainer, TrainingArguments
 
 from tinystories.evaluation.generation import SAMPLE_PROMPTS
 from tinystories.models.losses import use_fused_cross_entropy
+from tinystories.training.trainer import TimeLimitCallback
 
 COMMON = [
     "--max_train_samples", "400", "--max_eval_samples", "40",
@@ -44,9 +49,14 @@ def _env():
     return env
 
 
-def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+def _run(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def _card_info(out) -> dict:
+    return json.loads((out / "card_info.json").read_text())
 
 
 def _train(out, sample_txt, launcher: list[str], per_device: int) -> list[dict]:
@@ -96,15 +106,50 @@ def _accelerate(repo_root, config):
     ]
 
 
-def test_ddp_two_processes_match_single(tmp_path, sample_txt, repo_root, single_process):
-    train, evals = _losses(
-        _train(tmp_path / "ddp", sample_txt, _accelerate(repo_root, "cpu_ddp.yaml"), per_device=4)
-    )
-    ref_train, ref_evals = single_process
+def test_ddp_two_processes_match_single(tmp_path, sample_txt, repo_root, single_run):
+    """DDP ends with the single-process losses; its training logs and run record carry tokens/s of all
+    processes and per GPU (half of it), over the training steps."""
+    out = tmp_path / "ddp"
+    history = _train(out, sample_txt, _accelerate(repo_root, "cpu_ddp.yaml"), per_device=4)
+    train, evals = _losses(history)
+    ref_out, (ref_train, ref_evals) = single_run
     assert len(train) == len(ref_train) == 3
     assert train == pytest.approx(ref_train, abs=2e-3)
     assert evals[-1] == pytest.approx(ref_evals[-1], abs=2e-3)
     assert train[-1] < train[0]  # it learned
+    logs = [h for h in history if "loss" in h]
+    assert all(
+        2 * h["tokens_per_second_per_gpu"] == pytest.approx(h["tokens_per_second"], abs=0.2) for h in logs
+    )
+    throughput, single = _card_info(out)["throughput"], _card_info(ref_out)["throughput"]
+    assert throughput["world_size"] == 2 and single["world_size"] == 1 and "mfu" not in throughput  # CPUs
+    assert 2 * throughput["train_tokens_per_second_per_gpu"] == pytest.approx(
+        throughput["train_tokens_per_second"], abs=0.2
+    )
+
+
+def test_max_minutes_two_processes_stop_at_the_same_step(tmp_path, sample_txt, repo_root):
+    """A 3-second budget and 100,000 steps on two processes: both stop at rank 0's step, the tail (save,
+    evaluation, card) runs and the launcher exits 0 (ranks that stop a step apart hang in the tail)."""
+    out = tmp_path / "boxed"
+    cmd = [*_accelerate(repo_root, "cpu_ddp.yaml"), "-m", "tinystories.cli", "train", *COMMON]
+    cmd += [
+        "--dataset_name", str(sample_txt), "--output_dir", str(out), "--per_device_train_batch_size", "4",
+        "--max_steps", "100000", "--eval_steps", "100000", "--save_steps", "100000", "--max_minutes", "0.05",
+    ]  # fmt: skip
+    proc = _run(cmd, timeout=400)
+    stops = [int(n) for n in re.findall(r"--max_minutes reached at step (\d+)", proc.stderr)]
+    step = json.loads((out / "trainer_state.json").read_text())["global_step"]
+    assert len(stops) == 2 and stops == [step, step], proc.stderr[-3000:]
+    assert 0 < step < 100000 and (out / "model.safetensors").is_file()
+
+
+def test_time_limit_follows_rank_zero_on_skewed_clocks(repo_root):
+    """Rank 1's clock runs twice as fast: on its own it would stop at step 8, rank 0 at step 15. Both must
+    stop at 15 (rank 0 decides) and then evaluate together, and end (a 60 s gloo timeout catches a hang)."""
+    proc = _run([*_accelerate(repo_root, "cpu_ddp.yaml"), __file__, "time-limit"], timeout=300)
+    stops = sorted(re.findall(r"rank (\d): stopped at step (\d+), evaluated", proc.stdout))
+    assert stops == [("0", "15"), ("1", "15")], proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
 def test_deepspeed_zero2_two_processes_match_single(tmp_path, sample_txt, repo_root, single_process):
@@ -134,6 +179,9 @@ def test_deepspeed_zero3_two_processes_match_single(tmp_path, sample_txt, repo_r
     assert not list(out.glob("global_step*"))  # full weights, not only a sharded DeepSpeed checkpoint
     torch.testing.assert_close(_logits(out), _logits(ref_out), atol=1e-3, rtol=0)
     assert SAMPLE_PROMPTS["stories"][0] in (out / "README.md").read_text()
+    # the full parameter count (`ds_numel`), not what is left on a rank after DeepSpeed freed the shards
+    assert _card_info(out)["num_parameters"] == _card_info(ref_out)["num_parameters"]
+    assert _card_info(out)["num_parameters"] == AutoModelForCausalLM.from_pretrained(out).num_parameters()
 
 
 def test_fused_loss_gathers_a_sharded_weight_under_zero3(repo_root):
@@ -188,5 +236,36 @@ def _zero3_fused_loss_worker() -> None:
     print(f"rank {rank}: fused loss on the sharded head: gradients match", flush=True)
 
 
+def _time_limit_worker() -> None:
+    """Each rank: a tiny DDP Trainer under `--max_minutes` 0.25 (15 s) on a fake clock of 1 + rank seconds a
+    call; after `train()`, an evaluation (collective) that both ranks must reach."""
+    rank = int(os.environ["RANK"])
+    ticks = itertools.count(0, 1 + rank)
+    config = GPTNeoConfig(
+        vocab_size=128, hidden_size=16, num_layers=1, num_heads=2, attention_types=[[["global"], 1]],
+        max_position_embeddings=16, intermediate_size=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    rows = torch.randint(0, 128, (32, 16), generator=torch.Generator().manual_seed(1))
+    data = [{"input_ids": r, "labels": r} for r in rows]
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(), max_steps=1000, per_device_train_batch_size=2, save_strategy="no",
+        logging_steps=1000, report_to="none", use_cpu=True, ddp_timeout=60, dataloader_num_workers=0,
+        disable_tqdm=True,
+    )  # fmt: skip
+    callback = TimeLimitCallback(0.25, clock=lambda: float(next(ticks)))
+    trainer = Trainer(
+        model=GPTNeoForCausalLM(config),
+        args=args,
+        train_dataset=data,
+        eval_dataset=data[:8],
+        callbacks=[callback],
+    )
+    trainer.train()
+    trainer.evaluate()
+    print(f"rank {rank}: stopped at step {trainer.state.global_step}, evaluated", flush=True)
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    _zero3_fused_loss_worker()
+    _time_limit_worker() if sys.argv[1:] == ["time-limit"] else _zero3_fused_loss_worker()

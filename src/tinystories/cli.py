@@ -82,6 +82,12 @@ STAGES: dict[str, Stage] = {
         "push a model or dataset folder to the Hub (or stage it with --dry_run)",
     ),
     "pull": Stage("pull", None, "tinystories.stages.pull", "download a released checkpoint from the Hub"),
+    "export": Stage(
+        "export",
+        None,
+        "tinystories.stages.export",
+        "ONNX (fp32 / int8) for ONNX Runtime and transformers.js",
+    ),
     "bench": Stage(
         "bench",
         None,

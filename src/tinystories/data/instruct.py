@@ -83,11 +83,12 @@ def format_example(example: InstructExample) -> str:
 
 
 def randomize_fields(
-    example: InstructExample, rng: random.Random, keep_probability: float = 0.75
+    example: InstructExample, rng: random.Random, keep_probability: float = 0.75, always: tuple[str, ...] = ()
 ) -> InstructExample:
-    """Random subset (each field kept with `keep_probability`, at least one) in random order."""
+    """Random subset (each field kept with `keep_probability`, at least one; `always`: kept whenever present)
+    in random order."""
     present = example.present_fields()
-    kept = [f for f in present if rng.random() < keep_probability] or (
+    kept = [f for f in present if f in always or rng.random() < keep_probability] or (
         [rng.choice(present)] if present else []
     )
     rng.shuffle(kept)

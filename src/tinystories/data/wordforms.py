@@ -152,6 +152,20 @@ def read_words(path: Path) -> list[str]:
     return words
 
 
+# a sentence ends at . ! ? (and a closing quote) before whitespace and a capital, a quote or a digit, so
+# `"Look!" said Tom.` stays one sentence
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“'(0-9])|(?<=[.!?][\"”'])\s+(?=[A-Z\"“'(0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+    sentences = []
+    for paragraph in text.split("\n"):
+        for part in _SENTENCE_END.split(paragraph.strip()):
+            if part.strip():
+                sentences.append(part.strip())
+    return sentences
+
+
 def word_lists(data_dir: str | Path | None = None) -> dict[str, list[str]]:
     """The basic vocabulary by part of speech (default: the package's `data_generation/`)."""
     folder = Path(data_dir) if data_dir else DATA_GENERATION_DIR

@@ -14,6 +14,7 @@ from tinystories.core.paths import data_name, public_name, resolve_hub_id
 from tinystories.core.runtime import resolve_device, resolve_dtype
 from tinystories.data.loading import EvalTexts
 from tinystories.data.tokenizer import load_tokenizer
+from tinystories.evaluation.features import FEATURE_RULE, dark_stories, feature_prompts, instruct_features
 from tinystories.evaluation.generation import PromptSet, generate_completions
 from tinystories.evaluation.instructions import (
     WORD_RULE,
@@ -106,6 +107,12 @@ class EvalArguments:
     instruct_prompts: int = field(
         default=50, metadata={"help": "Words: prompts (random word triples, seeded)"}
     )
+    feature_prompts: int = field(
+        default=8,
+        metadata={
+            "help": "Features: prompts per detectable feature (Dialogue, MoralValue, BadEnding); 0: none"
+        },
+    )
     compare_base: str | None = field(
         default=None,
         metadata={"help": "base model for --instruct_eval (default: the adapter's / card_info.json's base)"},
@@ -143,9 +150,10 @@ def _score(model, tokenizer, texts: EvalTexts, args: EvalArguments, max_length: 
 
 
 def _complete_and_judge(
-    model, tokenizer, prompts: PromptSet, args, judge_args, label: str, out_dir: Path
+    model, tokenizer, prompts: PromptSet, args, judge_args, label: str, out_dir: Path, texts: EvalTexts | None
 ) -> dict:
-    """Completions of the evaluation prompts (`completions.jsonl`) and, with a judge, their grades."""
+    """Completions of the evaluation prompts (`completions.jsonl`), their dark share next to the data's, and,
+    with a judge, their grades."""
     rows = generate_completions(model, tokenizer, prompts.rows, args, label)
     write_jsonl(out_dir / "completions.jsonl", rows)
     results: dict[str, Any] = {
@@ -153,6 +161,7 @@ def _complete_and_judge(
         "completions_file": "completions.jsonl",
         "generation": rows[0]["sampling"] if rows else {},
         "samples": [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows[:3]],
+        "dark_stories": dark_stories(rows, texts.texts if texts is not None else None, args.seed),
     }
     if judge_args.enabled:
         graded, summary = run_judge(rows, judge_args)
@@ -161,23 +170,33 @@ def _complete_and_judge(
     return results
 
 
-def _instruct_words(model, tokenizer, name: str, label: str, args: EvalArguments, out_dir: Path) -> dict:
-    """`instruct_words` of an Instruct model and of its base, on the same word prompts and seeds."""
+def _instruct_eval(model, tokenizer, name: str, label: str, args: EvalArguments, out_dir: Path) -> dict:
+    """`instruct_words` and `instruct_features` of an Instruct model and of its base, same prompts and seeds."""
     if not args.generate or not wants_instruct_eval(name, args.instruct_eval):
         return {}
     triples = word_triples(args.instruct_prompts, args.seed)
-    rows, result = instruct_words(model, tokenizer, triples, args, label)
+    asks = feature_prompts(args.feature_prompts, args.seed)
+    rows, words = instruct_words(model, tokenizer, triples, args, label)
+    feature_rows, features = instruct_features(model, tokenizer, asks, args, label) if asks else ([], None)
     base = base_model_of(name, args.compare_base)
     if base:
         device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
         base_model = load_model(base, attn_implementation=args.attn_implementation, dtype=dtype).to(device)
-        base_label = resolve_hub_id(base) or public_name(base)
-        base_rows, result["base"] = instruct_words(
-            base_model, load_tokenizer(base), triples, args, base_label
-        )
+        base_label, base_tokenizer = resolve_hub_id(base) or public_name(base), load_tokenizer(base)
+        base_rows, words["base"] = instruct_words(base_model, base_tokenizer, triples, args, base_label)
         rows += base_rows
+        if asks:
+            base_feature_rows, features["base"] = instruct_features(
+                base_model, base_tokenizer, asks, args, base_label
+            )
+            feature_rows += base_feature_rows
     write_jsonl(out_dir / "instruct_completions.jsonl", rows)
-    return {"instruct_words": {**result, "base": result.get("base"), "rule": WORD_RULE}}
+    if feature_rows:
+        write_jsonl(out_dir / "feature_completions.jsonl", feature_rows)
+    result = {"instruct_words": {**words, "base": words.get("base"), "rule": WORD_RULE}}
+    if features is not None:
+        result["instruct_features"] = {**features, "base": features.get("base"), "rule": FEATURE_RULE}
+    return result
 
 
 def evaluate_model(
@@ -218,12 +237,14 @@ def evaluate_model(
     else:  # keep the previous loss numbers when only re-running completions / the judge
         results.update({k: v for k, v in existing.items() if k not in results and k != "judge"})
     if prompts:
-        results.update(_complete_and_judge(model, tokenizer, prompts, args, judge_args, label, out_dir))
+        results.update(
+            _complete_and_judge(model, tokenizer, prompts, args, judge_args, label, out_dir, texts)
+        )
     elif existing.get("judge"):  # grades of the earlier completions, and which prompts they were
         results["judge"] = existing["judge"]
         if existing.get("prompt_set"):
             results["prompt_set"] = existing["prompt_set"]
-    results.update(_instruct_words(model, tokenizer, name, label, args, out_dir))
+    results.update(_instruct_eval(model, tokenizer, name, label, args, out_dir))
 
     write_results(out_dir, results)
     same_dir = Path(name).is_dir() and out_dir.resolve() == Path(name).resolve()

@@ -251,6 +251,8 @@ def _eval_section(eval_results: Mapping[str, Any] | None, context_length: int) -
         "eval_context": results.get("max_length") or context_length,
         "eval_prompt_set": results.get("prompt_set"),  # "paper", "project" or a prompts file's name
         "instruct_words": _instruct_words(results.get("instruct_words")),
+        "feature_rows": _feature_rows(results.get("instruct_features")),
+        "dark": _dark(results.get("dark_stories")),
     }
 
 
@@ -266,6 +268,34 @@ def _instruct_words(words: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "base_model": public_name(str(base.get("model") or "")) or None,
         "base_rate": f"{base['rate']:.1%}" if base.get("rate") is not None else None,
     }
+
+
+def _pct(stats: Mapping[str, Any] | None) -> str:
+    """`62% [48–76%]`: a rate with its 95% interval, as the card writes it."""
+    if not isinstance(stats, Mapping) or stats.get("rate") is None:
+        return "–"
+    lo, hi = (stats.get("ci95") or [None, None])[:2]
+    interval = f" [{max(lo, 0):.0%}–{min(hi, 1):.0%}]" if lo is not None and hi is not None else ""
+    return f"{stats['rate']:.0%}{interval}"
+
+
+def _feature_rows(features: Mapping[str, Any] | None) -> list[tuple[str, ...]] | None:
+    """(feature, asked, not asked, base asked, base not asked) for the card's instruction-following table."""
+    if not isinstance(features, Mapping) or not isinstance(features.get("features"), Mapping):
+        return None
+    base = features.get("base") if isinstance(features.get("base"), Mapping) else {}
+    rows = []
+    for name, rates in features["features"].items():
+        theirs = (base.get("features") or {}).get(name) or {}
+        cells = (rates.get("asked"), rates.get("not_asked"), theirs.get("asked"), theirs.get("not_asked"))
+        rows.append((name, *(_pct(c) for c in cells)))
+    return rows
+
+
+def _dark(dark: Mapping[str, Any] | None) -> dict[str, str] | None:
+    if not isinstance(dark, Mapping) or not dark.get("model"):
+        return None
+    return {"model": _pct(dark["model"]), "data": _pct(dark.get("data")) if dark.get("data") else None}
 
 
 def _judge_rows(judge: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -6,6 +6,9 @@ re-rendered with the real repo id, a LoRA adapter's `base_model_name_or_path` is
 text file is checked for local absolute paths and the token. A dry run stops there and prints the staged path
 as its last line; a real push checks the token (`whoami`) and the repo (create or reuse, branch) before
 uploading that staged folder with `HfApi.upload_folder`.
+
+`space=True` stages the Gradio demo instead (`demo/space/` of the checkout: app.py, README.md with the Space
+front matter, requirements.txt) with the model it loads, a Hub id, written into the app and the front matter.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import fnmatch
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -342,6 +346,50 @@ def _check_token_and_repo(api, repo_id: str, private: bool, revision: str | None
     return token
 
 
+SPACE_FILES = ("app.py", "README.md", "requirements.txt")
+_APP_MODEL = re.compile(r'^DEFAULT_MODEL = "([^"]*)"$', re.M)
+
+
+def space_app_dir() -> Path:
+    """`demo/space/` of the repository checkout: the Space's files (they are not part of the package)."""
+    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
+        if all((root / "demo" / "space" / name).is_file() for name in SPACE_FILES):
+            return root / "demo" / "space"
+    raise ConfigError("the Space app is demo/space/ of the repository: run the push from a checkout")
+
+
+def stage_space(model_id: str, repo_id: str, stage_dir: str | os.PathLike | None = None) -> Path:
+    """Stage the Gradio Space that serves `model_id` (a Hub id): its app, card and requirements."""
+    _split_repo(repo_id)
+    if not cards.is_hub_id(model_id):
+        raise ConfigError(
+            f"a Space loads its model from the Hub, and {model_id!r} is not a Hub id: push the model first "
+            "(make push MODEL=<model dir> REPO=<user>/<model>), then MODEL=<user>/<model> ARGS='--space true'"
+        )
+    source = space_app_dir()
+    stage = Path(stage_dir) if stage_dir else default_stage_dir(repo_id)
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    app = (source / "app.py").read_text(encoding="utf-8")
+    default = _APP_MODEL.search(app).group(1)
+    (stage / "app.py").write_text(_APP_MODEL.sub(f'DEFAULT_MODEL = "{model_id}"', app), encoding="utf-8")
+    card = (source / "README.md").read_text(encoding="utf-8")
+    (stage / "README.md").write_text(card.replace(default, model_id), encoding="utf-8")
+    shutil.copy2(source / "requirements.txt", stage / "requirements.txt")
+    return stage
+
+
+def _check_space_model(api, model_id: str) -> None:
+    try:
+        api.model_info(model_id, token=_get_token())
+    except Exception as e:
+        raise ConfigError(
+            f"the Space would load {model_id!r}, which the Hub does not serve ({type(e).__name__}): push it first "
+            "(make push MODEL=<model dir> REPO=<user>/<model>) or check the id"
+        ) from None
+
+
 def push_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -351,19 +399,32 @@ def push_folder(
     dry_run: bool = False,
     stage_dir: str | os.PathLike | None = None,
     repo_type: str = "model",
+    space: bool = False,
 ) -> str:
-    """Stage `folder` and upload it to `repo_id`; returns the staged path (dry run) or the commit URL."""
+    """Stage `folder` and upload it to `repo_id`; returns the staged path (dry run) or the commit URL.
+
+    `space`: `folder` is the Hub id of a model and `repo_id` a Gradio Space that serves it (`stage_space`).
+    """
     if repo_type not in ("model", "dataset", "space"):
         raise ConfigError(
             f"repo_type must be 'model', 'dataset' or 'space' (metric modules), got {repo_type!r}"
         )
     _split_repo(repo_id)
-    _check_folder(Path(folder), repo_type)
-    if dry_run:
-        return str(stage_folder(folder, repo_id, stage_dir, repo_type))
-    api = HfApi()
-    token = _check_token_and_repo(api, repo_id, private, revision, repo_type)
-    stage = stage_folder(folder, repo_id, stage_dir, repo_type)
+    if space:  # the model id is checked (and the app staged) before the Hub is asked
+        repo_type, stage = "space", stage_space(str(folder), repo_id, stage_dir)
+        if dry_run:
+            return str(stage)
+        api = HfApi()
+        check_push_ready(repo_id, api)  # token and Hub first, then the model, then the Space is created
+        _check_space_model(api, str(folder))
+        token = _check_token_and_repo(api, repo_id, private, revision, repo_type)
+    else:
+        _check_folder(Path(folder), repo_type)
+        if dry_run:
+            return str(stage_folder(folder, repo_id, stage_dir, repo_type))
+        api = HfApi()
+        token = _check_token_and_repo(api, repo_id, private, revision, repo_type)
+        stage = stage_folder(folder, repo_id, stage_dir, repo_type)
     commit = api.upload_folder(
         repo_id=repo_id,
         folder_path=stage,

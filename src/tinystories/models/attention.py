@@ -17,14 +17,15 @@ attention math of an already built or loaded model for `torch.nn.functional.scal
 Backends:
 
 * `"sdpa"` (default): global layers without padding use `is_causal=True` (the flash / efficient kernels);
-  local layers longer than the window use a cached boolean band mask (CPU flash and GPU efficient kernels
-  accept it); one-token decoding slices the cache to the last `window_size` keys instead of masking. On CPU,
   a local layer over a whole sequence longer than the window attends `window_size` queries at a time, each
-  chunk only to the keys it can see (`_attention_by_chunks`: exact, and less work than one masked T × T call).
+  chunk only to the keys it can see (`_attention_by_chunks`, CPU and GPU: exact, the first chunk on the flash
+  kernel, and less work than one masked T × T call; `local_plan` decides); one-token decoding slices the
+  cache to the last `window_size` keys; other local calls use a cached boolean band mask.
 * `"flex"`: `torch.nn.attention.flex_attention` with a cached causal / sliding-window `BlockMask` for the
-  training hot path (no padding, no cache, same query and key length): on a GPU, under `torch.compile`,
-  the sliding-window layers run a fused kernel that skips the blocks outside the window. Calls with a
-  padding mask or a KV cache fall back to the SDPA path (exact either way).
+  training hot path (no padding, no cache, lengths a multiple of its 128-token block): on a GPU, under
+  `torch.compile` (automatic dynamic shapes: one recompile, not one per shape), the sliding-window layers run
+  a fused kernel that skips the blocks outside the window. Other calls (a padding mask, a KV cache, a prefill
+  of another length) take the SDPA path (exact either way; `flex_applies` decides).
 * `"eager"`: restores the stock `transformers` attention.
 
 The mask that `GPTNeoModel` builds comes from `transformers.masking_utils.create_causal_mask` and depends on
@@ -119,6 +120,23 @@ def _attention_by_chunks(query, key, value, window: int | None, dropout_p: float
     return torch.cat(outs, dim=-2)
 
 
+def local_plan(device_type: str, q_len: int, kv_len: int, window: int) -> str:
+    """How an unmasked sliding-window layer is attended: `chunks`, `last_window`, `band` or `causal`.
+
+    A whole sequence longer than the window goes by chunks of the window on every device: the first chunk
+    is plain `is_causal` (the flash kernel on a GPU), the others see only the keys they can reach, so the
+    out-of-band blocks of the T × T problem are never computed (a dense band mask would rule out flash on a
+    GPU and compute all T × T pairs). `device_type` is part of the decision for devices that may differ.
+    """
+    if kv_len <= window:
+        return "causal"
+    if q_len == 1:
+        return "last_window"  # decoding: the window is simply the last `window` keys
+    if q_len == kv_len and device_type in ("cpu", "cuda"):
+        return "chunks"
+    return "band"
+
+
 class GPTNeoSdpaAttention(GPTNeoSelfAttention):
     """GPT-Neo self-attention computed with `scaled_dot_product_attention`; same parameters as eager."""
 
@@ -134,12 +152,13 @@ class GPTNeoSdpaAttention(GPTNeoSelfAttention):
             attention_mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
 
         if attention_mask is None:
-            if window is not None and q_len == kv_len > window and query.device.type == "cpu":
+            plan = "causal" if window is None else local_plan(query.device.type, q_len, kv_len, window)
+            if plan == "chunks":
                 return _attention_by_chunks(query, key, value, window, dropout_p, window)
-            if window is not None and kv_len > window:
-                if q_len == 1:  # decoding: the window is simply the last `window` keys
-                    key, value = key[..., -window:, :], value[..., -window:, :]
-                    return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, scale=1.0)
+            if plan == "last_window":
+                key, value = key[..., -window:, :], value[..., -window:, :]
+                return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, scale=1.0)
+            if plan == "band":
                 band = _band_mask(q_len, kv_len, window, query.device, 0)
                 return F.scaled_dot_product_attention(
                     query, key, value, attn_mask=band, dropout_p=dropout_p, scale=1.0
@@ -218,7 +237,20 @@ def _flex_block_mask(seq_len: int, window: int | None, device: torch.device, blo
 
 @functools.cache
 def _compiled_flex():
-    return torch.compile(flex_attention, dynamic=False)
+    # dynamic=None (automatic dynamic): a second shape recompiles once with symbolic sizes, then every batch
+    # size and length reuses it; dynamic=False recompiled per shape until the recompile limit, then ran unfused
+    return torch.compile(flex_attention)
+
+
+def flex_applies(q_len: int, kv_len: int, block: int, masked: bool, dropout: bool, cpu_grad: bool) -> bool:
+    """Whether a call takes flex attention: the training hot path only (whole blocks, no mask, no cache).
+
+    Lengths that are not a multiple of the block size (generation prefills, card samples, eval of odd
+    stories) go through the exact SDPA path, so they neither compile new graphs nor build new block masks.
+    """
+    if masked or dropout or cpu_grad or q_len != kv_len or q_len == 1:
+        return False
+    return q_len % block == 0
 
 
 class GPTNeoFlexAttention(GPTNeoSdpaAttention):
@@ -239,7 +271,9 @@ class GPTNeoFlexAttention(GPTNeoSdpaAttention):
         dropout = self.training and float(self.config.attention_dropout) > 0
         # flex_attention has no CPU backward in torch 2.13: CPU training takes the (exact) SDPA path.
         cpu_grad = query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad
-        if attention_mask is not None or q_len != kv_len or q_len == 1 or dropout or cpu_grad:
+        if not flex_applies(
+            q_len, kv_len, self.flex_block_size, attention_mask is not None, dropout, cpu_grad
+        ):
             return self._sdpa(query, key, value, attention_mask)
         window = self.config.window_size if self.attention_type == "local" else None
         if window is not None and q_len <= window:

@@ -114,7 +114,8 @@ def build_config(
 
 
 def count_non_embedding_params(model) -> int:
-    """Parameters outside the token and position embeddings (the LM head is tied to the token embedding)."""
+    """Parameters outside the token and position embeddings (the LM head is tied to the token embedding);
+    whole parameters under ZeRO-3 too (`ds_numel`)."""
     embedding_ids = set()
     for name in ("wte", "wpe"):
         module = getattr(getattr(model, "transformer", model), name, None)
@@ -125,5 +126,5 @@ def count_non_embedding_params(model) -> int:
         if id(p) in seen or id(p) in embedding_ids:
             continue
         seen.add(id(p))
-        total += p.numel()
+        total += int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 keeps a shard; ds_numel is the whole
     return total

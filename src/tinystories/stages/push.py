@@ -1,4 +1,7 @@
-"""`tinystories push`: upload a model or dataset folder to the Hub, or stage it (`--dry_run`)."""
+"""`tinystories push`: upload a model or dataset folder to the Hub, or stage it (`--dry_run`).
+
+`--space true`: publish the Gradio demo (`demo/space/`) as a Space that serves `--model`, a Hub model id.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +31,12 @@ class PushArguments:
     stage_dir: str | None = field(
         default=None, metadata={"help": "staging folder (default outputs/push/<user>__<name>)"}
     )
+    space: bool = field(
+        default=False,
+        metadata={
+            "help": "publish the Gradio demo (demo/space/) as Space --repo, serving --model (a Hub id)"
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,13 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         dry_run=args.dry_run,
         stage_dir=args.stage_dir,
         repo_type=args.repo_type,
+        space=args.space,
     )
+    repo_type = "space" if args.space else args.repo_type
     if args.dry_run:
         files = sorted(p.relative_to(result).as_posix() for p in Path(result).rglob("*") if p.is_file())
-        print(f"staged {len(files)} files for {args.repo_type} repo {args.repo}: {', '.join(files)}")
+        print(f"staged {len(files)} files for {repo_type} repo {args.repo}: {', '.join(files)}")
         print(result)  # last line: the staged folder
         return 0
-    prefix = {"model": "", "dataset": "datasets/", "space": "spaces/"}[args.repo_type]
+    prefix = {"model": "", "dataset": "datasets/", "space": "spaces/"}[repo_type]
     print(f"pushed {args.model} (commit {result})")
     print(f"https://huggingface.co/{prefix}{args.repo}")
     return 0

@@ -41,8 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     resume, tail = prepare_run(args, samples="stories", num_samples=2, sample_max_new_tokens=120)
     set_seed(args.seed)
 
-    with args.main_process_first(desc="data"):
+    # one tokenization per shared cache: the global main process first, the others then read its cache
+    with args.main_process_first(desc="data", local=not args.data_cache_shared):
         tokenizer, train_set, eval_set, train_stats, eval_stats = prepare_data(data_args, args)
+    if args.prepare_only:
+        print(f"data prepared: {len(train_set):,} train blocks of {data_args.block_size} tokens (cached)")
+        return 0
 
     model = build_model(model_args, data_args, tokenizer)
     n_params, n_non_emb = model.num_parameters(), count_non_embedding_params(model)
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_dataset=eval_set,
         data_collator=PackedCollator(),
         processing_class=tokenizer,
-        callbacks=[TokensPerSecondCallback()]
+        callbacks=[TokensPerSecondCallback(seq_len=data_args.block_size)]
         + ([TimeLimitCallback(args.max_minutes)] if args.max_minutes else []),
         eval_text_stats=(eval_stats.tokens, eval_stats.bytes),
     )

@@ -19,11 +19,12 @@ from transformers import AutoTokenizer, set_seed
 from tinystories.core import ConfigError, openai_client
 from tinystories.core.openai_client import MalformedResponse, RequestFailed, RetryPolicy
 from tinystories.core.runtime import resolve_device
+from tinystories.data.wordforms import split_sentences
 from tinystories.models.loading import load_model
 from tinystories.synthesis.cleaning import (
     strip_preamble,
 )
-from tinystories.synthesis.prompts import PromptSpec, record_rng, split_sentences
+from tinystories.synthesis.prompts import PromptSpec, record_rng
 
 TEMPLATE_MODEL = "template-composer (offline, not an LLM)"
 

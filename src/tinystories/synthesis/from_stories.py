@@ -10,8 +10,8 @@
   record's own seeded rng; a part of speech the story has none of is filled from the other lists' words it
   uses, then from its other lowercase words (4+ letters, not a function word).
 - `Random sentence:` a sentence of the story (`prompts.random_sentence`, drawn in `RecordBuilder.record`).
-- `Features:` only what the text shows reliably: `Dialogue` (quoted speech: straight or curly double quotes
-  hugging words, `"Hi, Tom!"`) and `MoralValue` (the word "moral", as in "The moral of the story is ...").
+- `Features:` every feature a rule reads off the text (`tinystories.data.features`: `Dialogue`, `MoralValue`,
+  `BadEnding`), all of them, and the line is never dropped: a listed feature is present, an absent one absent.
 - `Summary:` only with an LLM backend (`--backend openai|transformers|vllm`), which is asked for the summary
   alone; `--backend stories` writes none.
 
@@ -30,14 +30,12 @@ from typing import Any
 
 from tinystories.core import ConfigError
 from tinystories.core.paths import data_name
+from tinystories.data.features import detect_features
 from tinystories.data.loading import load_split
 from tinystories.data.wordforms import PARTS_OF_SPEECH, FormIndex, word_forms
 from tinystories.synthesis.backends import Completion, GenerationFailure, Request
 from tinystories.synthesis.prompts import PromptSpec, Vocabulary, record_id, record_rng
 
-# an opening quote right before a word, words, a closing quote right after one: `"Hi, Tom!"`, `“Yes.”`
-_QUOTED_SPEECH = re.compile(r'"(?=\S)[^"\n]*[A-Za-z][^"\n]*(?<=\S)"|“(?=\S)[^”\n]*[A-Za-z][^”\n]*(?<=\S)”')
-_MORAL = re.compile(r"\bmoral\b", re.IGNORECASE)
 _FUNCTION_WORDS_TEXT = (  # never a fallback `Words:` word
     "about above after again against also always away back because been before being below between both "
     "came come could didn does doing done down during each even ever every from going gone have having "
@@ -48,16 +46,6 @@ _FUNCTION_WORDS_TEXT = (  # never a fallback `Words:` word
 )
 _FUNCTION_WORDS = frozenset(_FUNCTION_WORDS_TEXT.split())
 _READ_BATCH = 1000
-
-
-def detect_features(story: str) -> list[str]:
-    """The `Features:` a story's text shows reliably: `Dialogue` (quoted speech), `MoralValue` ("moral")."""
-    features = []
-    if _QUOTED_SPEECH.search(story):
-        features.append("Dialogue")
-    if _MORAL.search(story):
-        features.append("MoralValue")
-    return features
 
 
 def lowercase_words(story: str) -> set[str]:
@@ -97,6 +85,7 @@ class StorySpec(PromptSpec):
 
     story: str = ""
     chosen: list[str] = field(default_factory=list)
+    features_complete = True  # every detectable feature is listed: the Features line is never dropped
 
     @property
     def words(self) -> list[str]:

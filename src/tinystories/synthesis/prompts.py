@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import jinja2
 import yaml
 
 from tinystories.core import DATA_GENERATION_DIR, ConfigError
-from tinystories.data.wordforms import WORD_FILES, read_words
+from tinystories.data.wordforms import WORD_FILES, read_words, split_sentences
 
 DEFAULT_DATA_GENERATION_DIR = DATA_GENERATION_DIR
 FEATURES_FILE = "features.yaml"
@@ -146,20 +145,6 @@ class Vocabulary:
 
     def summary_prompt(self, story: str) -> str:
         return self.summary_template.render(story=story.strip()).strip()
-
-
-# a sentence ends at . ! ? (and a closing quote) before whitespace and a capital, a quote or a digit, so
-# `"Look!" said Tom.` stays one sentence
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“'(0-9])|(?<=[.!?][\"”'])\s+(?=[A-Z\"“'(0-9])")
-
-
-def split_sentences(text: str) -> list[str]:
-    sentences = []
-    for paragraph in text.split("\n"):
-        for part in _SENTENCE_END.split(paragraph.strip()):
-            if part.strip():
-                sentences.append(part.strip())
-    return sentences
 
 
 def _balanced(sentence: str) -> bool:

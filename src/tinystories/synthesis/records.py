@@ -163,7 +163,9 @@ class RecordBuilder:
                 summary=summary.text if summary else None,
                 random_sentence=random_sentence(story.text, rng),
             )
-            shown = randomize_fields(full, rng, keep_probability=a.instruct_keep_probability)
+            # features read off the story are all of them: the line is always shown, so absent means absent
+            always = ("features",) if getattr(spec, "features_complete", False) else ()
+            shown = randomize_fields(full, rng, keep_probability=a.instruct_keep_probability, always=always)
             row.update(
                 text=format_example(shown),
                 summary=full.summary,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from transformers import GPTNeoForCausalLM, TrainingArguments
 
 from tinystories.core import ConfigError
-from tinystories.core.runtime import resolve_precision
+from tinystories.core.runtime import export_mixed_precision, resolve_precision
 from tinystories.data.loading import load_stories
 from tinystories.data.packing import PackStats, pack_dataset
 from tinystories.data.tokenizer import DEFAULT_TOKENIZER, prepare_tokenizer
@@ -41,6 +41,12 @@ class ModelArguments:
     fused_cross_entropy: bool = field(
         default=True,
         metadata={"help": "chunked LM-head + cross-entropy: never materialises the (tokens, vocab) logits"},
+    )
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "rows per chunk of the fused loss (default: per device, 256 on a CPU, 4096 on a GPU)"
+        },
     )
 
 
@@ -90,6 +96,13 @@ class PretrainConfig(TrainingArguments):
     save_total_limit: int | None = 3
     report_to: None | str | list[str] = "tensorboard"  # noqa: RUF036 (HfArgumentParser needs None first)
     include_num_input_tokens_seen: str = "all"  # packed blocks hold no padding (and pad == eos)
+    # DDP: every parameter gets a gradient (no unused-parameter search), and the attention `bias` buffers
+    # (constant masks, 16 MB for a released checkpoint) are not broadcast every forward
+    ddp_find_unused_parameters: bool | None = False
+    ddp_broadcast_buffers: bool | None = False
+    # the other ranks wait at a barrier while the main process downloads and tokenizes the data (2.12M
+    # stories the first time): 3 hours instead of 30 minutes (or pre-tokenize: --prepare_only true)
+    ddp_timeout: int = 10800
     global_batch_size: int | None = field(
         default=None,
         metadata={
@@ -108,26 +121,53 @@ class PretrainConfig(TrainingArguments):
     precision: str = field(
         default="auto",
         metadata={
-            "help": "auto (bf16 on a bf16 GPU, fp16 on an older CUDA GPU, else fp32), bf16, fp16, fp32"
+            "help": "auto (bf16 on a native-bf16 GPU, fp16 on an older CUDA GPU, else fp32), bf16, fp16, fp32"
         },
+    )
+    data_cache_shared: bool = field(
+        default=True,
+        metadata={
+            "help": "the datasets cache is shared by all nodes: only the global main process tokenizes "
+            "(false: node-local caches, one tokenization per node)"
+        },
+    )
+    prepare_only: bool = field(
+        default=False,
+        metadata={"help": "download and tokenize the data into the cache, then exit (run once, unlaunched)"},
     )
 
     def __post_init__(self):
         if not (self.bf16 or self.fp16):  # explicit --bf16/--fp16 win over --precision
             self.bf16, self.fp16 = resolve_precision(self.precision, use_cpu=bool(self.use_cpu))
+        export_mixed_precision(self.bf16, self.fp16)
         super().__post_init__()
 
 
-def configure_batch(args: PretrainConfig) -> None:
-    if not args.global_batch_size:
+def configure_batch(args: TrainingArguments) -> None:
+    """`global_batch_size` (sequences per optimizer step, all processes) → gradient_accumulation_steps.
+
+    The same recipe then takes the same optimizer steps on 1 or 8 GPUs (pretraining, SFT and LoRA). When
+    the processes alone already exceed it (LoRA's 32 on 8 GPUs of 16), each takes global / processes."""
+    total = getattr(args, "global_batch_size", None)
+    if not total:
         return
-    per_step = args.per_device_train_batch_size * args.world_size
-    if args.global_batch_size % per_step:
+    world = args.world_size
+    if total < args.per_device_train_batch_size * world and total % world == 0:
+        logger.info(
+            "global_batch_size %d on %d processes: per_device_train_batch_size %d -> %d",
+            total,
+            world,
+            args.per_device_train_batch_size,
+            total // world,
+        )
+        args.per_device_train_batch_size = total // world
+    per_step = args.per_device_train_batch_size * world
+    if total % per_step:
         raise ConfigError(
-            f"global_batch_size {args.global_batch_size} is not a multiple of per_device_train_batch_size × "
+            f"global_batch_size {total} is not a multiple of per_device_train_batch_size × "
             f"processes = {per_step}: change one of them"
         )
-    args.gradient_accumulation_steps = args.global_batch_size // per_step
+    args.gradient_accumulation_steps = total // per_step
 
 
 def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer) -> GPTNeoForCausalLM:
@@ -137,7 +177,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer)
         model = GPTNeoForCausalLM(new_config(model_args, data_args, tokenizer))
         model = install_attention(model, model_args.attn_implementation)
     if model_args.fused_cross_entropy:
-        use_fused_cross_entropy(model)
+        use_fused_cross_entropy(model, chunk_size=model_args.loss_chunk_size)
     return model
 
 
@@ -158,6 +198,8 @@ def validate(model_args: ModelArguments, data_args: DataArguments, args: Pretrai
     if model_args.size is not None and model_args.size not in SIZES and not model_args.model_name_or_path:
         raise ConfigError(f"unknown size {model_args.size!r}: valid sizes are {size_names()}")
     check_attn_implementation(model_args.attn_implementation)
+    if model_args.loss_chunk_size is not None and model_args.loss_chunk_size < 1:
+        raise ConfigError(f"--loss_chunk_size {model_args.loss_chunk_size}: give a positive row count")
     limit = model_args.max_position_embeddings
     if limit and data_args.block_size > limit:
         raise ConfigError(f"block_size {data_args.block_size} exceeds max_position_embeddings {limit}")

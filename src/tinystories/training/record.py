@@ -13,6 +13,28 @@ from tinystories.core.runtime import precision_name
 
 
 # ---------------------------------------------------------------------------------------- run record
+def num_parameters(model) -> int:
+    """The model's parameters, each once: under ZeRO-3 a rank holds only a shard of each (`numel()` is 0
+    once DeepSpeed has partitioned it), and the full size is `ds_numel`."""
+    return sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
+
+
+def throughput(trainer: Trainer) -> dict[str, Any]:
+    """Tokens/s over training steps only, all processes and per GPU, and MFU (on a GPU of known peak), from
+    the end-of-training log of `TokensPerSecondCallback`; `world_size` is the processes they are over."""
+    summary = next((h for h in reversed(trainer.state.log_history) if "train_loss" in h), {})
+    record: dict[str, Any] = {"world_size": trainer.args.world_size}
+    for key, name in (
+        ("train_tokens_per_second", "train_tokens_per_second"),
+        ("train_tokens_per_second_per_gpu", "train_tokens_per_second_per_gpu"),
+        ("train_mfu", "mfu"),
+        ("train_step_runtime", "train_step_seconds"),
+    ):
+        if summary.get(key) is not None:
+            record[name] = summary[key]
+    return record
+
+
 def hyperparameters(args: TrainingArguments, trainer: Trainer, **extra: Any) -> dict[str, Any]:
     """The training hyperparameters of a run, as its card and run record show them."""
     per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
@@ -56,8 +78,9 @@ def run_record(
         "tokenizer": tokenizer,
         "context_length": context_length,
         "config": model.config.to_diff_dict(),
-        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_parameters": num_parameters(model),
         "hyperparameters": hyperparameters(args, trainer, **(hparams or {})),
+        "throughput": throughput(trainer),
     }
     record.update(fields)
     return record

@@ -26,6 +26,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from tinystories.core import TRAINED_CONTEXT, ConfigError
 from tinystories.core.plots import save_loss_curve
+from tinystories.core.runtime import DeviceFacts, check_one_process_per_gpu, describe_devices, precision_name
 from tinystories.evaluation.generation import sample_generations
 from tinystories.evaluation.metrics import perplexity
 from tinystories.hub.cards import write_model_card
@@ -85,7 +86,12 @@ def prepare_run(args: TrainingArguments, **tail_fields: Any) -> tuple[str | None
 
     A push is checked now (token, namespace), so a missing token fails in seconds, not after training;
     the Trainer's own push is turned off: the tail pushes the finished folder (weights, card, metrics) once.
+    Several GPUs in one undistributed process (DataParallel) are refused; the main process logs the devices.
     """
+    devices = DeviceFacts.of_run(args)
+    check_one_process_per_gpu(devices)
+    if args.process_index == 0:
+        logger.info(describe_devices(devices, precision_name(args)))
     push = bool(args.push_to_hub)
     if push:
         check_push_ready(args.hub_model_id)
@@ -121,8 +127,7 @@ def _write_results(trainer: Trainer, output_dir: Path, metrics: dict[str, Any], 
         "num_input_tokens_seen": trainer.state.num_input_tokens_seen,
         "global_step": trainer.state.global_step,
     }
-    if summary.get("train_runtime") and trainer.state.num_input_tokens_seen:
-        results["train_tokens_per_second"] = trainer.state.num_input_tokens_seen / summary["train_runtime"]
+    # `train_tokens_per_second` & co: from the summary (`TokensPerSecondCallback`: this call's training steps)
     (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
     save_loss_curve(history, output_dir / "loss_curve.png", title=title)
     return results
@@ -240,9 +245,14 @@ def export_merged(adapter_dir: Path, tokenizer, run_info: dict[str, Any], tail: 
 def print_summary(results: dict[str, Any], trainer: Trainer, label: str = "eval loss") -> None:
     """One stderr line at the end of a training run: final eval loss, perplexity, bits per byte, where it went."""
     if trainer.is_world_process_zero() and "eval_loss" in results:
+        speed = ""
+        if results.get("train_tokens_per_second_per_gpu"):
+            speed = f" | {results['train_tokens_per_second_per_gpu']:,.0f} tokens/s per GPU"
+            speed += f" (MFU {results['train_mfu']:.1%})" if results.get("train_mfu") else ""
         print(
             f"{label} {results['eval_loss']:.4f} | perplexity {perplexity(results['eval_loss']):.2f}"
-            f" | bits/byte {results.get('eval_bits_per_byte', float('nan')):.4f} | saved to {trainer.args.output_dir}",
+            f" | bits/byte {results.get('eval_bits_per_byte', float('nan')):.4f}{speed}"
+            f" | saved to {trainer.args.output_dir}",
             file=sys.stderr,
         )
 

@@ -10,7 +10,7 @@ import torch
 from trl import ModelConfig, SFTConfig
 
 from tinystories.core import TRAINED_CONTEXT, ConfigError
-from tinystories.core.runtime import PRECISIONS, resolve_precision
+from tinystories.core.runtime import PRECISIONS, export_mixed_precision, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,12 @@ class FinetuneArguments:
             "help": "pretraining's chunked LM-head + cross-entropy for the training loss (false: TRL's loss)"
         },
     )
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "rows per chunk of the fused loss (default: per device, 256 on a CPU, 4096 on a GPU)"
+        },
+    )
 
 
 @dataclass
@@ -132,12 +138,27 @@ class TinyStoriesSFTConfig(SFTConfig):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "replace a finished run in output_dir"}
     )
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "examples per optimizer step across all processes; sets gradient_accumulation_steps"
+        },
+    )
+    data_cache_shared: bool = field(
+        default=True,
+        metadata={"help": "the datasets cache is shared by all nodes (false: node-local caches)"},
+    )
+    # DDP: every trainable parameter gets a gradient; the constant attention-mask buffers are not broadcast
+    ddp_find_unused_parameters: bool | None = False
+    ddp_broadcast_buffers: bool | None = False
+    ddp_timeout: int = 10800  # the other ranks wait while the main process prepares the data
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}: use {', '.join(PRECISIONS)}")
         if self.bf16 is None and not self.fp16:
             self.bf16, self.fp16 = resolve_precision(self.precision, use_cpu=bool(self.use_cpu))
+        export_mixed_precision(bool(self.bf16), bool(self.fp16))
         super().__post_init__()
 
 

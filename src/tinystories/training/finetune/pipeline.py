@@ -24,6 +24,7 @@ from tinystories.training.finetune.trainer import (
     peft_hparams,
     qlora_compute_dtype,
 )
+from tinystories.training.pretraining import configure_batch
 from tinystories.training.record import run_record
 from tinystories.training.tail import finish_run, prepare_run, print_summary
 
@@ -38,6 +39,7 @@ def run(args: FinetuneArguments, training_args: SFTConfig, model_config: Finetun
     """
     validate_model_config(model_config, args)
     validate_training_args(training_args)
+    configure_batch(training_args)  # the recipe's examples per optimizer step, on any number of processes
     peft, context = model_config.use_peft, min(training_args.max_length, TRAINED_CONTEXT)
     resume, tail = prepare_run(
         training_args,
@@ -49,7 +51,7 @@ def run(args: FinetuneArguments, training_args: SFTConfig, model_config: Finetun
         attn_implementation=model_config.attn_implementation or "sdpa",
     )
     set_seed(training_args.seed)
-    with training_args.main_process_first(desc="data"):
+    with training_args.main_process_first(desc="data", local=not training_args.data_cache_shared):
         data, tail.samples = prepare_data(args)
     logger.info(
         "data (%s): %d train / %d eval examples", tail.samples, len(data["train"]), len(data["validation"])

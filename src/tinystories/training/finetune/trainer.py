@@ -45,7 +45,9 @@ def load_base(args: FinetuneArguments, model_config: FinetuneModelConfig):
         **kwargs,
     )
     if args.fused_cross_entropy:
-        use_fused_cross_entropy(model)  # before PEFT wraps it: the adapter's forward calls this one
+        use_fused_cross_entropy(
+            model, chunk_size=args.loss_chunk_size
+        )  # before PEFT wraps it: the adapter's forward calls this one
     if model.config.vocab_size < len(tokenizer):
         raise ConfigError(
             f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}: "

@@ -1,0 +1,217 @@
+"""`tinystories export`: the transformers.js layout, fp32 parity with PyTorch (also past the local window), greedy
+generation through the ONNX Runtime loop, and int8 bits per byte on real held-out stories."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from transformers import GenerationConfig, GPTNeoForCausalLM
+
+from tinystories import cli
+from tinystories.core import ConfigError
+from tinystories.data.loading import load_eval_texts
+from tinystories.data.packing import num_utf8_bytes
+from tinystories.data.tokenizer import load_tokenizer
+from tinystories.evaluation.metrics import bits_per_byte, score_texts, story_windows
+from tinystories.export.layout import export_model
+from tinystories.export.session import OnnxCausalLM
+from tinystories.stages import export as export_stage
+from tinystories.stages import train as pretrain
+
+WINDOW = 256
+LAYERS = 2
+HEADS = 4  # tiny.make_tiny_model_dir: hidden 32 = 4 heads of 8
+
+
+@pytest.fixture(scope="module")
+def windowed_model_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
+    """Hidden 32, a global and a local layer (window 256), 512 positions; q/k scaled up so attention is sharp and
+    the window changes the logits (at init it is near uniform and a missing window would hardly show)."""
+    from tiny import make_tiny_model_dir
+
+    folder = make_tiny_model_dir(
+        tmp_path_factory.mktemp("export") / "model", gpt_neo_tokenizer_dir, max_positions=512, window_size=WINDOW
+    )
+    model = GPTNeoForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.attention.q_proj.weight.mul_(20)
+            block.attn.attention.k_proj.weight.mul_(20)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(windowed_model_dir):
+    """`tinystories export --model <dir> --quantize int8`, through the CLI, into the default <dir>/onnx-export."""
+    assert cli.main(["export", "--model", str(windowed_model_dir), "--quantize", "int8"]) == 0
+    return windowed_model_dir / "onnx-export"
+
+
+@pytest.fixture(scope="module")
+def torch_model(windowed_model_dir):
+    return GPTNeoForCausalLM.from_pretrained(windowed_model_dir, attn_implementation="eager").eval()
+
+
+@pytest.fixture(scope="module")
+def fp32(exported):
+    return OnnxCausalLM(exported / "onnx" / "model.onnx")
+
+
+def random_ids(n: int, seed: int = 1, vocab: int = 50257) -> list[int]:
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def test_make_export_runs_the_cli(repo_root):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    out = subprocess.run(
+        ["make", "-n", "export", "MODEL=outputs/run", "ARGS=--quantize int8"],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "-m tinystories.cli export --model outputs/run --quantize int8" in " ".join(out.stdout.split())
+
+
+def test_export_writes_the_transformers_js_layout(exported):
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (exported / name).is_file(), name
+    assert sorted(p.name for p in (exported / "onnx").iterdir()) == ["model.onnx", "model_quantized.onnx"]
+    config = json.loads((exported / "config.json").read_text())
+    assert config["model_type"] == "gpt_neo" and config["window_size"] == WINDOW
+    assert (config["num_heads"], config["num_layers"], config["hidden_size"]) == (HEADS, LAYERS, 32)
+    assert config["transformers.js_config"] == {"use_external_data_format": False}  # q8 present: no dtype pin
+    generation = json.loads((exported / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == 50256 and generation["max_length"] == 512
+
+    for name in ("model.onnx", "model_quantized.onnx"):
+        graph = onnx.load(str(exported / "onnx" / name)).graph
+        dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input}
+        past = [f"past_key_values.{i}.{kv}" for i in range(LAYERS) for kv in ("key", "value")]
+        assert list(dims) == ["input_ids", "attention_mask", "position_ids", *past]
+        assert dims["attention_mask"] == ["batch_size", "past_sequence_length + sequence_length"]
+        # transformers.js builds the empty cache from these: `batch_size` is resolved, the rest must be numbers
+        assert dims["past_key_values.0.key"] == ["batch_size", HEADS, "past_sequence_length", 8]
+        present = [f"present.{i}.{kv}" for i in range(LAYERS) for kv in ("key", "value")]
+        assert [v.name for v in graph.output] == ["logits", *present]
+        assert not list((exported / "onnx").glob("*.data"))  # weights inside the one file
+
+    info = json.loads((exported / "export_info.json").read_text())
+    assert info["parity"]["tokens"] == 320 and info["parity"]["fp32"]["max_abs_logit_diff"] < 1e-4
+    assert info["files"]["onnx/model_quantized.onnx"] < 0.6 * info["files"]["onnx/model.onnx"]
+
+
+@pytest.mark.parametrize("length", [40, 300])  # shorter and longer than the 256-token window
+def test_fp32_logits_match_pytorch(fp32, torch_model, length):
+    ids = random_ids(length)
+    with torch.no_grad():
+        expected = torch_model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(fp32.logits([ids])[0] - expected).max() < 1e-4
+    if length > WINDOW:  # the window bites here: without it the logits would be far off
+        unwindowed = copy.deepcopy(torch_model)
+        global_bias = unwindowed.transformer.h[0].attn.attention.bias
+        unwindowed.transformer.h[1].attn.attention.bias.copy_(global_bias)
+        with torch.no_grad():
+            no_window = unwindowed(torch.tensor([ids])).logits[0].numpy()
+        assert np.abs(no_window[WINDOW:] - expected[WINDOW:]).max() > 1e-2
+        assert np.abs(no_window[:WINDOW] - expected[:WINDOW]).max() < 1e-5
+
+
+def test_cached_decoding_past_the_window_and_padding_match_pytorch(fp32, torch_model):
+    ids = random_ids(300, seed=2)
+    with torch.no_grad():
+        expected = torch_model(torch.tensor([ids])).logits[0].numpy()
+    logits, past = fp32.forward(np.array([ids[:240]]))
+    diffs = [np.abs(logits[0] - expected[:240]).max()]
+    for t in range(240, 300):  # one token a step, the cache growing from 240 to 300 positions
+        logits, past = fp32.forward(np.array([[ids[t]]]), past=past)
+        diffs.append(np.abs(logits[0, 0] - expected[t]).max())
+    assert past["past_key_values.1.key"].shape == (1, HEADS, 300, 8)  # the cache grows; the mask keeps it local
+    assert max(diffs) < 1e-4
+
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[0, :5] = 0  # left padding, as a batched generate pads
+    batch = torch.tensor([random_ids(20, seed=3), random_ids(20, seed=4)])
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        expected = torch_model(batch, attention_mask=mask, position_ids=position_ids).logits.numpy()
+    got = fp32.logits(batch.numpy(), mask.numpy())
+    assert np.abs(got - expected)[mask.bool().numpy()].max() < 1e-4
+
+
+def test_greedy_generation_with_the_cache_equals_pytorch_generate(fp32, torch_model):
+    prompt = random_ids(200, seed=5)  # 200 + 100 new tokens: decoding crosses the window
+    with torch.no_grad():
+        expected = torch_model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, 200, dtype=torch.long),
+            generation_config=GenerationConfig(
+                max_new_tokens=100, do_sample=False, eos_token_id=None, pad_token_id=0
+            ),
+        )[0, 200:].tolist()
+    got = fp32.generate_greedy(prompt, max_new_tokens=100)
+    assert len(expected) == 100 and got.tokens == expected
+    assert 0 < got.first_token_seconds <= got.seconds
+
+
+def test_export_rejects_bad_input(windowed_model_dir):
+    with pytest.raises(ConfigError, match="none, int8"):
+        export_stage.main(["--model", str(windowed_model_dir), "--quantize", "int4"])
+    with pytest.raises(ConfigError, match="MODEL="):
+        export_stage.main([])
+
+
+def onnx_bits_per_byte(lm: OnnxCausalLM, tokenizer, texts: list[str], max_length: int, vocab: int) -> float:
+    """`score_texts` on ONNX Runtime: every story as [EOS, story, EOS] in the same windows, NLL summed in fp64."""
+    total = 0.0
+    for _, ids, first in story_windows(tokenizer, texts, max_length, max_length // 2, vocab):
+        logits = lm.logits([ids])[0].astype(np.float64)
+        peak = logits.max(axis=-1, keepdims=True)
+        log_probs = logits - peak - np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True))
+        nll = -log_probs[np.arange(len(ids) - 1), ids[1:]]
+        total += float(nll[first - 1 :].sum())
+    return bits_per_byte(total, num_utf8_bytes(texts))
+
+
+@pytest.mark.parametrize(
+    "steps", [pytest.param(60, id="60-steps"), pytest.param(400, id="400-steps", marks=pytest.mark.slow)]
+)
+def test_int8_bits_per_byte_within_2_percent_of_fp32(tmp_path, sample_txt, steps):
+    """A model pretrained by `tinystories train` (own 512-token BPE, hidden 32, 2 layers) on the real stories,
+    scored on the stories that run held out: int8 within 2% of fp32, fp32 ONNX equal to PyTorch."""
+    run = tmp_path / "run"
+    argv = [
+        "--dataset_name", str(sample_txt), "--output_dir", str(run), "--max_steps", str(steps),
+        "--train_tokenizer", "true", "--vocab_size", "512", "--hidden_size", "32", "--num_layers", "2",
+        "--block_size", "128", "--per_device_train_batch_size", "8", "--global_batch_size", "8",
+        "--gradient_accumulation_steps", "1", "--learning_rate", "6e-3", "--max_eval_samples", "40",
+        "--eval_steps", "1000", "--save_steps", "1000", "--logging_steps", "1000", "--report_to", "none",
+        "--use_cpu", "true", "--dataloader_num_workers", "0", "--seed", "7",
+    ]  # fmt: skip
+    assert pretrain.main(argv) == 0
+    tokenizer = load_tokenizer(str(run))
+    model = GPTNeoForCausalLM.from_pretrained(run).eval()
+    export_model(model, tokenizer, run / "onnx-export", quantize="int8", verify=False)
+    held_out = load_eval_texts(str(sample_txt), validation_fraction=0.1, seed=7).texts[:60]
+
+    reference = score_texts(model, tokenizer, held_out, max_length=512, progress=False)
+    vocab = model.config.vocab_size
+    fp32 = onnx_bits_per_byte(OnnxCausalLM(run / "onnx-export/onnx/model.onnx"), tokenizer, held_out, 512, vocab)
+    int8 = onnx_bits_per_byte(
+        OnnxCausalLM(run / "onnx-export/onnx/model_quantized.onnx"), tokenizer, held_out, 512, vocab
+    )
+    uniform = reference["num_tokens"] * np.log2(vocab) / reference["num_bytes"]
+    print(f"{steps} steps: bpb PyTorch {reference['bits_per_byte']:.4f} fp32 {fp32:.4f} int8 {int8:.4f}")
+    assert reference["bits_per_byte"] < 0.8 * uniform  # trained: well below a uniform guess
+    assert fp32 == pytest.approx(reference["bits_per_byte"], rel=1e-5)
+    assert abs(int8 - fp32) / fp32 < 0.02
