@@ -77,10 +77,10 @@ opt = $(if $(2),$(1) $(2))
 CPU_ARGS ?= --per_device_train_batch_size 8 --global_batch_size 8 --eval_steps 50 --save_steps 50 \
 	--max_eval_samples 200 --dataloader_num_workers 0 --use_cpu true
 
-.PHONY: help install test test-slow lint format quickstart check-size train tokenizer sft lora generate demo eval analyze sweep data dedup push pull export bench gpu-check clean
+.PHONY: help install test test-slow lint format quickstart check-size train tokenizer sft lora generate demo web-demo eval analyze sweep data dedup push pull export bench gpu-check clean
 
 help:
-	@echo "make install | quickstart | test | train SIZE=<$(subst $() ,|,$(SIZES))> | sft | lora | eval | analyze | sweep SWEEP=<quickstart|paper> | data | dedup | demo MODEL=... | push | pull | export MODEL=... | bench | gpu-check [WHEELS=dir] [PY=python3]"
+	@echo "make install | quickstart | test | train SIZE=<$(subst $() ,|,$(SIZES))> | sft | lora | eval | analyze | sweep SWEEP=<quickstart|paper> | data | dedup | demo MODEL=... | web-demo MODEL=... | push | pull | export MODEL=... | bench | gpu-check [WHEELS=dir] [PY=python3]"
 	@echo "variables: DATA TOKENIZER MODEL BASE OUTPUT_DIR ACCELERATE NUM_GPUS ARGS IN OUT REPO DRY_RUN STAGE_DIR SWEEP"
 
 install: $(VENV)/.installed
@@ -144,6 +144,12 @@ generate: install
 # ARGS="--space true"` publishes). MODEL: a Hub id or a local model dir; ARGS="--port 7861".
 demo: install
 	$(PY) demo/space/app.py --model $(or $(MODEL),roneneldan/TinyStories-33M) $(ARGS)
+
+# The offline browser demo (demo/web: transformers.js + ONNX Runtime Web) on 127.0.0.1; MODEL: a `make export`
+# folder, or a model dir / Hub id (exported first). ARGS="--port 8001 --quantize int8".
+web-demo: install
+	@test -n "$(MODEL)" || { echo "usage: make web-demo MODEL=<export dir | model dir | Hub id> [ARGS='--port 8001 --quantize int8']" >&2; exit 2; }
+	$(PY) demo/web/build.py --model $(MODEL) $(ARGS)
 
 eval: install
 	$(TS) eval $(call opt,--model,$(MODEL)) $(call opt,--data,$(DATA)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)

@@ -1,5 +1,6 @@
 """`python -m benchmarks.bench` / `make bench`: training throughput (stock vs project path) and dedup
-throughput (`benchmarks.dedup_bench`).
+throughput (`benchmarks.dedup_bench`); `--suite finetune` (`benchmarks.finetune_bench`) and `--suite inference`
+(CPU generation: torch eager / fast attention / ONNX Runtime fp32 / int8, `benchmarks.inference_bench`).
 
 Training suite, per model size, in one run on the same real TinyStories tokens (the variants and one
 training run: `benchmarks.train_bench`):
@@ -42,6 +43,7 @@ from transformers import AutoTokenizer
 from benchmarks.dedup_bench import run_benchmark
 from benchmarks.finetune_bench import PATHS as FINETUNE_PATHS
 from benchmarks.finetune_bench import bench_finetune, format_finetune_table, run_path
+from benchmarks.inference_bench import bench_inference, format_inference_table
 from benchmarks.train_bench import STOCK, default_variant, lever_variants, run_variant
 from tinystories.core import ConfigError
 from tinystories.core.config import parse_args
@@ -52,13 +54,16 @@ from tinystories.models.sizes import SIZES, size_names
 
 DEFAULT_DATA = "../shared/data/tinystories/TinyStories-train.sample.txt"
 DEFAULT_TOKENIZER_DIR = "../shared/data/tokenizer-gpt-neo"
-SUITES = ("train", "dedup", "finetune")
+SUITES = ("train", "dedup", "finetune", "inference")
 
 
 @dataclass
 class BenchArguments:
     suite: str = field(
-        default="train,dedup", metadata={"help": "comma-separated: train, dedup, finetune (SFT/LoRA vs TRL)"}
+        default="train,dedup",
+        metadata={
+            "help": "comma-separated: train, dedup, finetune (SFT/LoRA vs TRL), inference (CPU generation)"
+        },
     )
     sizes: str = field(
         default="auto", metadata={"help": "model sizes, e.g. 1M,8M; auto: 1M,8M (+33M on a GPU)"}
@@ -107,6 +112,18 @@ class BenchArguments:
         default=None, metadata={"help": "finetune suite: trim the tokenizer to K tokens (paper: 10000)"}
     )
     num_proc: int = field(default=2, metadata={"help": "processes for the dedup benchmark"})
+    inference_sizes: str = field(
+        default="auto",
+        metadata={"help": "inference suite: random-weight shapes, 1M,8M (auto) or <hidden>x<layers>"},
+    )
+    inference_models: str = field(
+        default="auto",
+        metadata={
+            "help": "inference suite: model dirs / Hub ids; auto: released sizes found in the HF cache"
+        },
+    )
+    inference_new_tokens: int = field(default=128, metadata={"help": "inference suite: new tokens per run"})
+    inference_repeats: int = field(default=3, metadata={"help": "inference suite: timed runs (median)"})
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -116,6 +133,10 @@ def _check_inputs(args: BenchArguments) -> list[str]:
     if bad or not suites:
         raise ConfigError(
             f"unknown --suite {args.suite!r}: use a comma-separated subset of {', '.join(SUITES)}"
+        )
+    if "inference" in suites and looks_like_path(args.tokenizer) and not Path(args.tokenizer).exists():
+        raise ConfigError(
+            f"tokenizer {args.tokenizer!r} not found: pass --tokenizer with a GPT-Neo tokenizer dir"
         )
     if "train" in suites or "finetune" in suites:
         if args.steps <= args.warmup_steps:
@@ -364,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         report["finetune"] = bench_finetune(
             args, device, lambda payload: _run(payload, args.isolate, run_path)
         )
+    if "inference" in suites:
+        report["inference"] = bench_inference(args)
     report["load_average_1min_end"] = round(os.getloadavg()[0], 2)
 
     out_dir = Path(args.output_dir)
@@ -375,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(report))
     if "finetune" in report:
         print(format_finetune_table(report["finetune"]))
+    if "inference" in report:
+        print(format_inference_table(report["inference"]))
     print(f"wrote {out_dir / 'bench.json'} and {stamped}")
     return 0
 

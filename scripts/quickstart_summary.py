@@ -1,4 +1,5 @@
-"""The table `make quickstart` ends with: held-out bits per byte, required words used, time of each stage."""
+"""The table `make quickstart` ends with: held-out bits per byte, required words used, `Features:` followed
+(asked / not asked, SFT and its base), dark stories (models and data), time of each stage."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def main(root: str, mode: str) -> None:
             f"{name:<14} {results['bits_per_byte']:>18.4f} {results['loss']:>7.3f} "
             f"{results['num_stories']:>8} {rate:>11}"
         )
+    features_table(json.loads((q / "sft" / "eval_results.json").read_text()))
+    dark_line(q)
     print("stage times: " + ", ".join(f"{n} {b - a}s" for (n, a), (_, b) in itertools.pairwise(stages)))
     print(f"total {stages[-1][1]}s")
     if mode == "real" and (sft.get("rate") or 0) < 0.5:
@@ -32,6 +35,35 @@ def main(root: str, mode: str) -> None:
             "words used: a model trained for minutes on a CPU does not follow `Words:` yet (it cannot copy from its "
             "context); see 'Instruction following at CPU scale' in README.md"
         )
+
+
+def _pct(stats: dict | None) -> str:
+    return f"{stats['rate']:.0%}" if stats and stats.get("rate") is not None else "–"
+
+
+def features_table(results: dict) -> None:
+    """Each detectable feature: the share of stories showing it when asked / when another is asked."""
+    features = results.get("instruct_features") or {}
+    if not features.get("features"):
+        return
+    base = (features.get("base") or {}).get("features") or {}
+    print(f"\n{'Features: asked / not asked':<28} {'sft':>13} {'base':>13}")
+    for name, rates in features["features"].items():
+        theirs = base.get(name) or {}
+        mine = f"{_pct(rates['asked'])} / {_pct(rates['not_asked'])}"
+        ref = f"{_pct(theirs.get('asked'))} / {_pct(theirs.get('not_asked'))}"
+        print(f"{name:<28} {mine:>13} {ref:>13}")
+
+
+def dark_line(q: Path) -> None:
+    """Dark stories: each model's completions, and the evaluated stories themselves."""
+    cells, data = [], None
+    for name, folder in (("pretrain", "pretrain"), ("sft", "sft"), ("lora-merged", "lora/merged")):
+        dark = json.loads((q / folder / "eval_results.json").read_text()).get("dark_stories") or {}
+        cells.append(f"{name} {_pct(dark.get('model'))}")
+        data = data or dark.get("data")
+    if data or any(not c.endswith("–") for c in cells):
+        print(f"dark stories: {', '.join(cells)}; the stories themselves {_pct(data)}")
 
 
 if __name__ == "__main__":

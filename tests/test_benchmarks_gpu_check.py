@@ -331,8 +331,10 @@ def test_the_report_files_are_named_after_the_gpu_and_round_trip(tmp_path):
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_gpu_check_needs_no_install_and_takes_the_python_given():
     def dry_run(*variables: str) -> str:
+        # a clean make: under `make test` the outer make's MAKEFLAGS (its ARGS=..., -w) would reach this one
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS")}
         proc = subprocess.run(
-            ["make", "-n", "gpu-check", *variables], cwd=REPO, capture_output=True, text=True
+            ["make", "-n", "gpu-check", *variables], cwd=REPO, capture_output=True, text=True, env=env
         )
         assert proc.returncode == 0, proc.stderr
         return " ".join(proc.stdout.replace("\\\n", " ").split())

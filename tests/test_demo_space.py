@@ -101,12 +101,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(varied_model):
+def served(varied_model, tmp_path_factory):
     """`python demo/space/app.py --model <dir>` (what `make demo` runs) on 127.0.0.1; yields its URL."""
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, str(APP), "--model", str(varied_model), "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path_factory.mktemp("app") / "app.log"  # a file, not a pipe: a full pipe would stall the server
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while True:
@@ -116,7 +117,7 @@ def served(varied_model):
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"the app did not start: {proc.stdout.read()}")
+                pytest.fail(f"the app did not start: {log.read_text()}")
             time.sleep(0.3)
     yield url
     proc.terminate()
@@ -209,3 +210,48 @@ def test_push_space_needs_a_hub_model(tmp_path, tiny_model_dir):
         push_folder(tiny_model_dir, "alice/demo", dry_run=True, stage_dir=tmp_path / "s", space=True)
     with pytest.raises(ConfigError, match="REPO must be"):
         push_folder("alice/model", "demo", dry_run=True, space=True)
+
+
+def test_push_space_checks_the_token_and_the_model_then_creates_the_space(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    calls = []
+    me = {"name": "alice", "orgs": [], "auth": {"accessToken": {"role": "write"}}}
+    monkeypatch.setattr(HfApi, "whoami", lambda api, token=None, **kw: calls.append("whoami") or me)
+
+    def model_info(api, repo_id, **kw):
+        calls.append(("model_info", repo_id))
+        if repo_id != "alice/TinyStories-8M":
+            raise RepositoryNotFoundError(f"{repo_id} not found")
+
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda api, repo_id, **kw: calls.append(("create_repo", repo_id, kw))
+    )
+
+    def upload(api, **kw):
+        calls.append(("upload_folder", kw))
+        return type("Commit", (), {"commit_url": "https://huggingface.co/spaces/alice/demo/commit/abc"})()
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload)
+    with pytest.raises(ConfigError, match="which the Hub does not serve"):
+        push_folder("alice/missing", "alice/demo", stage_dir=tmp_path / "s", space=True)
+    assert [c if isinstance(c, str) else c[0] for c in calls] == ["whoami", "model_info"]  # no Space created
+    calls.clear()
+    url = push_folder("alice/TinyStories-8M", "alice/demo", stage_dir=tmp_path / "s", space=True)
+    assert url.endswith("/commit/abc")
+    assert [c if isinstance(c, str) else c[0] for c in calls] == [
+        "whoami",
+        "model_info",
+        "whoami",
+        "create_repo",
+        "upload_folder",
+    ]
+    assert calls[3][2]["repo_type"] == "space" and calls[3][2]["space_sdk"] == "gradio"
+    upload_kw = calls[4][1]
+    assert upload_kw["repo_type"] == "space" and Path(upload_kw["folder_path"]) == tmp_path / "s"
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["README.md", "app.py", "requirements.txt"]

@@ -6,16 +6,18 @@ folder and serves it on 127.0.0.1. Every request that is not to that server is a
 need none. The greedy story the page streams must be PyTorch's, token for token, on a prompt that runs past the
 local attention window; the page's Instruct prompt must be `build_prompt`'s.
 
-Needs Debian's `chromium` and `npm ci` in demo/web (`.ci/run` installs both); skipped without them.
+Needs Debian's `chromium` and `npm ci` in demo/web (`.ci/run` installs both, then runs this file with
+`make test-slow ARGS=tests/test_demo_web.py`); skipped without them.
 """
 
 from __future__ import annotations
 
 import os
-import select
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -27,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tiny import make_tiny_model_dir
 from tinystories.data.instruct import build_prompt
-from tinystories.export.session import OnnxCausalLM
+from tinystories.models.export.session import OnnxCausalLM
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO / "demo" / "web"
@@ -36,6 +38,8 @@ MAX_NEW = 48
 WINDOW = 256  # the tiny model's local attention window (the released models')
 
 pytestmark = [
+    # slow: `tinystories export` (torch.onnx, int8) and a real Chromium take about a minute on 2 cores; .ci/run runs it
+    pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium: `apt-get install chromium` (.ci/run does)"),
     pytest.mark.skipif(
         not (WEB / "node_modules" / "@huggingface" / "transformers").is_dir(),
@@ -59,15 +63,22 @@ def model_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
 
 
 def _wait_for_url(proc: subprocess.Popen, seconds: float) -> str:
-    lines, deadline = [], time.monotonic() + seconds
-    while time.monotonic() < deadline and proc.poll() is None:
-        if select.select([proc.stdout], [], [], 1.0)[0]:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if " at http://" in line:
-                return line.split(" at ", 1)[1].split()[0]
+    """The URL build.py prints once it serves (its output is read by a thread: no line is left in a buffer)."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    seen, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            if proc.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        if " at http://" in line:
+            return line.split(" at ", 1)[1].split()[0]
     proc.kill()
-    pytest.fail("build.py did not serve:\n" + "".join(lines) + proc.stdout.read())
+    pytest.fail("build.py did not serve:\n" + "".join(seen))
 
 
 @pytest.fixture(scope="module")

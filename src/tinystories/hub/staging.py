@@ -358,15 +358,20 @@ def space_app_dir() -> Path:
     raise ConfigError("the Space app is demo/space/ of the repository: run the push from a checkout")
 
 
-def stage_space(model_id: str, repo_id: str, stage_dir: str | os.PathLike | None = None) -> Path:
-    """Stage the Gradio Space that serves `model_id` (a Hub id): its app, card and requirements."""
-    _split_repo(repo_id)
+def _check_space_source(model_id: str) -> Path:
+    """The Space's app folder, once `model_id` is known to be a Hub id (a Space cannot load a local folder)."""
     if not cards.is_hub_id(model_id):
         raise ConfigError(
             f"a Space loads its model from the Hub, and {model_id!r} is not a Hub id: push the model first "
             "(make push MODEL=<model dir> REPO=<user>/<model>), then MODEL=<user>/<model> ARGS='--space true'"
         )
-    source = space_app_dir()
+    return space_app_dir()
+
+
+def stage_space(model_id: str, repo_id: str, stage_dir: str | os.PathLike | None = None) -> Path:
+    """Stage the Gradio Space that serves `model_id` (a Hub id): its app, card and requirements."""
+    _split_repo(repo_id)
+    source = _check_space_source(model_id)
     stage = Path(stage_dir) if stage_dir else default_stage_dir(repo_id)
     if stage.exists():
         shutil.rmtree(stage)
@@ -410,14 +415,16 @@ def push_folder(
             f"repo_type must be 'model', 'dataset' or 'space' (metric modules), got {repo_type!r}"
         )
     _split_repo(repo_id)
-    if space:  # the model id is checked (and the app staged) before the Hub is asked
-        repo_type, stage = "space", stage_space(str(folder), repo_id, stage_dir)
+    if space:
+        repo_type = "space"
+        _check_space_source(str(folder))
         if dry_run:
-            return str(stage)
+            return str(stage_space(str(folder), repo_id, stage_dir))
         api = HfApi()
         check_push_ready(repo_id, api)  # token and Hub first, then the model, then the Space is created
         _check_space_model(api, str(folder))
         token = _check_token_and_repo(api, repo_id, private, revision, repo_type)
+        stage = stage_space(str(folder), repo_id, stage_dir)
     else:
         _check_folder(Path(folder), repo_type)
         if dry_run:

@@ -10,7 +10,7 @@ values, inputs `input_ids`, `attention_mask`, `position_ids`, `past_key_values.{
 `present.{i}.key/value`), with `--quantize int8` also `onnx/model_quantized.onnx` (ONNX Runtime dynamic int8),
 `config.json` (with `transformers.js_config`), `generation_config.json` and the tokenizer: what
 `AutoModelForCausalLM.from_pretrained(dir, {dtype: 'fp32' | 'q8'})` of transformers.js loads
-(`tinystories.export.layout`). Right after writing, the fp32 graph's logits are compared with PyTorch's on a
+(`tinystories.models.export.layout`). Right after writing, the fp32 graph's logits are compared with PyTorch's on a
 sequence longer than the local attention window (refused above 1e-3) and `export_info.json` records the numbers.
 """
 
@@ -25,9 +25,9 @@ from tinystories.core import ConfigError
 from tinystories.core.config import parse_args, setup_logging
 from tinystories.core.paths import public_name
 from tinystories.data.tokenizer import load_tokenizer
-from tinystories.export.graph import DEFAULT_OPSET
-from tinystories.export.layout import EXPORT_INFO_FILE, export_model
-from tinystories.export.quantize import QUANTIZATIONS
+from tinystories.models.export.graph import DEFAULT_OPSET
+from tinystories.models.export.layout import EXPORT_INFO_FILE, export_model
+from tinystories.models.export.quantize import QUANTIZATIONS
 from tinystories.models.loading import is_adapter_dir, load_model
 
 logger = logging.getLogger(__name__)

@@ -58,6 +58,13 @@ class FinetuneArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "use only the first N eval examples"}
     )
+    feature_min_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "repeat training examples whose Features: line holds a rarer feature until each feature "
+            "is in about this share of them (MoralValue is in 3.5% of TinyStories; 0: no repeats)"
+        },
+    )
     model_name: str | None = field(
         default=None, metadata={"help": "name for the model card / Hub repo (default: the output dir name)"}
     )

@@ -29,9 +29,9 @@ import torch
 import transformers
 from transformers import GenerationConfig
 
-from tinystories.export.graph import DEFAULT_OPSET, export_decoder
-from tinystories.export.quantize import quantize_int8
-from tinystories.export.session import OnnxCausalLM
+from tinystories.models.export.graph import DEFAULT_OPSET, export_decoder
+from tinystories.models.export.quantize import quantize_int8
+from tinystories.models.export.session import OnnxCausalLM
 from tinystories.models.loading import context_limit
 
 logger = logging.getLogger(__name__)

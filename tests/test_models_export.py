@@ -20,8 +20,9 @@ from tinystories.data.loading import load_eval_texts
 from tinystories.data.packing import num_utf8_bytes
 from tinystories.data.tokenizer import load_tokenizer
 from tinystories.evaluation.metrics import bits_per_byte, score_texts, story_windows
-from tinystories.export.layout import export_model
-from tinystories.export.session import OnnxCausalLM
+from tinystories.models.export.layout import export_model
+from tinystories.models.export.session import OnnxCausalLM
+from tinystories.models.loading import context_limit
 from tinystories.stages import export as export_stage
 from tinystories.stages import train as pretrain
 
@@ -37,7 +38,10 @@ def windowed_model_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
     from tiny import make_tiny_model_dir
 
     folder = make_tiny_model_dir(
-        tmp_path_factory.mktemp("export") / "model", gpt_neo_tokenizer_dir, max_positions=512, window_size=WINDOW
+        tmp_path_factory.mktemp("export") / "model",
+        gpt_neo_tokenizer_dir,
+        max_positions=512,
+        window_size=WINDOW,
     )
     model = GPTNeoForCausalLM.from_pretrained(folder)
     with torch.no_grad():
@@ -96,7 +100,9 @@ def test_export_writes_the_transformers_js_layout(exported):
 
     for name in ("model.onnx", "model_quantized.onnx"):
         graph = onnx.load(str(exported / "onnx" / name)).graph
-        dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input}
+        dims = {
+            v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input
+        }
         past = [f"past_key_values.{i}.{kv}" for i in range(LAYERS) for kv in ("key", "value")]
         assert list(dims) == ["input_ids", "attention_mask", "position_ids", *past]
         assert dims["attention_mask"] == ["batch_size", "past_sequence_length + sequence_length"]
@@ -136,7 +142,12 @@ def test_cached_decoding_past_the_window_and_padding_match_pytorch(fp32, torch_m
     for t in range(240, 300):  # one token a step, the cache growing from 240 to 300 positions
         logits, past = fp32.forward(np.array([[ids[t]]]), past=past)
         diffs.append(np.abs(logits[0, 0] - expected[t]).max())
-    assert past["past_key_values.1.key"].shape == (1, HEADS, 300, 8)  # the cache grows; the mask keeps it local
+    assert past["past_key_values.1.key"].shape == (
+        1,
+        HEADS,
+        300,
+        8,
+    )  # the cache grows; the mask keeps it local
     assert max(diffs) < 1e-4
 
     mask = torch.ones(2, 20, dtype=torch.long)
@@ -193,7 +204,7 @@ def test_int8_bits_per_byte_within_2_percent_of_fp32(tmp_path, sample_txt, steps
     argv = [
         "--dataset_name", str(sample_txt), "--output_dir", str(run), "--max_steps", str(steps),
         "--train_tokenizer", "true", "--vocab_size", "512", "--hidden_size", "32", "--num_layers", "2",
-        "--block_size", "128", "--per_device_train_batch_size", "8", "--global_batch_size", "8",
+        "--block_size", "64", "--max_train_samples", "600", "--per_device_train_batch_size", "8", "--global_batch_size", "8",
         "--gradient_accumulation_steps", "1", "--learning_rate", "6e-3", "--max_eval_samples", "40",
         "--eval_steps", "1000", "--save_steps", "1000", "--logging_steps", "1000", "--report_to", "none",
         "--use_cpu", "true", "--dataloader_num_workers", "0", "--seed", "7",
@@ -204,14 +215,15 @@ def test_int8_bits_per_byte_within_2_percent_of_fp32(tmp_path, sample_txt, steps
     export_model(model, tokenizer, run / "onnx-export", quantize="int8", verify=False)
     held_out = load_eval_texts(str(sample_txt), validation_fraction=0.1, seed=7).texts[:60]
 
-    reference = score_texts(model, tokenizer, held_out, max_length=512, progress=False)
-    vocab = model.config.vocab_size
-    fp32 = onnx_bits_per_byte(OnnxCausalLM(run / "onnx-export/onnx/model.onnx"), tokenizer, held_out, 512, vocab)
+    context, vocab = context_limit(model), model.config.vocab_size  # 64: the trained block
+    reference = score_texts(model, tokenizer, held_out, max_length=context, progress=False)
+    onnx_dir = run / "onnx-export" / "onnx"
+    fp32 = onnx_bits_per_byte(OnnxCausalLM(onnx_dir / "model.onnx"), tokenizer, held_out, context, vocab)
     int8 = onnx_bits_per_byte(
-        OnnxCausalLM(run / "onnx-export/onnx/model_quantized.onnx"), tokenizer, held_out, 512, vocab
+        OnnxCausalLM(onnx_dir / "model_quantized.onnx"), tokenizer, held_out, context, vocab
     )
     uniform = reference["num_tokens"] * np.log2(vocab) / reference["num_bytes"]
-    print(f"{steps} steps: bpb PyTorch {reference['bits_per_byte']:.4f} fp32 {fp32:.4f} int8 {int8:.4f}")
-    assert reference["bits_per_byte"] < 0.8 * uniform  # trained: well below a uniform guess
+    print(f"{steps} steps: bpb PyTorch {reference['bits_per_byte']:.5f}, fp32 {fp32:.5f}, int8 {int8:.5f}")
+    assert reference["bits_per_byte"] < 0.9 * uniform  # trained: below a uniform guess over the vocabulary
     assert fp32 == pytest.approx(reference["bits_per_byte"], rel=1e-5)
     assert abs(int8 - fp32) / fp32 < 0.02

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from tinystories.core import ConfigError
-from tinystories.export.graph import BASE_INPUTS, PAST_PREFIX, PRESENT_PREFIX
+from tinystories.models.export.graph import BASE_INPUTS, PAST_PREFIX, PRESENT_PREFIX
 
 
 @dataclass

@@ -1,0 +1,266 @@
+"""Inference suite (`make bench ARGS="--suite inference"`): batch-1 greedy generation on the CPU, four ways.
+
+Per model, in one process and one run, from the same prompt (a real story beginning) for the same number of
+new tokens, greedy, EOS ignored so every path makes all of them:
+
+* **torch eager**: `GPTNeoForCausalLM` as `transformers` runs it (eager attention, `gelu_new`), `model.generate`;
+* **torch fast**: the same weights with the project's attention (`use_fast_attention`: SDPA; the one-kernel GELU),
+  as `load_model` gives it to every stage, `model.generate`;
+* **torch fast loop**: the same model in a plain loop (forward with a `DynamicCache`, argmax), the loop the ONNX
+  paths run: the gap to `torch fast` is `generate`'s own per-token work (logits processors, stopping criteria);
+* **onnx fp32** / **onnx int8**: `tinystories export` of the same model (`onnx/model.onnx`,
+  `onnx/model_quantized.onnx`) through ONNX Runtime's CPU provider and the project's generation loop
+  (`tinystories.models.export.session.OnnxCausalLM`, the transformers.js feeding).
+
+Tokens/s counts the new tokens over the whole call (prompt included); first-token latency is prompt forward +
+the first token (`generate` is timed with a streamer); tokens per CPU-second divide by the process's CPU time
+(all threads), which a machine shared with other jobs disturbs less than the wall clock. Each number is the median of
+`--inference_repeats` runs after one short warm-up; ratios are against torch eager in the same run. torch and
+ONNX Runtime get the same number of threads. The models are `build_config` shapes with random weights (speed does
+not depend on training; a released size name or `<hidden>x<layers>`), plus released checkpoints found in the HF
+cache (none: skipped) or the dirs given by `--inference_models`. `same_tokens` says whether a path produced
+exactly torch eager's tokens: fp32 must; int8 may pick another token where a model's top logits nearly tie (random
+weights do that all the time; trained models rarely).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from huggingface_hub import try_to_load_from_cache
+from transformers import AutoTokenizer, DynamicCache, GenerationConfig, GPTNeoForCausalLM
+from transformers.generation.streamers import BaseStreamer
+
+from tinystories.core import ConfigError
+from tinystories.models.attention import use_fast_attention, use_fast_gelu
+from tinystories.models.export.layout import FP32_FILE, INT8_FILE, export_model
+from tinystories.models.export.session import OnnxCausalLM
+from tinystories.models.loading import context_limit, install_attention, load_model
+from tinystories.models.sizes import SIZES, build_config
+
+PATHS = ("torch eager", "torch fast", "torch fast loop", "onnx fp32", "onnx int8")
+PROMPT = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
+    "friends. One day, she saw a big red ball under a tree."
+)
+DEFAULT_SIZES = "1M,8M"
+
+
+def parse_shapes(text: str) -> list[tuple[str, dict]]:
+    """`1M,8M` (released sizes) or `64x2` (hidden x layers) -> [(label, build_config kwargs)]."""
+    shapes = []
+    for item in [s.strip() for s in (DEFAULT_SIZES if text == "auto" else text).split(",") if s.strip()]:
+        if item == "none":
+            continue
+        if item in SIZES:
+            shapes.append((item, {"size": item}))
+            continue
+        hidden, _, layers = item.partition("x")
+        if not (hidden.isdigit() and layers.isdigit()):
+            raise ConfigError(
+                f"unknown --inference_sizes entry {item!r}: a released size ({', '.join(SIZES)}) or <hidden>x<layers>"
+            )
+        shapes.append((item, {"hidden_size": int(hidden), "num_layers": int(layers), "num_heads": 4}))
+    return shapes
+
+
+def cached_checkpoints(shapes: list[tuple[str, dict]]) -> list[str]:
+    """Released checkpoints of the benchmarked sizes that are in the HF cache (never downloads)."""
+    found = []
+    for label, _ in shapes:
+        if label in SIZES:
+            config = try_to_load_from_cache(SIZES[label].hub_id, "config.json")
+            if isinstance(config, str):
+                found.append(str(Path(config).parent))  # the snapshot folder: loaded as a local dir
+    return found
+
+
+class _Clock(BaseStreamer):
+    """`generate` calls `put` with the prompt, then with each new token: the second call is the first token."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def _torch_run(model, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], float, float]:
+    config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ids = torch.tensor([prompt_ids])
+    clock = _Clock()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), generation_config=config, streamer=clock
+        )
+    seconds = time.perf_counter() - started
+    return out[0, len(prompt_ids) :].tolist(), clock.times[1] - started, seconds
+
+
+def _torch_loop(model, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], float, float]:
+    started = time.perf_counter()
+    tokens: list[int] = []
+    first = 0.0
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        out = model(
+            input_ids=torch.tensor([prompt_ids]), past_key_values=cache, use_cache=True, logits_to_keep=1
+        )
+        for step in range(new_tokens):
+            tokens.append(int(out.logits[0, -1].argmax()))
+            if step == 0:
+                first = time.perf_counter() - started
+            if step == new_tokens - 1:
+                break
+            step_ids = torch.tensor([[tokens[-1]]])
+            out = model(
+                input_ids=step_ids, past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1
+            )
+    return tokens, first, time.perf_counter() - started
+
+
+def _onnx_run(lm: OnnxCausalLM, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], float, float]:
+    result = lm.generate_greedy(prompt_ids, new_tokens)
+    return result.tokens, result.first_token_seconds, result.seconds
+
+
+def _measure(run, prompt_ids: list[int], new_tokens: int, repeats: int) -> dict:
+    run(prompt_ids, min(4, new_tokens))  # warm-up: allocations, thread pools, kernel selection
+    timings, cpu = [], []
+    for _ in range(repeats):
+        started = time.process_time()
+        timings.append(run(prompt_ids, new_tokens))
+        cpu.append(time.process_time() - started)
+    tokens = timings[0][0]
+    seconds = statistics.median(t[2] for t in timings)
+    return {
+        "tokens": tokens,
+        "new_tokens": len(tokens),
+        "seconds": round(seconds, 4),
+        "tokens_per_second": round(len(tokens) / seconds, 1),
+        "tokens_per_cpu_second": round(len(tokens) / max(statistics.median(cpu), 1e-9), 1),
+        "first_token_ms": round(1000 * statistics.median(t[1] for t in timings), 2),
+    }
+
+
+def _prompt_and_length(tokenizer, model, new_tokens: int) -> tuple[list[int], int]:
+    """The prompt's tokens and how many to generate: within the model's context (a short one gets fewer)."""
+    ids = tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    context = context_limit(model)
+    if len(ids) >= context:
+        raise ConfigError(
+            f"the benchmark prompt ({len(ids)} tokens) does not fit the model's {context}-token context"
+        )
+    return ids, min(new_tokens, context - len(ids))
+
+
+def bench_model(label: str, model, tokenizer, args, workdir: Path) -> dict:
+    """The four paths on one model (fp32, CPU), its export in `workdir`; sizes on disk and ratios vs eager."""
+    model = model.to(device="cpu", dtype=torch.float32).eval()
+    model.save_pretrained(workdir / "torch")
+    started = time.perf_counter()
+    export_model(model, tokenizer, workdir / "onnx-export", quantize="int8", verify=False)
+    export_seconds = time.perf_counter() - started
+    prompt_ids, new = _prompt_and_length(tokenizer, model, args.inference_new_tokens)
+    threads = torch.get_num_threads()
+    repeats = args.inference_repeats
+
+    use_fast_attention(model, backend="eager")  # stock transformers: eager attention, gelu_new
+    use_fast_gelu(model, enable=False)
+    runs = {"torch eager": _measure(lambda p, n: _torch_run(model, p, n), prompt_ids, new, repeats)}
+    install_attention(model, "sdpa")  # what load_model installs: SDPA attention + the fused GELU
+    runs["torch fast"] = _measure(lambda p, n: _torch_run(model, p, n), prompt_ids, new, repeats)
+    runs["torch fast loop"] = _measure(lambda p, n: _torch_loop(model, p, n), prompt_ids, new, repeats)
+    for name, file in (("onnx fp32", FP32_FILE), ("onnx int8", INT8_FILE)):
+        lm = OnnxCausalLM(workdir / "onnx-export" / file, threads=threads)
+        runs[name] = _measure(lambda p, n, lm=lm: _onnx_run(lm, p, n), prompt_ids, new, repeats)
+
+    sizes = {
+        "torch eager": (workdir / "torch" / "model.safetensors").stat().st_size,
+        "onnx fp32": (workdir / "onnx-export" / FP32_FILE).stat().st_size,
+        "onnx int8": (workdir / "onnx-export" / INT8_FILE).stat().st_size,
+    }
+    sizes["torch fast"] = sizes["torch fast loop"] = sizes["torch eager"]
+    base = runs["torch eager"]
+    for name, run in runs.items():
+        run["same_tokens"] = run["tokens"] == base["tokens"]
+        run["tokens_before_first_difference"] = next(
+            (i for i, (a, b) in enumerate(zip(run["tokens"], base["tokens"], strict=True)) if a != b),
+            len(base["tokens"]),
+        )
+        run["speedup"] = round(run["tokens_per_second"] / base["tokens_per_second"], 2)
+        run["cpu_speedup"] = round(run["tokens_per_cpu_second"] / base["tokens_per_cpu_second"], 2)
+        run["first_token_speedup"] = round(base["first_token_ms"] / run["first_token_ms"], 2)
+        run["size_mb"] = round(sizes[name] / 1e6, 2)
+    return {
+        "label": label,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "prompt_tokens": len(prompt_ids),
+        "new_tokens": new,
+        "threads": threads,
+        "export_seconds": round(export_seconds, 2),
+        "runs": runs,
+    }
+
+
+def _models(args):
+    """(label, model, tokenizer) for the random-weight shapes, then the checkpoints, one at a time."""
+    shapes = parse_shapes(args.inference_sizes)
+    for label, kwargs in shapes:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        torch.manual_seed(args.seed)
+        config = build_config(**kwargs, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+        yield f"{label} (random weights)", GPTNeoForCausalLM(config), tokenizer
+    given = args.inference_models
+    names = cached_checkpoints(shapes) if given == "auto" else [m for m in given.split(",") if m.strip()]
+    for name in [n.strip() for n in names if n.strip() != "none"]:
+        model = load_model(name, attn_implementation="eager")
+        yield _label(name), model, AutoTokenizer.from_pretrained(name)
+
+
+def _label(name: str) -> str:
+    path = Path(name)
+    if path.parent.name == "snapshots":  # models--org--name/snapshots/<sha>
+        return path.parent.parent.name.removeprefix("models--").replace("--", "/")
+    return path.name or name
+
+
+def bench_inference(args) -> dict:
+    if args.inference_new_tokens < 1 or args.inference_repeats < 1:
+        raise ConfigError("--inference_new_tokens and --inference_repeats must be at least 1")
+    out: dict = {"new_tokens": args.inference_new_tokens, "repeats": args.inference_repeats, "models": {}}
+    for label, model, tokenizer in _models(args):
+        print(f"[bench] inference {label}: export, then {', '.join(PATHS)} ...", flush=True)
+        with tempfile.TemporaryDirectory(prefix="tinystories-inference-") as tmp:
+            out["models"][label] = bench_model(label, model, tokenizer, args, Path(tmp))
+    return out
+
+
+def format_inference_table(result: dict) -> str:
+    head = (
+        f"{'model':<24} {'path':<16} {'tok/s':>8} {'× eager':>8} {'tok/cpu-s':>9} {'× eager':>8} "
+        f"{'first ms':>9} {'× eager':>8} {'MB':>7} {'same tokens':>11}"
+    )
+    lines = [head, "-" * len(head)]
+    for label, res in result["models"].items():
+        for name, r in res["runs"].items():
+            lines.append(
+                f"{label:<24} {name:<16} {r['tokens_per_second']:>8.1f} {r['speedup']:>8.2f} "
+                f"{r['tokens_per_cpu_second']:>9.1f} {r['cpu_speedup']:>8.2f} "
+                f"{r['first_token_ms']:>9.1f} {r['first_token_speedup']:>8.2f} {r['size_mb']:>7.1f} "
+                f"{'yes' if r['same_tokens'] else 'no':>11}"
+            )
+    lines.append(
+        f"batch 1, greedy, {result['new_tokens']} new tokens (fewer where a model's context is shorter), median of "
+        f"{result['repeats']}; MB: safetensors "
+        "(torch) / .onnx file size; same tokens: identical to torch eager's"
+    )
+    return "\n".join(lines)
