@@ -264,7 +264,11 @@ def _time_limit_worker() -> None:
     trainer.train()
     trainer.evaluate()
     print(f"rank {rank}: stopped at step {trainer.state.global_step}, evaluated", flush=True)
+    dist.barrier()
     dist.destroy_process_group()
+    # tearing down the DDP reducer at interpreter exit can deadlock with gloo's worker thread (seen in CI: the
+    # main thread joins the thread, which waits for the GIL): the worker is done, so leave without teardown
+    os._exit(0)
 
 
 if __name__ == "__main__":
