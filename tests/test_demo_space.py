@@ -21,7 +21,7 @@ import yaml
 from gradio_client import Client
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tiny import make_tiny_model_dir
+from tiny import make_varied_model_dir
 from tinystories.core import ConfigError
 from tinystories.data.instruct import build_prompt
 from tinystories.evaluation.generation import generate_story
@@ -83,15 +83,7 @@ def test_plain_beginning_has_no_instructions():
 @pytest.fixture(scope="module")
 def varied_model(tmp_path_factory, gpt_neo_tokenizer_dir):
     """The tiny GPT-Neo with larger random weights, so that its greedy story does not repeat one token."""
-    folder = make_tiny_model_dir(tmp_path_factory.mktemp("space") / "m", gpt_neo_tokenizer_dir)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.2)
-    model.save_pretrained(folder)
-    return folder
+    return make_varied_model_dir(tmp_path_factory.mktemp("space") / "m", gpt_neo_tokenizer_dir)
 
 
 def _free_port() -> int:

@@ -27,7 +27,7 @@ import torch
 from playwright.sync_api import sync_playwright
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tiny import make_tiny_model_dir
+from tiny import make_varied_model_dir
 from tinystories.data.instruct import build_prompt
 from tinystories.models.export.session import OnnxCausalLM
 
@@ -51,15 +51,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
     """The tiny GPT-Neo with larger random weights (its greedy story does not repeat one token); no onnx/."""
-    folder = make_tiny_model_dir(tmp_path_factory.mktemp("web") / "m", gpt_neo_tokenizer_dir)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.2)
-    model.save_pretrained(folder)
-    return folder
+    return make_varied_model_dir(tmp_path_factory.mktemp("web") / "m", gpt_neo_tokenizer_dir)
 
 
 def _wait_for_url(proc: subprocess.Popen, seconds: float) -> str:

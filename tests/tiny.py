@@ -78,6 +78,19 @@ def make_tiny_model_dir(
     return folder
 
 
+def make_varied_model_dir(folder: Path, tokenizer_dir: Path) -> Path:
+    """The tiny model with larger random weights (std 0.2), so that its greedy story does not repeat one token."""
+    folder = make_tiny_model_dir(folder, tokenizer_dir)
+    model = GPTNeoForCausalLM.from_pretrained(folder)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.2)
+    model.save_pretrained(folder)
+    return folder
+
+
 def publish_tiny_model(hub_cache, tmp_path: Path, tokenizer_dir: Path, repo_id: str = TINY_HUB_ID) -> str:
     """Build the tiny model and publish it in the offline HF cache under `repo_id`; returns the id."""
     folder = make_tiny_model_dir(tmp_path / "tiny-model-src", tokenizer_dir)
