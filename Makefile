@@ -1,5 +1,5 @@
 # TinyStories recipes. Every target depends on `install`, so a fresh clone needs no separate step.
-# Variables (all optional): SIZE DATA TOKENIZER MODEL BASE OUTPUT_DIR ACCELERATE NUM_GPUS ARGS
+# Variables (all optional): SIZE ARCH DATA TOKENIZER MODEL BASE OUTPUT_DIR ACCELERATE NUM_GPUS ARGS
 #                           IN OUT (dedup)  REPO DRY_RUN STAGE_DIR (push)  REVISION (pull)  SWEEP (sweep)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -12,6 +12,8 @@ TS      := $(PY) -m tinystories.cli
 
 SIZES      := $(sort $(basename $(notdir $(filter-out recipes/pretrain/quickstart.yaml,$(wildcard recipes/pretrain/*.yaml)))))
 SIZE       ?= 33M
+# ARCH=llama: the size with Llama blocks (RMSNorm, SwiGLU, RoPE, GQA; models/sizes.py), in outputs/TinyStories-<SIZE>-llama
+ARCH       ?=
 DATA       ?=
 TOKENIZER  ?=
 MODEL      ?=
@@ -80,8 +82,8 @@ CPU_ARGS ?= --per_device_train_batch_size 8 --global_batch_size 8 --eval_steps 5
 .PHONY: help install test test-slow lint format quickstart check-size train tokenizer sft lora generate demo web-demo eval analyze sweep data dedup push pull export bench gpu-check clean
 
 help:
-	@echo "make install | quickstart | test | train SIZE=<$(subst $() ,|,$(SIZES))> | sft | lora | eval | analyze | sweep SWEEP=<quickstart|paper> | data | dedup | demo MODEL=... | web-demo MODEL=... | push | pull | export MODEL=... | bench | gpu-check [WHEELS=dir] [PY=python3]"
-	@echo "variables: DATA TOKENIZER MODEL BASE OUTPUT_DIR ACCELERATE NUM_GPUS ARGS IN OUT REPO DRY_RUN STAGE_DIR SWEEP"
+	@echo "make install | quickstart | test | train SIZE=<$(subst $() ,|,$(SIZES))> [ARCH=llama] | sft | lora | eval | analyze | sweep SWEEP=<quickstart|paper> | data | dedup | demo MODEL=... | web-demo MODEL=... | push | pull | export MODEL=... | bench | gpu-check [WHEELS=dir] [PY=python3]"
+	@echo "variables: ARCH DATA TOKENIZER MODEL BASE OUTPUT_DIR ACCELERATE NUM_GPUS ARGS IN OUT REPO DRY_RUN STAGE_DIR SWEEP"
 
 install: $(VENV)/.installed
 
@@ -116,8 +118,9 @@ train: install check-size
 	$(if $(filter cpu,$(ACCELERATE)),@echo "no GPU launcher: CPU overrides $(CPU_ARGS) (set CPU_ARGS= to keep the recipe's batch)" >&2)
 	$(LAUNCH) -m tinystories.cli train --config recipes/pretrain/$(SIZE).yaml \
 		$(call opt,--dataset_name,$(DATA)) $(call opt,--tokenizer_name,$(TOKENIZER)) \
-		$(call opt,--output_dir,$(OUTPUT_DIR)) $(if $(filter cpu,$(ACCELERATE)),$(CPU_ARGS)) \
-		$(if $(filter cpu_%,$(ACCELERATE)),--use_cpu true) $(ARGS)
+		$(call opt,--architecture,$(ARCH)) \
+		$(call opt,--output_dir,$(or $(OUTPUT_DIR),$(if $(filter-out gpt_neo,$(ARCH)),outputs/TinyStories-$(SIZE)-$(ARCH)))) \
+		$(if $(filter cpu,$(ACCELERATE)),$(CPU_ARGS)) $(if $(filter cpu_%,$(ACCELERATE)),--use_cpu true) $(ARGS)
 
 tokenizer: install
 	$(TS) tokenizer $(call opt,--dataset_name,$(DATA)) $(call opt,--tokenizer_name,$(TOKENIZER)) \

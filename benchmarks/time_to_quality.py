@@ -10,7 +10,14 @@ Recipes (the real recipe files; only data, batch shape, evaluation cadence and t
 * **quickstart**: `recipes/pretrain/quickstart.yaml` (top-10K trimmed GPT-Neo vocabulary, 4 layers × 64,
   4 heads, lr 3e-3 cosine with 30 warmup steps, 1,000 steps of 16 × 256 tokens);
 * **stock**: `recipes/pretrain/1M.yaml` (the released 1M shape: 8 layers × 64, 16 heads, the full 50,257
-  GPT-Neo vocabulary, the paper's lr 5e-4 constant), at the same 16 × 256 tokens per step.
+  GPT-Neo vocabulary, the paper's lr 5e-4 constant), at the same 16 × 256 tokens per step;
+* **quickstart-llama**: the quickstart recipe with Llama blocks (`--architecture llama`: RMSNorm, SwiGLU of
+  matched non-embedding parameters, RoPE, one key/value head for the 4 query heads);
+* **…-muon** (`stock-muon`, `quickstart-muon`, `quickstart-llama-muon`): the same with `--optim muon`
+  (Muon on the hidden matrices at `muon_learning_rate` 0.02, AdamW at the recipe's lr on the rest).
+
+A row may override recipe keys for a learning-rate scan: `--recipes "quickstart-muon@muon_learning_rate=0.04"`
+(`name@key=value;key=value`); each such row is its own run and its own line in the table.
 
 Output: a table on stdout (best held-out bits/byte reached by each minute mark), and
 `<output_dir>/time_to_quality.json` + `time_to_quality.png`.
@@ -41,7 +48,25 @@ RECIPES = {
         [*BATCH, "--global_batch_size", "16", "--max_steps", "100000", "--preprocessing_num_workers", "1"],
     ),
 }
+MUON = ["--optim", "muon"]
+LLAMA = ["--architecture", "llama"]
+RECIPES["stock-muon"] = (RECIPES["stock"][0], [*RECIPES["stock"][1], *MUON])
+RECIPES["quickstart-muon"] = (RECIPES["quickstart"][0], MUON)
+RECIPES["quickstart-llama"] = (RECIPES["quickstart"][0], LLAMA)
+RECIPES["quickstart-llama-muon"] = (RECIPES["quickstart"][0], [*LLAMA, *MUON])
 MARKS = (1, 2, 3, 4, 5, 7.5, 10, 15, 20)
+
+
+def parse_row(row: str) -> tuple[str, list[str]]:
+    """`name` or `name@key=value;key=value` -> (recipe name, extra `--key value` flags)."""
+    name, _, overrides = row.partition("@")
+    flags = []
+    for pair in filter(None, overrides.split(";")):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--recipes row {row!r}: overrides are key=value pairs separated by ';'")
+        flags += [f"--{key.strip()}", value.strip()]
+    return name.strip(), flags
 
 
 @dataclass
@@ -53,7 +78,10 @@ class TimeToQualityArguments:
         default=DEFAULT_TOKENIZER_DIR, metadata={"help": "GPT-Neo tokenizer dir or Hub id"}
     )
     recipes: str = field(
-        default="quickstart,stock", metadata={"help": f"comma-separated of {', '.join(RECIPES)}"}
+        default="quickstart,stock",
+        metadata={
+            "help": f"comma-separated rows of {', '.join(RECIPES)}; a row may add @key=value;key=value"
+        },
     )
     minutes: float = field(default=10.0, metadata={"help": "training minutes per recipe (the time box)"})
     eval_steps: int = field(default=100, metadata={"help": "evaluate on the held-out stories every N steps"})
@@ -69,10 +97,13 @@ def hold_out(data: str, out: Path) -> tuple[Path, Path, int]:
     return train, held_out, len(splits["validation"])
 
 
-def train_recipe(name: str, args: TimeToQualityArguments, train: Path, held_out: Path, out: Path) -> dict:
-    """Run one recipe in its own process; its evaluations as (step, minutes, held-out bits/byte)."""
+def train_recipe(row: str, args: TimeToQualityArguments, train: Path, held_out: Path, out: Path) -> dict:
+    """Run one row (a recipe and its overrides) in its own process; its evaluations as (step, minutes,
+    held-out bits/byte)."""
+    name, overrides = parse_row(row)
     recipe, extra = RECIPES[name]
-    run_dir = out / name
+    extra = [*extra, *overrides]
+    run_dir = out / row.replace("@", "_").replace(";", "_").replace("=", "-")
     argv = [
         sys.executable, "-m", "tinystories.cli", "train", "--config", str(REPO_ROOT / recipe),
         "--dataset_name", str(train), "--eval_dataset_name", str(held_out), "--text_column", "text",
@@ -97,6 +128,7 @@ def train_recipe(name: str, args: TimeToQualityArguments, train: Path, held_out:
             evals.append({"step": h["step"], "minutes": minutes, "bits_per_byte": h["eval_bits_per_byte"]})
     return {
         "recipe": recipe,
+        "args": extra,
         "evaluations": evals,
         "final_bits_per_byte": final.get("eval_bits_per_byte"),
         "steps": final.get("global_step") or (evals[-1]["step"] if evals else None),
@@ -144,7 +176,7 @@ def plot(runs: dict[str, dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     (args,) = parse_args([TimeToQualityArguments], argv)
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
-    unknown = [n for n in names if n not in RECIPES]
+    unknown = [n for n in names if parse_row(n)[0] not in RECIPES]
     if unknown or not names:
         raise ConfigError(f"--recipes {args.recipes!r}: use a comma-separated subset of {', '.join(RECIPES)}")
     if REPO_ROOT is None:

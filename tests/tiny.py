@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, GPTNeoForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoForCausalLM, PreTrainedTokenizerFast
 
 from tinystories.data.instruct import InstructExample, format_example, randomize_fields
 from tinystories.models.sizes import build_config
@@ -58,8 +58,10 @@ def make_tiny_model_dir(
     max_positions: int = 512,
     seed: int = 0,
     window_size: int = 256,
+    architecture: str = "gpt_neo",
 ) -> Path:
-    """A randomly initialised tiny GPT-Neo + its tokenizer (a tokenizer object or dir) saved in `folder`."""
+    """A randomly initialised tiny GPT-Neo (or its Llama twin: `architecture="llama"`, 4 heads of 8, one
+    key/value head) + its tokenizer (a tokenizer object or dir) saved in `folder`."""
     if not hasattr(tokenizer, "save_pretrained"):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     torch.manual_seed(seed)
@@ -71,9 +73,10 @@ def make_tiny_model_dir(
         max_position_embeddings=max_positions,
         eos_token_id=tokenizer.eos_token_id,
         window_size=window_size,
+        architecture=architecture,
     )
     folder = Path(folder)
-    GPTNeoForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
 

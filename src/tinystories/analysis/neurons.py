@@ -1,6 +1,7 @@
 """MLP neurons: which tokens make each one fire, and whether one kind of word dominates (its role).
 
-A neuron is one of the MLP's hidden units (the input of `mlp.c_proj`, after the activation). Over every
+A neuron is one of the MLP's hidden units: the input of the MLP's output projection (GPT-Neo `mlp.c_proj`,
+after the GELU; Llama `mlp.down_proj`, the SwiGLU product silu(gate)·up). Over every
 token of the analysed stories (the EOS prefix left out) each neuron keeps its `top_k` highest activations.
 
 - `selectivity`: (mean of those top activations − mean activation) / standard deviation of the activation.
@@ -29,14 +30,17 @@ TOP_TOKENS = 5
 
 
 def mlp_outputs(model) -> list:
-    """Each block's MLP output projection (its input is the neuron activations)."""
-    blocks = getattr(getattr(model, "transformer", None), "h", None)
-    if blocks is None or not all(hasattr(getattr(b, "mlp", None), "c_proj") for b in blocks):
-        raise ConfigError(
-            f"neuron analysis reads GPT-style blocks (transformer.h[i].mlp.c_proj); "
-            f"{type(model).__name__} has none"
-        )
-    return [b.mlp.c_proj for b in blocks]
+    """Each block's MLP output projection (its input is the neuron activations): GPT-Neo or Llama blocks."""
+    gpt_blocks = getattr(getattr(model, "transformer", None), "h", None)
+    llama_blocks = getattr(getattr(model, "model", None), "layers", None)
+    if gpt_blocks is not None and all(hasattr(getattr(b, "mlp", None), "c_proj") for b in gpt_blocks):
+        return [b.mlp.c_proj for b in gpt_blocks]
+    if llama_blocks is not None and all(hasattr(getattr(b, "mlp", None), "down_proj") for b in llama_blocks):
+        return [b.mlp.down_proj for b in llama_blocks]
+    raise ConfigError(
+        "neuron analysis reads GPT-Neo blocks (transformer.h[i].mlp.c_proj) or Llama blocks "
+        f"(model.layers[i].mlp.down_proj); {type(model).__name__} has neither"
+    )
 
 
 def random_init_model(model, seed: int):

@@ -168,7 +168,8 @@ def _card_data(
     info: Mapping[str, Any], stage: str, model_name: str, eval_results: Mapping[str, Any] | None
 ) -> ModelCardData:
     """The YAML header: license, tags, datasets (Hub ids only), base model and model-index."""
-    tags = ["tinystories", "gpt_neo", "text-generation", "story-generation", *STAGE_TAGS.get(stage, [])]
+    model_type = (info.get("config") or {}).get("model_type") or "gpt_neo"
+    tags = ["tinystories", model_type, "text-generation", "story-generation", *STAGE_TAGS.get(stage, [])]
     tags += [t for t in (info.get("tags") or []) if t not in tags]
     hub_datasets = [d for d in info.get("datasets") or [] if is_hub_id(d)]
     return ModelCardData(
@@ -199,6 +200,9 @@ def _context_length(
     )
 
 
+FAMILIES = {"gpt_neo": "GPT-Neo", "llama": "Llama-architecture"}  # the card's words for a model_type
+
+
 def _model_rows(
     info: Mapping[str, Any], config: Mapping[str, Any], size: str | None, context_length: int
 ) -> list[tuple[str, str]]:
@@ -213,6 +217,8 @@ def _model_rows(
         ("hidden size", config.get("hidden_size")),
         ("layers", config.get("num_layers", config.get("num_hidden_layers"))),
         ("attention heads", config.get("num_heads", config.get("num_attention_heads"))),
+        ("key/value heads", config.get("num_key_value_heads")),
+        ("MLP width", config.get("intermediate_size")),
         ("attention types", config.get("attention_types")),
         ("local attention window", config.get("window_size")),
         ("vocabulary", config.get("vocab_size")),
@@ -231,6 +237,7 @@ def _model_section(
     """Architecture rows, training hyperparameters and the context the card quotes."""
     return {
         "architecture": (config.get("architectures") or ["GPTNeoForCausalLM"])[0],
+        "family": FAMILIES.get(config.get("model_type") or "gpt_neo", "GPT-Neo"),
         "model_rows": _model_rows(info, config, size, context_length),
         "hyperparameters": [
             (k, fmt(v)) for k, v in (info.get("hyperparameters") or {}).items() if v is not None

@@ -38,10 +38,19 @@ def check_attn_implementation(name: str) -> str:
     return name
 
 
+# Models with a `transformers` attention that is already exact (Llama: scaled SDPA, no local layers) get the
+# library's own kernel by name; GPT-Neo gets the project's (its unscaled, banded attention has none).
+LIBRARY_ATTENTION = {"sdpa": "sdpa", "flex": "flex_attention", "eager": "eager"}
+
+
 def install_attention(model, attn_implementation: str = "sdpa"):
-    """GPT-Neo gets the project's exact SDPA/flex attention (and fused GELU); other models keep theirs."""
+    """GPT-Neo gets the project's exact SDPA/flex attention (and fused GELU); Llama the library's SDPA/flex."""
     check_attn_implementation(attn_implementation)
-    if getattr(model.config, "model_type", None) != "gpt_neo" or attn_implementation == "eager":
+    model_type = getattr(model.config, "model_type", None)
+    if model_type == "llama":
+        model.set_attn_implementation(LIBRARY_ATTENTION[attn_implementation])
+        return model
+    if model_type != "gpt_neo" or attn_implementation == "eager":
         return model
     use_fast_gelu(model)  # one-kernel tanh GELU: the same function as gelu_new
     return use_fast_attention(model, backend=attn_implementation)

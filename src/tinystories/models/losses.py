@@ -250,15 +250,16 @@ def _fused_forward(
         )
     num_items_in_batch = kwargs.pop("num_items_in_batch", None)
     base = getattr(self, self.base_model_prefix)
+    extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}  # GPT-Neo only
     outputs = base(
         input_ids,
         attention_mask=attention_mask,
-        token_type_ids=token_type_ids,
         position_ids=position_ids,
         inputs_embeds=inputs_embeds,
         use_cache=False,
         output_hidden_states=output_hidden_states,
         return_dict=True,
+        **extra,
     )
     weight = self.get_output_embeddings().weight
     with _gathered(weight, owner=self):

@@ -8,8 +8,9 @@ recipe → data (Instruct examples → prompt/completion, or plain stories → t
 `output_dir` → merged export in `output_dir/merged`. The steps are the fine-tuning pipeline
 `tinystories.training.finetune.run`, shared with `tinystories sft`; this module holds LoRA's defaults.
 
-LoRA adapters sit on GPT-Neo's attention (`q_proj k_proj v_proj out_proj`) and MLP (`c_fc c_proj`)
-projections; each adds `r × (in + out)` parameters, i.e. `18·r·hidden` per layer with all six. QLoRA loads
+LoRA adapters sit on every Linear of a block (`lora_target_modules: auto`): GPT-Neo's attention (`q_proj
+k_proj v_proj out_proj`) and MLP (`c_fc c_proj`), a Llama block's `q_proj k_proj v_proj o_proj` and SwiGLU
+`gate_proj up_proj down_proj`; each adds `r × (in + out)` parameters, i.e. `18·r·hidden` per GPT-Neo layer. QLoRA loads
 the frozen base in 4-bit NF4 with bitsandbytes and needs a CUDA GPU.
 
 `adapter_config.json` records the base model the adapter is loaded onto: a Hub id as is; for a local base
@@ -24,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tinystories.core.config import parse_args, setup_logging
+from tinystories.models.sizes import block_linear_shapes
 from tinystories.training.finetune.arguments import (
     GPT_NEO_TARGET_MODULES,
     FinetuneArguments,
@@ -68,20 +70,12 @@ class TinyStoriesLoraConfig(TinyStoriesSFTConfig):
 
 
 def expected_trainable_parameters(config, r: int, target_modules: list[str] | str | None = None) -> int:
-    """LoRA parameters on a GPT-Neo: r × (in + out) per adapted Linear (18·r·hidden per layer with all six)."""
-    h, layers = config.hidden_size, config.num_layers
-    inner = config.intermediate_size or 4 * h
-    shapes = {
-        "q_proj": (h, h),
-        "k_proj": (h, h),
-        "v_proj": (h, h),
-        "out_proj": (h, h),
-        "c_fc": (h, inner),
-        "c_proj": (inner, h),
-    }
-    all_linear = target_modules in (None, ["all-linear"], "all-linear")
-    targets = GPT_NEO_TARGET_MODULES if all_linear else target_modules
-    return layers * sum(r * sum(shapes[t]) for t in targets)
+    """LoRA parameters: r × (in + out) per adapted Linear (GPT-Neo with all six: 18·r·hidden per layer)."""
+    shapes = block_linear_shapes(config)
+    targets = target_modules
+    if targets in (None, ["all-linear"], "all-linear", ["auto"], "auto"):
+        targets = list(shapes)
+    return config.num_hidden_layers * sum(r * sum(shapes[t]) for t in targets)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,7 @@ from tinystories.sweep.grid import (
     resolve_recipe,
     write_record,
 )
-from tinystories.sweep.plots import plot_judge, plot_loss_vs_compute, plot_loss_vs_params
+from tinystories.sweep.plots import plot_architectures, plot_judge, plot_loss_vs_compute, plot_loss_vs_params
 from tinystories.sweep.report import print_table, write_results
 from tinystories.training.pretraining import DataArguments, ModelArguments, PretrainConfig, configure_batch
 
@@ -65,6 +65,10 @@ class SweepArguments:
     )
     data: str | None = field(default=None, metadata={"help": "training data (the recipe's dataset_name)"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (the recipe's tokenizer_name)"})
+    architectures: list[str] = field(
+        default_factory=lambda: ["gpt_neo"],
+        metadata={"help": "gpt_neo and/or llama (Llama blocks of matched non-embedding parameters)"},
+    )
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 768, 1024])
     num_layers: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     max_steps: list[int] = field(default_factory=lambda: [1000], metadata={"help": "training steps per cell"})
@@ -125,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_batch(train)
     per_step = train.per_device_train_batch_size * train.world_size * train.gradient_accumulation_steps
     cells = build_grid(
-        args.hidden_sizes, args.num_layers, args.max_steps, args.train_tokens, per_step * data_args.block_size
+        args.hidden_sizes,
+        args.num_layers,
+        args.max_steps,
+        args.train_tokens,
+        per_step * data_args.block_size,
+        args.architectures,
     )
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -163,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = [plot_loss_vs_params(runs, fit, out_dir / "loss_vs_params.png")]
     if "compute" in fit:
         figures.append(plot_loss_vs_compute(runs, fit, out_dir / "loss_vs_compute.png"))
+    if "by_architecture" in fit:
+        figures.append(plot_architectures(runs, fit, out_dir / "architectures_vs_params.png"))
     figures.append(plot_judge(runs, out_dir / "judge_vs_size.png"))
     names = [f.name for f in figures if f]
     path = write_results(out_dir, runs, fit, names, texts.record())

@@ -92,11 +92,38 @@ def compute_frontier(runs: list[dict]) -> list[dict]:
     return frontier
 
 
+def architecture_of(run: dict) -> str:
+    return run.get("architecture") or "gpt_neo"  # records from before the architecture axis are GPT-Neo
+
+
+def fit_architectures(done: list[dict]) -> dict[str, Any]:
+    """Per architecture, at the largest budget: loss and bits per byte vs non-embedding parameters."""
+    out = {}
+    for arch in dict.fromkeys(architecture_of(r) for r in done):
+        runs = [r for r in done if architecture_of(r) == arch]
+        budget = max(r["train_tokens"] for r in runs)
+        largest = [r for r in runs if r["train_tokens"] == budget]
+        params = [r["non_embedding_params"] for r in largest]
+        out[arch] = {
+            "train_tokens": budget,
+            "loss": {"x": "non_embedding_params", **fit_both(params, [r["eval_loss"] for r in largest])},
+            "bits_per_byte": {
+                "x": "non_embedding_params",
+                **fit_both(params, [r["bits_per_byte"] for r in largest]),
+            },
+        }
+    return out
+
+
 def fit_runs(runs: list[dict]) -> dict[str, Any]:
-    """The sweep's `fit`: loss vs non-embedding parameters (largest budget), and vs compute (frontier)."""
+    """The sweep's `fit`: loss vs non-embedding parameters (largest budget), and vs compute (frontier), over
+    the first architecture's runs; with several architectures also `by_architecture` (`fit_architectures`)."""
     done = [r for r in runs if r.get("eval_loss") is not None and math.isfinite(r["eval_loss"])]
     if not done:
         return {}
+    architectures = list(dict.fromkeys(architecture_of(r) for r in done))
+    by_architecture = fit_architectures(done) if len(architectures) > 1 else None
+    done = [r for r in done if architecture_of(r) == architectures[0]]
     budget = max(r["train_tokens"] for r in done)
     largest = [r for r in done if r["train_tokens"] == budget]
     fit: dict[str, Any] = {
@@ -113,4 +140,6 @@ def fit_runs(runs: list[dict]) -> dict[str, Any]:
             "frontier": [r["name"] for r in frontier],
             **fit_both([r["compute"] for r in frontier], [r["eval_loss"] for r in frontier]),
         }
+    if by_architecture:
+        fit["by_architecture"] = by_architecture
     return fit

@@ -1,6 +1,7 @@
 """A sweep's grid: its cells, the pretraining command line of each, and the record a finished cell leaves.
 
-A cell is one width × depth × token budget. It trains as a normal pretraining run (`tinystories train`
+A cell is one width × depth × token budget (× architecture: GPT-Neo, or its Llama twin of matched
+non-embedding parameters, `models.sizes`). It trains as a normal pretraining run (`tinystories train`
 with the sweep's base recipe, its overrides and `--hidden_size/--num_layers/--max_steps`) in
 `<output_dir>/<cell name>/`, is evaluated there by `tinystories eval`'s path, and ends with
 `sweep_cell.json`. A cell whose record matches its command line (and holds judge scores when a judge is
@@ -18,8 +19,10 @@ from typing import Any
 
 from tinystories.core import REPO_ROOT, ConfigError
 from tinystories.evaluation.judge import CATEGORIES as JUDGE_CATEGORIES
+from tinystories.models.sizes import ARCHITECTURES
 
 CELL_RECORD = "sweep_cell.json"
+DEFAULT_ARCHITECTURE = ARCHITECTURES[0]  # gpt_neo: its cells keep the names (and command lines) they had
 
 
 @dataclass(frozen=True)
@@ -28,11 +31,13 @@ class Cell:
     num_layers: int
     max_steps: int
     train_tokens_budget: int | None = None  # the requested token budget (None: the budget is max_steps)
+    architecture: str = DEFAULT_ARCHITECTURE
 
     @property
     def name(self) -> str:
         budget = f"t{self.train_tokens_budget}" if self.train_tokens_budget else f"s{self.max_steps}"
-        return f"h{self.hidden_size}-l{self.num_layers}-{budget}"
+        prefix = "" if self.architecture == DEFAULT_ARCHITECTURE else f"{self.architecture}-"
+        return f"{prefix}h{self.hidden_size}-l{self.num_layers}-{budget}"
 
 
 def build_grid(
@@ -41,10 +46,16 @@ def build_grid(
     max_steps: list[int],
     train_tokens: list[int],
     per_step: int,
+    architectures: list[str] | None = None,
 ) -> list[Cell]:
-    """Every width × depth × budget; a token budget becomes max_steps = ceil(tokens / tokens per step)."""
+    """Every architecture × width × depth × budget; a token budget becomes max_steps = ceil(tokens / tokens
+    per step)."""
+    architectures = architectures or [DEFAULT_ARCHITECTURE]
     if not hidden_sizes or not num_layers or not (max_steps or train_tokens):
         raise ConfigError("the grid needs --hidden_sizes, --num_layers and --max_steps (or --train_tokens)")
+    unknown = [a for a in architectures if a not in ARCHITECTURES]
+    if unknown:
+        raise ConfigError(f"--architectures {' '.join(unknown)}: use {' and/or '.join(ARCHITECTURES)}")
     if any(v < 1 for v in [*hidden_sizes, *num_layers, *max_steps, *train_tokens]):
         raise ConfigError("grid values must be positive")
     if train_tokens:
@@ -52,7 +63,8 @@ def build_grid(
     else:
         budgets = [(s, None) for s in max_steps]
     return [
-        Cell(h, layers, steps, tokens)
+        Cell(h, layers, steps, tokens, arch)
+        for arch in dict.fromkeys(architectures)
         for steps, tokens in dict.fromkeys(budgets)
         for layers in dict.fromkeys(num_layers)
         for h in dict.fromkeys(hidden_sizes)
@@ -94,8 +106,10 @@ def override_flags(overrides: dict[str, Any], pairs: list[str]) -> list[str]:
 
 
 def cell_argv(base: list[str], cell: Cell, cell_dir: Path) -> list[str]:
+    architecture = [] if cell.architecture == DEFAULT_ARCHITECTURE else ["--architecture", cell.architecture]
     return [
         *base,
+        *architecture,
         "--hidden_size", str(cell.hidden_size),
         "--num_layers", str(cell.num_layers),
         "--max_steps", str(cell.max_steps),

@@ -50,3 +50,7 @@ def print_table(runs: list[dict], fit: dict) -> None:
     print(f"\nfit vs non-embedding parameters: {describe(fit.get('params'), 'N')}")
     if "compute" in fit:
         print(f"fit vs compute (frontier): {describe(fit['compute'], 'C')}")
+    for arch, arch_fit in (fit.get("by_architecture") or {}).items():
+        print(
+            f"{arch}: loss {describe(arch_fit['loss'], 'N')}; bits/byte {describe(arch_fit['bits_per_byte'], 'N')}"
+        )

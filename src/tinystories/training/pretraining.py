@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from transformers import GPTNeoForCausalLM, TrainingArguments
+from transformers import AutoModelForCausalLM, PreTrainedModel, TrainingArguments
 
 from tinystories.core import ConfigError
 from tinystories.core.runtime import export_mixed_precision, resolve_precision
@@ -17,7 +17,8 @@ from tinystories.data.packing import PackStats, pack_dataset
 from tinystories.data.tokenizer import DEFAULT_TOKENIZER, prepare_tokenizer
 from tinystories.models.loading import check_attn_implementation, install_attention, load_model
 from tinystories.models.losses import use_fused_cross_entropy
-from tinystories.models.sizes import SIZES, build_config, size_names
+from tinystories.models.sizes import ARCHITECTURES, SIZES, build_config, size_names
+from tinystories.training.optimizers import DEFAULT_MUON_LR, MUON, check_muon
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,13 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ModelArguments:
     size: str | None = field(default="33M", metadata={"help": f"released size: {size_names()}"})
+    architecture: str = field(
+        default="gpt_neo",
+        metadata={
+            "help": "gpt_neo (the released models) or llama (RMSNorm, SwiGLU, RoPE, GQA; matched non-embedding "
+            "parameters: models/sizes.py)"
+        },
+    )
     hidden_size: int | None = field(default=None, metadata={"help": "override the width (paper's grid)"})
     num_layers: int | None = field(default=None, metadata={"help": "override the depth (paper's grid)"})
     num_heads: int | None = field(
@@ -136,7 +144,32 @@ class PretrainConfig(TrainingArguments):
         metadata={"help": "download and tokenize the data into the cache, then exit (run once, unlaunched)"},
     )
 
+    optim: str = field(
+        default="adamw_torch",
+        metadata={
+            "help": "muon (Muon on hidden matrices + AdamW, training/optimizers.py) or a transformers optimizer"
+        },
+    )
+    muon_learning_rate: float = field(
+        default=DEFAULT_MUON_LR,
+        metadata={
+            "help": "--optim muon: Muon's learning rate for the hidden matrices (learning_rate: AdamW's)"
+        },
+    )
+    muon_momentum: float = field(default=0.95, metadata={"help": "--optim muon: Muon's momentum"})
+    muon_adjust_lr: str = field(
+        default="original",
+        metadata={
+            "help": "--optim muon: original (Keller Jordan) or match_rms_adamw (Moonlight) lr per shape"
+        },
+    )
+
     def __post_init__(self):
+        # `--optim muon` (training/optimizers.py) is not a transformers optimizer name: the Trainer is told
+        # AdamW and `BitsPerByteTrainer.create_optimizer` builds Muon + AdamW instead
+        self.muon = str(getattr(self.optim, "value", self.optim)) == MUON
+        if self.muon:
+            self.optim = "adamw_torch"
         if not (self.bf16 or self.fp16):  # explicit --bf16/--fp16 win over --precision
             self.bf16, self.fp16 = resolve_precision(self.precision, use_cpu=bool(self.use_cpu))
         export_mixed_precision(self.bf16, self.fp16)
@@ -170,11 +203,12 @@ def configure_batch(args: TrainingArguments) -> None:
     args.gradient_accumulation_steps = total // per_step
 
 
-def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer) -> GPTNeoForCausalLM:
+def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer) -> PreTrainedModel:
     if model_args.model_name_or_path:
         model = load_model(model_args.model_name_or_path, attn_implementation=model_args.attn_implementation)
     else:
-        model = GPTNeoForCausalLM(new_config(model_args, data_args, tokenizer))
+        config = new_config(model_args, data_args, tokenizer)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
         model = install_attention(model, model_args.attn_implementation)
     if model_args.fused_cross_entropy:
         use_fused_cross_entropy(model, chunk_size=model_args.loss_chunk_size)
@@ -189,6 +223,7 @@ def new_config(model_args: ModelArguments, data_args: DataArguments, tokenizer):
         vocab_size=len(tokenizer),
         max_position_embeddings=model_args.max_position_embeddings or data_args.block_size,
         eos_token_id=tokenizer.eos_token_id,
+        architecture=model_args.architecture,
         **({"num_heads": model_args.num_heads} if model_args.num_heads else {}),
     )
 
@@ -198,11 +233,16 @@ def validate(model_args: ModelArguments, data_args: DataArguments, args: Pretrai
     if model_args.size is not None and model_args.size not in SIZES and not model_args.model_name_or_path:
         raise ConfigError(f"unknown size {model_args.size!r}: valid sizes are {size_names()}")
     check_attn_implementation(model_args.attn_implementation)
+    if model_args.architecture not in ARCHITECTURES:
+        raise ConfigError(
+            f"unknown --architecture {model_args.architecture!r}: use one of {', '.join(ARCHITECTURES)}"
+        )
     if model_args.loss_chunk_size is not None and model_args.loss_chunk_size < 1:
         raise ConfigError(f"--loss_chunk_size {model_args.loss_chunk_size}: give a positive row count")
     limit = model_args.max_position_embeddings
     if limit and data_args.block_size > limit:
         raise ConfigError(f"block_size {data_args.block_size} exceeds max_position_embeddings {limit}")
+    check_muon(args)
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise ConfigError(
             f"--max_minutes {args.max_minutes}: give a positive number of minutes, or leave it unset"

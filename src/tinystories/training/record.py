@@ -38,7 +38,15 @@ def throughput(trainer: Trainer) -> dict[str, Any]:
 def hyperparameters(args: TrainingArguments, trainer: Trainer, **extra: Any) -> dict[str, Any]:
     """The training hyperparameters of a run, as its card and run record show them."""
     per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    muon = getattr(args, "muon", False)
+    optimizer = "muon" if muon else str(getattr(args.optim, "value", args.optim))
     return {
+        "optimizer": optimizer,
+        **(
+            {"muon_learning_rate": args.muon_learning_rate, "muon_momentum": args.muon_momentum}
+            if muon
+            else {}
+        ),
         "learning_rate": args.learning_rate,
         "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
         "warmup_steps": args.warmup_steps,

@@ -1,4 +1,4 @@
-"""The Trainer additions every training stage uses: bits per byte in the logs, throughput, the time box."""
+"""The Trainer additions every training stage uses: bits per byte in the logs, throughput, the time box, Muon."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
 from tinystories.evaluation.metrics import bits_per_byte, perplexity
+from tinystories.training.optimizers import build_muon_optimizer
 from tinystories.training.throughput import mfu
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,14 @@ class BitsPerByteTrainer(Trainer):
     def __init__(self, *args, eval_text_stats: tuple[int, int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_text_stats = eval_text_stats
+
+    def create_optimizer(self, model=None):
+        """`--optim muon`: Muon on the hidden matrices + AdamW on the rest (`training.optimizers`)."""
+        if self.optimizer is None and getattr(self.args, "muon", False):
+            opt_model = self.model if model is None else model
+            decay = self.get_decay_parameter_names(opt_model)
+            self.optimizer = build_muon_optimizer(opt_model, self.args, decay)
+        return super().create_optimizer(model)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "eval_loss" in logs:
@@ -70,7 +79,8 @@ class TokensPerSecondCallback(TrainerCallback):
         self._seen = int(state.num_input_tokens_seen or 0)
         self._began, self._window, self._total = None, [0.0, 0], [0.0, 0]
         config = getattr(model, "config", None)
-        self.config = config if hasattr(config, "attention_layers") else None  # FLOPs per token: GPT-Neo
+        known = getattr(config, "model_type", None) in ("gpt_neo", "llama")  # FLOPs per token known
+        self.config = config if known else None
         context = getattr(config, "max_position_embeddings", None)
         self.seq_len = self.seq_len or getattr(args, "max_length", None) or context
         device = torch.device(args.device)

@@ -1,4 +1,4 @@
-"""The ONNX graph of a GPT-Neo decoder with past key values, traced by `torch.onnx.export(dynamo=True)`.
+"""The ONNX graph of a GPT-Neo (or Llama) decoder with past key values, by `torch.onnx.export(dynamo=True)`.
 
 Inputs and outputs are named as optimum's `GPTNeoOnnxConfig` (`TextDecoderWithPositionIdsOnnxConfig`) names
 them, which is what transformers.js (`getCacheNames`, `decoder_forward`) and ONNX Runtime generation loops feed:
@@ -17,6 +17,10 @@ the released configs: 4 MB of constants per layer in the graph); `ExportAttentio
 from positions instead (`key <= query` and, in a local layer, `query - key < window_size`), with the eager
 math otherwise unchanged (fp32 scores without 1/sqrt(d) scaling, additive padding mask, softmax). So a key
 older than `window_size` positions stays masked in the local layers however long the cache grows.
+
+A Llama-architecture model (`--architecture llama`) is traced with the library's eager attention (scaled,
+rotary positions from `position_ids`, grouped-query heads): its cache tensors have `num_key_value_heads`
+heads of `head_dim`, which is what transformers.js reads from a llama config.json.
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ class DecoderWithPast(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.num_layers = model.config.num_layers
+        self.num_layers = model.config.num_hidden_layers
 
     def forward(self, input_ids, attention_mask, position_ids, past):
         cache = DynamicCache([(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)])
@@ -100,11 +104,15 @@ class DecoderWithPast(nn.Module):
         return (out.logits, *present)
 
 
+EXPORTABLE = ("gpt_neo", "llama")
+
+
 def check_exportable(model: nn.Module) -> None:
-    if getattr(model.config, "model_type", None) != "gpt_neo":
+    if getattr(model.config, "model_type", None) not in EXPORTABLE:
         raise ConfigError(
-            f"export supports GPT-Neo models (model_type gpt_neo), got {model.config.model_type!r}: pass "
-            "MODEL=<a tinystories run dir, a roneneldan/TinyStories-* id or a LoRA adapter dir of one>"
+            f"export supports GPT-Neo and Llama models (model_type gpt_neo, llama), got "
+            f"{model.config.model_type!r}: pass MODEL=<a tinystories run dir, a roneneldan/TinyStories-* id or "
+            "a LoRA adapter dir of one>"
         )
     size = sum(p.numel() * 4 for p in model.parameters())
     if size > MAX_SINGLE_FILE_BYTES:
@@ -113,7 +121,22 @@ def check_exportable(model: nn.Module) -> None:
 
 @contextlib.contextmanager
 def export_attention(model: nn.Module):
-    """Stock GELU and `ExportAttention` on every layer for the trace; the model's own attention afterwards."""
+    """The portable attention for the trace, the model's own afterwards: GPT-Neo gets stock GELU and
+    `ExportAttention` on every layer; Llama the library's eager attention."""
+    if model.config.model_type == "llama":
+        backend = model.config._attn_implementation
+        model.set_attn_implementation("eager")
+        try:
+            yield model
+        finally:
+            model.set_attn_implementation(backend)
+        return
+    with _gpt_neo_export_attention(model):
+        yield model
+
+
+@contextlib.contextmanager
+def _gpt_neo_export_attention(model: nn.Module):
     backend = attention_backend(model) or "eager"
     fast_gelu = any(isinstance(m, GELUTanh) for m in model.modules())
     use_fast_attention(model, backend="eager")  # the stock classes, config attention "eager"
@@ -130,15 +153,23 @@ def export_attention(model: nn.Module):
         use_fast_attention(model, backend=backend)
 
 
+def cache_shape(config) -> tuple[int, int]:
+    """(heads, head_dim) of one layer's key/value cache: GPT-Neo's heads, Llama's key/value heads."""
+    if getattr(config, "model_type", None) == "llama":
+        return config.num_key_value_heads, config.head_dim
+    return config.num_heads, config.hidden_size // config.num_heads
+
+
 def sample_inputs(config, batch: int = 2, seq: int = 3, past: int = 5):
     """Trace inputs: sizes > 1 (torch.export specialises 0 and 1) and distinct, so no axis is tied to another."""
-    heads, head_dim = config.num_heads, config.hidden_size // config.num_heads
+    heads, head_dim = cache_shape(config)
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, config.vocab_size, (batch, seq), generator=generator)
     attention_mask = torch.ones(batch, past + seq, dtype=torch.long)
     position_ids = torch.arange(past, past + seq).expand(batch, seq).contiguous()
     cache = tuple(
-        torch.randn(batch, heads, past, head_dim, generator=generator) for _ in range(2 * config.num_layers)
+        torch.randn(batch, heads, past, head_dim, generator=generator)
+        for _ in range(2 * config.num_hidden_layers)
     )
     return input_ids, attention_mask, position_ids, cache
 
@@ -175,12 +206,12 @@ def _name_total_length(model: onnx.ModelProto) -> None:
 
 @torch.no_grad()
 def export_decoder(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
-    """`model` (GPT-Neo, fp32 on the CPU) as one ONNX decoder with past key values at `path` (weights inside)."""
+    """`model` (GPT-Neo or Llama, fp32 on the CPU) as one ONNX decoder with past key values at `path` (weights inside)."""
     check_exportable(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.to(device="cpu", dtype=torch.float32).eval()
-    layers = model.config.num_layers
+    layers = model.config.num_hidden_layers
     for name in ("onnxscript", "onnx_ir"):  # a line per folded constant and per rewrite rule at INFO
         logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.WARNING))
     with export_attention(model), warnings.catch_warnings():

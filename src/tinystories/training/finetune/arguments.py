@@ -11,13 +11,14 @@ from trl import ModelConfig, SFTConfig
 
 from tinystories.core import TRAINED_CONTEXT, ConfigError
 from tinystories.core.runtime import PRECISIONS, export_mixed_precision, resolve_precision
+from tinystories.models.sizes import BLOCK_LINEARS
 
 logger = logging.getLogger(__name__)
 
 
 DEFAULT_BASE = "roneneldan/TinyStories-33M"
 DEFAULT_INSTRUCT_DATA = "roneneldan/TinyStoriesInstruct"
-GPT_NEO_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
+GPT_NEO_TARGET_MODULES = BLOCK_LINEARS["gpt_neo"]
 DATA_FORMATS = ("auto", "instruct", "stories")
 
 
@@ -65,6 +66,15 @@ class FinetuneArguments:
             "is in about this share of them (MoralValue is in 3.5% of TinyStories; 0: no repeats)"
         },
     )
+    feature_absent_min_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "repeat training examples whose Features: line names other features but not F until, for "
+            "every F, such lines are about this share of them: a prompt asking for MoralValue is then seen "
+            "without Dialogue often enough to mean 'no dialogue' (in the quickstart's records 93% of the "
+            "Features: lines list Dialogue; 0: no repeats)"
+        },
+    )
     model_name: str | None = field(
         default=None, metadata={"help": "name for the model card / Hub repo (default: the output dir name)"}
     )
@@ -105,9 +115,11 @@ class FinetuneModelConfig(ModelConfig):
 
     attn_implementation: str | None = field(default="sdpa", metadata={"help": "sdpa, flex or eager"})
     lora_target_modules: list[str] | None = field(
-        default_factory=lambda: list(GPT_NEO_TARGET_MODULES),
+        default_factory=lambda: ["auto"],
         metadata={
-            "help": "modules to adapt (GPT-Neo: q_proj k_proj v_proj out_proj c_fc c_proj), or all-linear"
+            "help": "modules to adapt: auto (every Linear of a block, by the base's architecture: GPT-Neo "
+            "q_proj k_proj v_proj out_proj c_fc c_proj; Llama q_proj k_proj v_proj o_proj gate_proj up_proj "
+            "down_proj), names, or all-linear"
         },
     )
     use_bnb_nested_quant: bool = field(
@@ -211,9 +223,24 @@ def validate_model_config(model_config: FinetuneModelConfig, args: FinetuneArgum
         if not 0 <= model_config.lora_dropout < 1:
             raise ConfigError(f"--lora_dropout {model_config.lora_dropout} must be in [0, 1)")
         if not model_config.lora_target_modules:
-            raise ConfigError("--lora_target_modules is empty: use q_proj k_proj v_proj out_proj c_fc c_proj")
+            raise ConfigError(
+                "--lora_target_modules is empty: use auto, or module names such as q_proj v_proj"
+            )
     if model_config.load_in_4bit or model_config.load_in_8bit:
         check_quantization_available()
+
+
+def resolve_target_modules(model_config: FinetuneModelConfig, model_type: str | None) -> None:
+    """`auto` → every Linear of a block of the base's architecture (`models.sizes.BLOCK_LINEARS`), in place."""
+    targets = model_config.lora_target_modules
+    if targets not in (["auto"], "auto"):
+        return
+    if model_type not in BLOCK_LINEARS:
+        raise ConfigError(
+            f"--lora_target_modules auto knows {', '.join(BLOCK_LINEARS)} blocks, not {model_type!r}: name the "
+            "modules to adapt (or all-linear)"
+        )
+    model_config.lora_target_modules = list(BLOCK_LINEARS[model_type])
 
 
 def check_quantization_available() -> None:

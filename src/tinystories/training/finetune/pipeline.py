@@ -12,6 +12,7 @@ from tinystories.core import TRAINED_CONTEXT
 from tinystories.training.finetune.arguments import (
     FinetuneArguments,
     FinetuneModelConfig,
+    resolve_target_modules,
     validate_model_config,
     validate_training_args,
 )
@@ -64,6 +65,8 @@ def run(args: FinetuneArguments, training_args: SFTConfig, model_config: Finetun
             model, use_gradient_checkpointing=training_args.gradient_checkpointing
         )
     base_config = model.config.to_diff_dict()
+    if peft:
+        resolve_target_modules(model_config, getattr(model.config, "model_type", None))
     peft_config = get_peft_config(model_config)
     trainer = build_trainer(
         training_args, model, tokenizer, data, args.fused_cross_entropy, peft_config=peft_config

@@ -1,0 +1,133 @@
+"""Muon for the hidden matrices, AdamW for the rest (`--optim muon`): one optimizer the Trainer can drive.
+
+`torch.optim.Muon` orthogonalises the momentum of a 2-D weight (Newton-Schulz) and is meant for the hidden
+layers only; embeddings (the tied LM head with them), norms and biases keep AdamW (the standard split, as in
+Keller Jordan's `MuonWithAuxAdam` and Moonshot's Moonlight). `MuonWithAdamW` holds both inner optimizers and
+shows the Trainer, Accelerate and the LR scheduler one optimizer whose `param_groups` are the inner ones' own
+group dicts (Muon's first): the scheduler scales both learning rates (`muon_learning_rate` and
+`learning_rate`) by the same schedule, `zero_grad` and gradient clipping see every parameter, and one
+`state_dict` holds both states, so a checkpoint resumes the momentum and Adam moments exactly.
+
+Data parallel (DDP) is fine: each rank orthogonalises the same all-reduced gradient. DeepSpeed ZeRO is not:
+it flattens and shards the parameters handed to a client optimizer, so Muon would never see a matrix
+(`check_muon` refuses it before any work starts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from tinystories.core import ConfigError
+
+MUON = "muon"
+DEFAULT_MUON_LR = 0.02  # Keller Jordan's default with the "original" shape adjustment
+MUON_ADJUST_LR = ("original", "match_rms_adamw")
+
+
+def muon_parameter_names(model: nn.Module) -> set[str]:
+    """The parameters Muon updates: 2-D weights that are neither an input nor an output embedding."""
+    embeddings = {id(model.get_input_embeddings().weight)}
+    head = model.get_output_embeddings()
+    if head is not None:
+        embeddings.add(id(head.weight))
+    position = getattr(getattr(model, "transformer", None), "wpe", None)  # GPT-Neo's learned positions
+    if position is not None:
+        embeddings.add(id(position.weight))
+    return {
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and p.ndim == 2 and id(p) not in embeddings
+    }
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """`torch.optim.Muon` on `muon_groups`, `torch.optim.AdamW` on `adamw_groups`, stepped together."""
+
+    def __init__(self, muon_groups: Iterable[dict], adamw_groups: Iterable[dict], muon: dict, adamw: dict):
+        muon_groups, adamw_groups = list(muon_groups), list(adamw_groups)
+        if not muon_groups:
+            raise ConfigError("--optim muon: the model has no 2-D hidden weights for Muon")
+        self.muon = torch.optim.Muon(muon_groups, **muon)
+        self.adamw = torch.optim.AdamW(adamw_groups, **adamw) if adamw_groups else None
+        super().__init__([{"params": []}], {})  # a valid Optimizer; its groups are replaced just below
+        self._link()
+
+    def _link(self, groups: list[dict] | None = None) -> None:
+        """One list of group dicts and one state for all three optimizers (the inner ones step, this one
+        is what schedulers, clipping and checkpoints see)."""
+        inner = [self.muon, *([self.adamw] if self.adamw else [])]
+        if groups is None:
+            groups = [g for opt in inner for g in opt.param_groups]
+        self.param_groups = groups
+        n = len(self.muon.param_groups)
+        self.muon.param_groups = groups[:n]
+        if self.adamw is not None:
+            self.adamw.param_groups = groups[n:]
+        for opt in inner:
+            opt.state = self.state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        if self.adamw is not None:
+            self.adamw.step()
+        return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)  # new group dicts and state: the inner optimizers follow
+        self._link(self.param_groups)
+
+
+def build_muon_optimizer(model: nn.Module, args, decay_names: Iterable[str]) -> MuonWithAdamW:
+    """The split for `model`: Muon (lr `args.muon_learning_rate`, weight decay `args.weight_decay`) on the
+    hidden matrices; AdamW (lr `args.learning_rate`, the Trainer's betas and eps) on the rest, with weight
+    decay on the parameters the Trainer would decay (`decay_names`: not biases, not norms)."""
+    hidden = muon_parameter_names(model)
+    decay = set(decay_names)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    muon_groups = [{"params": [p for n, p in params if n in hidden]}]
+    adamw_groups = [
+        {
+            "params": [p for n, p in params if n not in hidden and n in decay],
+            "weight_decay": args.weight_decay,
+        },
+        {"params": [p for n, p in params if n not in hidden and n not in decay], "weight_decay": 0.0},
+    ]
+    adamw_groups = [g for g in adamw_groups if g["params"]]
+    return MuonWithAdamW(
+        muon_groups,
+        adamw_groups,
+        muon={
+            "lr": args.muon_learning_rate,
+            "weight_decay": args.weight_decay,
+            "momentum": args.muon_momentum,
+            "adjust_lr_fn": args.muon_adjust_lr,
+        },
+        adamw={
+            "lr": args.learning_rate,
+            "betas": (args.adam_beta1, args.adam_beta2),
+            "eps": args.adam_epsilon,
+        },
+    )
+
+
+def check_muon(args) -> None:
+    """Refuse what Muon cannot do, before data is read (`args`: the run's TrainingArguments)."""
+    if not getattr(args, "muon", False):
+        return
+    if args.deepspeed:
+        raise ConfigError(
+            "--optim muon does not run under DeepSpeed (ZeRO flattens and shards the parameters, Muon needs whole "
+            "matrices): use a DDP launcher (ACCELERATE=multi_gpu) or drop --optim muon"
+        )
+    if args.muon_adjust_lr not in MUON_ADJUST_LR:
+        raise ConfigError(f"--muon_adjust_lr {args.muon_adjust_lr!r}: use one of {', '.join(MUON_ADJUST_LR)}")
+    if args.muon_learning_rate <= 0:
+        raise ConfigError(f"--muon_learning_rate {args.muon_learning_rate}: give a positive learning rate")
