@@ -79,7 +79,7 @@ opt = $(if $(2),$(1) $(2))
 CPU_ARGS ?= --per_device_train_batch_size 8 --global_batch_size 8 --eval_steps 50 --save_steps 50 \
 	--max_eval_samples 200 --dataloader_num_workers 0 --use_cpu true
 
-.PHONY: help install test test-slow lint format quickstart check-size train tokenizer sft lora generate demo web-demo eval analyze sweep data dedup push pull export bench gpu-check clean
+.PHONY: help install test test-slow lint format quickstart check-size train tokenizer sft lora generate demo web-demo eval analyze sweep data dedup push pull export gguf-tools bench gpu-check clean
 
 help:
 	@echo "make install | quickstart | test | train SIZE=<$(subst $() ,|,$(SIZES))> [ARCH=llama] | sft | lora | eval | analyze | sweep SWEEP=<quickstart|paper> | data | dedup | demo MODEL=... | web-demo MODEL=... | push | pull | export MODEL=... | bench | gpu-check [WHEELS=dir] [PY=python3]"
@@ -184,6 +184,20 @@ pull: install
 
 export: install
 	$(TS) export $(call opt,--model,$(MODEL)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
+
+# llama.cpp's converter and runtime for `tinystories export --format gguf` (Llama-architecture runs): the
+# llama-cpp-python source distribution from PyPI holds convert_hf_to_gguf.py (+ conversion/, gguf-py/), unpacked
+# into tools/llama.cpp/; the `gguf` extra builds llama-cpp-python (cmake + a C++ compiler, minutes on 2 cores).
+LLAMA_CPP_PYTHON = $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+
+gguf-tools: install
+	@test -f tools/llama.cpp/convert_hf_to_gguf.py || { rm -rf tools/.sdist && mkdir -p tools/.sdist && \
+		$(PY) -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d tools/.sdist && \
+		tar -xzf tools/.sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C tools/.sdist && \
+		mkdir -p tools/llama.cpp && cp -r tools/.sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/{convert_hf_to_gguf.py,conversion,gguf-py} tools/llama.cpp/ && \
+		rm -rf tools/.sdist; }
+	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}" \
+		$(PY) -m pip install -q -e ".[dev,gguf]"
 
 bench: install
 	$(PY) -m benchmarks.bench $(ARGS)

@@ -25,6 +25,7 @@ from tinystories.core import ConfigError
 from tinystories.core.config import parse_args, setup_logging
 from tinystories.core.paths import public_name
 from tinystories.data.tokenizer import load_tokenizer
+from tinystories.models.export.gguf import GGUF_INFO_FILE, GGUF_TYPES, export_gguf, find_converter
 from tinystories.models.export.graph import DEFAULT_OPSET
 from tinystories.models.export.layout import EXPORT_INFO_FILE, export_model
 from tinystories.models.export.quantize import QUANTIZATIONS
@@ -53,6 +54,11 @@ class ExportArguments:
     verify: bool = field(
         default=True, metadata={"help": "compare ONNX and PyTorch logits after the export (export_info.json)"}
     )
+    format: str = field(
+        default="onnx",
+        metadata={"help": "onnx, or gguf (llama.cpp; Llama-architecture runs, `make gguf-tools`)"},
+    )
+    gguf_type: str = field(default="f32", metadata={"help": "--format gguf: f32, f16, bf16 or q8_0"})
 
 
 def default_output_dir(model: str) -> Path:
@@ -81,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("no --model given: pass MODEL=<run dir | Hub id | LoRA adapter dir>")
     if args.quantize not in QUANTIZATIONS:
         raise ConfigError(f"unknown --quantize {args.quantize!r}: use one of {', '.join(QUANTIZATIONS)}")
+    if args.format not in ("onnx", "gguf"):
+        raise ConfigError(f"unknown --format {args.format!r}: use onnx or gguf")
+    if args.format == "gguf":
+        find_converter()  # missing tools fail before the model is loaded
+        if args.gguf_type not in GGUF_TYPES:
+            raise ConfigError(f"--gguf_type {args.gguf_type!r}: use one of {', '.join(GGUF_TYPES)}")
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.model)
 
     tokenizer_name, tokenizer_revision = _tokenizer_source(args)
@@ -92,6 +104,16 @@ def main(argv: list[str] | None = None) -> int:
             f"the tokenizer {public_name(tokenizer_name)!r} ({len(tokenizer)} tokens) does not fit the model "
             f"(vocabulary {model.config.vocab_size}): pass the model's own --tokenizer"
         )
+    if args.format == "gguf":
+        print(f"[export] converting with llama.cpp's convert_hf_to_gguf.py into {output_dir} ...", flush=True)
+        info = export_gguf(model, tokenizer, output_dir, args.gguf_type, source=public_name(args.model))
+        parity = info["parity"]
+        print(
+            f"  {info['file']}: {info['bytes'] / 1e6:.1f} MB; llama.cpp greedy tokens equal PyTorch's "
+            f"{parity['greedy_prefix_equal_pytorch']}/{parity['greedy_tokens']}"
+        )
+        print(f"wrote {output_dir} ({GGUF_INFO_FILE})")
+        return 0
     print(f"[export] tracing the ONNX graph into {output_dir / 'onnx'} ...", flush=True)
     info = export_model(
         model,
