@@ -62,28 +62,59 @@ def _features_of(prompt: str) -> list[str]:
     return [f.strip() for f in line.removeprefix("Features:").split(",") if f.strip()]
 
 
-def upsample_features(dataset, min_share: float, seed: int = 0):
-    """Repeat the examples of features rarer than `min_share` (of the examples), at most `MAX_REPEATS` times.
+def _copies(members: int, share: float, total: int) -> int:
+    """Copies of each member that bring a group of `members` of `total` examples to `share` (capped)."""
+    if share <= 0 or members == 0:
+        return 1
+    return min(MAX_REPEATS, max(1, round(share * total / members)))
 
-    An example is repeated as often as its rarest feature needs: round(min_share / share) copies in all.
-    A feature that is in 3.5% of the stories (MoralValue) is otherwise seen too rarely to be learned in a
-    short run; the others keep their share of the examples, nearly. Deterministic; shuffled by the Trainer.
+
+def feature_groups(features: list[list[str]]) -> dict[str, list[int]]:
+    """{"+F": examples whose Features line lists F, "-F": examples with a Features line without F}.
+
+    The "-F" groups are what a prompt asking for another feature looks like: without them a model that
+    sees `Features: Dialogue` on 93% of the lines learns "a Features line means dialogue", not the word.
+    Examples with no Features line are in neither group (they are not asked anything about features).
     """
-    if min_share <= 0 or len(dataset) == 0:
+    names = sorted({f for fs in features for f in fs})
+    groups: dict[str, list[int]] = {}
+    for name in names:
+        groups[f"+{name}"] = [i for i, fs in enumerate(features) if name in fs]
+        groups[f"-{name}"] = [i for i, fs in enumerate(features) if fs and name not in fs]
+    return groups
+
+
+def upsample_features(dataset, min_share: float, absent_min_share: float = 0.0):
+    """Repeat examples until each feature's Features lines with it (`min_share`) and without it
+    (`absent_min_share`, among lines naming other features) are about that share of the examples.
+
+    An example is repeated as often as its neediest group asks: round(share / group share) copies in all,
+    at most `MAX_REPEATS`. A feature in 3.5% of the stories (MoralValue) is otherwise seen too rarely to be
+    learned in a short run, and a line without Dialogue (7% of the lines) too rarely for "not asked" to
+    mean "absent". Deterministic (the Trainer shuffles); the group sizes before and after are logged.
+    """
+    if (min_share <= 0 and absent_min_share <= 0) or len(dataset) == 0:
         return dataset
-    features = [_features_of(p) for p in dataset["prompt"]]
-    counts: dict[str, int] = {}
-    for fs in features:
-        for f in fs:
-            counts[f] = counts.get(f, 0) + 1
-    copies = {f: min(MAX_REPEATS, max(1, round(min_share * len(dataset) / n))) for f, n in counts.items()}
-    index = [i for i, fs in enumerate(features) for _ in range(max([copies[f] for f in fs], default=1))]
+    groups = feature_groups([_features_of(p) for p in dataset["prompt"]])
+    total = len(dataset)
+    copies = {
+        g: _copies(len(members), min_share if g[0] == "+" else absent_min_share, total)
+        for g, members in groups.items()
+    }
+    per_example = [1] * total
+    for g, members in groups.items():
+        for i in members:
+            per_example[i] = max(per_example[i], copies[g])
+    index = [i for i, c in enumerate(per_example) for _ in range(c)]
+    after = {g: sum(per_example[i] for i in members) for g, members in groups.items()}
     logger.info(
-        "feature_min_share %.2f: %s examples -> %d (copies per feature: %s)",
+        "feature_min_share %.2f, feature_absent_min_share %.2f: %d examples -> %d; "
+        "Features lines with (+) / without (-) each feature, before -> after: %s",
         min_share,
-        len(dataset),
+        absent_min_share,
+        total,
         len(index),
-        copies,
+        ", ".join(f"{g} {len(groups[g])} -> {after[g]} ({after[g] / len(index):.0%})" for g in groups),
     )
     return dataset.select(index)
 
@@ -122,5 +153,5 @@ def prepare_data(args: FinetuneArguments) -> tuple[DatasetDict, str]:
     for split, ds in out.items():
         if len(ds) == 0:
             raise ConfigError(f"no usable Instruct examples in the {split} split of {args.data!r}")
-    out["train"] = upsample_features(out["train"], args.feature_min_share)
+    out["train"] = upsample_features(out["train"], args.feature_min_share, args.feature_absent_min_share)
     return DatasetDict(out), fmt
