@@ -176,3 +176,48 @@ def test_copying_score_separates_a_copying_model_from_one_that_cannot(analysed):
     assert perfect["second_copy_loss"] < 1e-3 and perfect["copying_score"] > 4.5
     copying = analysed[3]["in_context_copying"]  # the untrained tiny model: the repeat is no easier
     assert abs(copying["copying_score"]) < 0.5 and copying["first_copy_loss"] > 3
+
+
+def test_analysis_of_a_tiny_llama(tmp_path, stories):
+    """Llama blocks (issue 22): one neuron per SwiGLU unit (the input of `mlp.down_proj`), every head of
+    every layer, and the top activation of a neuron equal to a direct computation."""
+    from tinystories.analysis.neurons import mlp_outputs
+
+    tokenizer = train_tiny_tokenizer(stories[:200])
+    model_dir = make_tiny_model_dir(tmp_path / "llama", tokenizer, architecture="llama")
+    data = tmp_path / "stories.txt"
+    data.write_text("\n<|endoftext|>\n".join(stories[:4]) + "\n", encoding="utf-8")
+    argv = ["--model", str(model_dir), "--data", str(data), "--max_samples", "4", "--max_length", "64"]
+    argv += ["--batch_size", "2", "--device", "cpu", "--top_neurons", "3"]
+    assert analysis.main(argv) == 0
+    result = json.loads((model_dir / "analysis" / "analysis.json").read_text())
+
+    model = load_model(str(model_dir), attn_implementation="eager")
+    inner = model.config.intermediate_size
+    assert mlp_outputs(model) == [layer.mlp.down_proj for layer in model.model.layers]
+    assert result["neuron_summary"]["num_neurons"] == 2 * inner
+    assert result["neuron_summary_random_init"]["num_neurons"] == 2 * inner
+    assert len(result["heads"]) == 2 * 4 and {(h["layer"], h["head"]) for h in result["heads"]} == {
+        (layer, head) for layer in range(2) for head in range(4)
+    }
+    assert all(h["kind"] in {"local", "global", "mixed"} for h in result["heads"])
+    assert all(0 <= h["local_attention_share"] <= 1 + 1e-6 for h in result["heads"])
+    neurons = result["neurons"]
+    assert {n["layer"] for n in neurons} == {0, 1} and all(0 <= n["neuron"] < inner for n in neurons)
+
+    captured = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: captured.append(a[0][0])) for m in mlp_outputs(model)]
+    acts = {0: [], 1: []}
+    for text in stories[:4]:
+        ids = [tokenizer.eos_token_id, *tokenizer(text).input_ids][:64]
+        captured.clear()
+        with torch.no_grad():
+            model(torch.tensor([ids]))
+        for layer in (0, 1):
+            acts[layer] += [(captured[layer][pos], ids[pos]) for pos in range(1, len(ids))]
+    for h in hooks:
+        h.remove()
+    for n in neurons:
+        value, token = max((float(a[n["neuron"]]), t) for a, t in acts[n["layer"]])
+        assert n["top_tokens"][0]["activation"] == pytest.approx(value, abs=1e-3)
+        assert n["top_tokens"][0]["token"] == tokenizer.decode([token])

@@ -143,6 +143,40 @@ def test_card_keeps_hub_base_model_and_rerenders_with_new_eval(trained):
     assert "TinyStories-tiny" in card.content  # model name kept from the first write
 
 
+def test_llama_run_card_names_its_architecture(stories, tmp_path):
+    """A `--architecture llama` run (issue 22): the llama tag, "Llama-architecture" instead of GPT-Neo, the
+    key/value heads and the SwiGLU width in the model table; a GPT-Neo card has neither row."""
+    from huggingface_hub import ModelCard
+
+    tokenizer = train_tiny_tokenizer(stories[:150])
+    folder = make_tiny_model_dir(tmp_path / "llama", tokenizer, architecture="llama")
+    config = json.loads((folder / "config.json").read_text())
+    run_info = {
+        "stage": "pretrain", "model_name": "TinyStories-llama-tiny", "size": "custom", "config": config,
+        "num_parameters": 123456, "num_non_embedding_parameters": 23456,
+        "hyperparameters": {"optimizer": "muon", "muon_learning_rate": 0.02, "learning_rate": 5e-4},
+    }  # fmt: skip
+    cards.write_model_card(folder, run_info)
+    card = ModelCard.load(folder / "README.md")
+    assert {"tinystories", "llama"} <= set(card.data.tags) and "gpt_neo" not in card.data.tags
+    text = card.content
+    assert "a Llama-architecture causal language model pretrained from scratch" in text
+    assert "GPT-Neo" not in text
+    assert "| architecture | LlamaForCausalLM |" in text
+    assert f"| key/value heads | {config['num_key_value_heads']} |" in text
+    assert f"| MLP width | {config['intermediate_size']} |" in text
+    assert "| attention heads | 4 |" in text and "| layers | 2 |" in text
+    assert "local attention window" not in text  # GPT-Neo's rows only where the config has them
+    assert "| `optimizer` | muon |" in text and "| `muon_learning_rate` | 0.02 |" in text
+    neo = tmp_path / "neo"
+    make_tiny_model_dir(neo, tokenizer)
+    cards.write_model_card(neo, {**run_info, "config": json.loads((neo / "config.json").read_text())})
+    neo_card = ModelCard.load(neo / "README.md")
+    assert "gpt_neo" in neo_card.data.tags and "llama" not in neo_card.data.tags
+    assert "a GPT-Neo causal language model" in neo_card.content and "key/value heads" not in neo_card.content
+    assert "MLP width" not in neo_card.content  # GPT-Neo stores intermediate_size None (4 x hidden)
+
+
 def test_resolve_hub_id():
     assert cards.resolve_hub_id("roneneldan/TinyStories-33M") == "roneneldan/TinyStories-33M"
     snap = "/root/.cache/huggingface/hub/models--roneneldan--TinyStories-8M/snapshots/abc123"

@@ -227,3 +227,108 @@ def test_int8_bits_per_byte_within_2_percent_of_fp32(tmp_path, sample_txt, steps
     assert reference["bits_per_byte"] < 0.9 * uniform  # trained: below a uniform guess over the vocabulary
     assert fp32 == pytest.approx(reference["bits_per_byte"], rel=1e-5)
     assert abs(int8 - fp32) / fp32 < 0.02
+
+
+# ------------------------------------------------------------------------- a Llama model (issue 22)
+@pytest.fixture(scope="module")
+def llama_export(tmp_path_factory, gpt_neo_tokenizer_dir):
+    """The tiny Llama twin (hidden 32, 2 layers, 4 query heads of 8, one key/value head) with larger random
+    weights (std 0.2), so that attention (and with it rotary positions and the shared key/value head) shows in
+    the logits and greedy decoding varies; exported by `tinystories export` with the parity check on."""
+    from transformers import LlamaForCausalLM
+
+    from tiny import make_tiny_model_dir
+
+    folder = make_tiny_model_dir(
+        tmp_path_factory.mktemp("llama") / "model", gpt_neo_tokenizer_dir, architecture="llama"
+    )
+    model = LlamaForCausalLM.from_pretrained(folder)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.2)  # as tiny.make_varied_model_dir: a greedy story of varied tokens
+    model.save_pretrained(folder)
+    out = folder.parent / "onnx-llama"
+    assert cli.main(["export", "--model", str(folder), "--output_dir", str(out)]) == 0
+    reference = LlamaForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    return out, reference, OnnxCausalLM(out / "onnx" / "model.onnx")
+
+
+def test_llama_export_layout_and_cache_shape(llama_export):
+    out, _, lm = llama_export
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (4, 1, 8)
+    graph = onnx.load(str(out / "onnx" / "model.onnx")).graph
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input}
+    past = [f"past_key_values.{i}.{kv}" for i in range(LAYERS) for kv in ("key", "value")]
+    assert list(dims) == ["input_ids", "attention_mask", "position_ids", *past]
+    assert dims["past_key_values.0.key"] == [
+        "batch_size",
+        1,
+        "past_sequence_length",
+        8,
+    ]  # kv heads x head_dim
+    assert (lm.num_heads, lm.head_dim) == (1, 8)
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["model.onnx"]  # no --quantize: fp32 only
+    info = json.loads((out / "export_info.json").read_text())
+    assert info["model_type"] == "llama" and info["window_size"] is None
+    parity = info["parity"]["fp32"]
+    assert parity["max_abs_logit_diff"] < 1e-4 and parity["max_abs_logit_diff_past_window"] is None
+    assert parity["greedy_prefix_equal_pytorch"] == info["parity"]["greedy_tokens"] == 32
+
+
+def test_llama_fp32_logits_and_cached_decoding_match_pytorch(llama_export):
+    _, model, lm = llama_export
+    ids = random_ids(120, seed=6)
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+        shuffled = model(torch.tensor([ids]), position_ids=torch.arange(120).flip(0)[None]).logits[0].numpy()
+    assert np.abs(shuffled - expected).max() > 1e-2  # positions matter: rotary is really in the logits
+    assert np.abs(lm.logits([ids])[0] - expected).max() < 1e-4
+    logits, past = lm.forward(np.array([ids[:80]]))
+    diffs = [np.abs(logits[0] - expected[:80]).max()]
+    for t in range(80, 120):  # one token a step: rotary positions and the cache continue from 80
+        logits, past = lm.forward(np.array([[ids[t]]]), past=past)
+        diffs.append(np.abs(logits[0, 0] - expected[t]).max())
+    assert past["past_key_values.1.value"].shape == (1, 1, 120, 8) and max(diffs) < 1e-4
+
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[0, :6] = 0  # left padding, as a batched generate pads
+    batch = torch.tensor([random_ids(20, seed=7), random_ids(20, seed=8)])
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        expected = model(batch, attention_mask=mask, position_ids=position_ids).logits.numpy()
+    got = lm.logits(batch.numpy(), mask.numpy())
+    assert np.abs(got - expected)[mask.bool().numpy()].max() < 1e-4
+
+
+def test_llama_greedy_generation_with_the_cache_equals_pytorch_generate(llama_export):
+    _, model, lm = llama_export
+    prompt = random_ids(30, seed=9)
+    with torch.no_grad():
+        expected = model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, 30, dtype=torch.long),
+            generation_config=GenerationConfig(
+                max_new_tokens=60, do_sample=False, eos_token_id=None, pad_token_id=0
+            ),
+        )[0, 30:].tolist()
+    got = lm.generate_greedy(prompt, max_new_tokens=60)
+    assert len(expected) == 60 and got.tokens == expected
+    assert len(set(expected)) > 1  # not one token repeated: the comparison can fail
+
+
+def test_llama_export_restores_the_attention_backend(tmp_path, gpt_neo_tokenizer_dir):
+    from tiny import make_tiny_model_dir
+    from tinystories.models.export.graph import cache_shape, export_attention
+    from tinystories.models.loading import load_model
+
+    folder = make_tiny_model_dir(tmp_path / "m", gpt_neo_tokenizer_dir, architecture="llama")
+    model = load_model(str(folder), attn_implementation="sdpa")
+    assert cache_shape(model.config) == (1, 8)
+    backend = model.config._attn_implementation
+    with export_attention(model) as traced:
+        assert traced.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == backend != "eager"

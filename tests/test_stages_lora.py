@@ -192,3 +192,91 @@ def test_lora_from_hub_id_merge_and_reload(
     adapter_loss = json.loads((tmp_path / "eval-adapter" / "eval_results.json").read_text())["loss"]
     merged_loss = json.loads((tmp_path / "eval-merged" / "eval_results.json").read_text())["loss"]
     assert adapter_loss == pytest.approx(merged_loss, abs=1e-5)
+
+
+# ------------------------------------------------------------------------- a Llama base (issue 22)
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
+    """The tiny Llama twin: hidden 32, 2 layers, 4 heads of 8, one key/value head."""
+    return make_tiny_model_dir(
+        tmp_path_factory.mktemp("llama") / "m", gpt_neo_tokenizer_dir, architecture="llama"
+    )
+
+
+def test_auto_targets_every_linear_of_a_llama_block(llama_dir, tiny_model_dir):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl import get_peft_config
+
+    from tinystories.training.finetune.arguments import resolve_target_modules
+
+    # the default, as the recipes say (TRL's ModelConfig turns a one-name list into the name)
+    assert LoraModelConfig().lora_target_modules in ("auto", ["auto"])
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    config = model.config
+    assert (config.num_key_value_heads, config.head_dim) == (1, 8)
+    model_config = LoraModelConfig(lora_r=4, lora_alpha=8)
+    resolve_target_modules(model_config, config.model_type)
+    assert model_config.lora_target_modules == LLAMA_TARGETS
+    peft_model = get_peft_model(model, get_peft_config(model_config))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    inner = config.intermediate_size
+    # per layer: q, o r(32+32); k, v r(32+8); gate, up r(32+I); down r(I+32)
+    by_hand = 2 * 4 * (2 * 64 + 2 * 40 + 3 * (32 + inner))
+    assert trainable == by_hand == expected_trainable_parameters(config, 4, "auto")
+    assert expected_trainable_parameters(config, 4, ["auto"]) == by_hand
+    assert expected_trainable_parameters(config, 4, ["k_proj", "v_proj"]) == 2 * 2 * 4 * 40
+    adapted = {n.rsplit(".", 1)[-1] for n, m in peft_model.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == set(LLAMA_TARGETS)
+    # a GPT-Neo base resolves to its six projections; an unknown architecture is refused with the fix
+    neo = LoraModelConfig()
+    resolve_target_modules(neo, AutoModelForCausalLM.from_pretrained(tiny_model_dir).config.model_type)
+    assert neo.lora_target_modules == GPT_NEO_TARGET_MODULES
+    named = LoraModelConfig(lora_target_modules=["q_proj", "v_proj"])
+    resolve_target_modules(named, "llama")
+    assert named.lora_target_modules == ["q_proj", "v_proj"]  # explicit names are kept
+    with pytest.raises(ConfigError, match="auto knows gpt_neo, llama blocks, not 'mamba'.*all-linear"):
+        resolve_target_modules(LoraModelConfig(), "mamba")
+
+
+def test_lora_stage_on_a_llama_base(llama_dir, tmp_path, stories):
+    """`tinystories lora` with the default `auto` targets on a Llama base: the adapter names the seven Llama
+    projections, its trainable count is the formula's, and merged == adapter logits."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from tinystories.stages.lora import main
+
+    data = tmp_path / "stories.txt"
+    data.write_text("\n<|endoftext|>\n".join(stories[:40]) + "\n<|endoftext|>\n")
+    out = tmp_path / "lora"
+    argv = ["--base_model", str(llama_dir), "--data", str(data), "--output_dir", str(out), "--max_steps", "3"]
+    argv += [
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--learning_rate",
+        "1e-2",
+        "--per_device_train_batch_size",
+        "2",
+    ]
+    argv += ["--max_length", "64", "--max_eval_samples", "4", "--save_strategy", "no", "--num_samples", "0"]
+    argv += ["--report_to", "none", "--max_train_samples", "12", "--eval_strategy", "no"]
+    assert main(argv) == 0
+    adapter_cfg = json.loads((out / "adapter_config.json").read_text())
+    assert sorted(adapter_cfg["target_modules"]) == sorted(LLAMA_TARGETS) and adapter_cfg["r"] == 4
+    base = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    info = json.loads((out / "card_info.json").read_text())
+    assert info["trainable_parameters"] == expected_trainable_parameters(base.config, 4, "auto")
+    adapter = AutoPeftModelForCausalLM.from_pretrained(out).eval()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    assert merged.config.model_type == "llama" and not any("lora" in n for n, _ in merged.named_parameters())
+    ids = torch.tensor([[7454, 2402, 257, 640, 11, 612, 373, 257, 1310, 3290]])
+    with torch.no_grad():
+        la, lm, lb = adapter(ids).logits, merged(ids).logits, base(ids).logits
+    torch.testing.assert_close(lm, la, atol=1e-5, rtol=1e-5)
+    assert (la - lb).abs().max() > 1e-4  # training changed the model

@@ -165,3 +165,94 @@ def test_make_train_rejects_unknown_size(repo_root):
     assert "unknown SIZE=5M; valid sizes:" in proc.stderr
     for name in ["1M", "3M", "8M", "28M", "33M", "1L-21M", "2L-33M"]:
         assert name in proc.stderr
+
+
+# ------------------------------------------------------------------- Llama blocks and Muon (issue 22)
+LLAMA = ("--architecture", "llama", "--num_heads", "4")  # hidden 32: 4 heads of 8, one key/value head
+
+
+def test_llama_architecture_trains_saves_reloads_and_generates(tmp_path, sample_txt):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    from tinystories.models.sizes import count_non_embedding_params, llama_non_embedding_params
+
+    out = tmp_path / "llama"
+    history = run(
+        sample_txt, out, *LLAMA, "--max_steps", "30", "--eval_steps", "30", "--save_steps", "30",
+        "--learning_rate", "6e-3", "--eval_on_start", "true",
+    )  # fmt: skip
+    evals = [h for h in history if "eval_loss" in h]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 30
+    assert evals[0]["eval_loss"] > 5.5 and evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 0.75, evals
+    assert 0 < evals[-1]["eval_bits_per_byte"] < evals[0]["eval_bits_per_byte"]
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
+    assert config["tie_word_embeddings"] is True and config["max_position_embeddings"] == 64  # the block
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (4, 1, 8)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(model) is LlamaForCausalLM
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert "lm_head.weight" not in load_file(out / "model.safetensors")  # tied: stored once
+    n_non_emb = llama_non_embedding_params(32, 2, 4, config["intermediate_size"])
+    assert count_non_embedding_params(model) == n_non_emb
+    info = json.loads((out / "card_info.json").read_text())
+    assert info["num_non_embedding_parameters"] == n_non_emb and info["config"]["model_type"] == "llama"
+    assert info["hyperparameters"]["optimizer"] == "adamw_torch"
+    card = (out / "README.md").read_text()
+    assert "Llama-architecture" in card and "GPT-Neo" not in card and "- llama" in card
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompt = tokenizer("Once upon a time", return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(
+            **prompt, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id
+        )
+        again = model.generate(
+            **prompt, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id
+        )
+    assert ids.shape[1] > prompt.input_ids.shape[1] and torch.equal(ids, again)
+    assert tokenizer.decode(ids[0]).startswith("Once upon a time")
+
+
+def test_muon_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, sample_txt):
+    """`--optim muon` on Llama blocks: the run record says muon, the loss drops, and a run stopped after its
+    step-8 checkpoint resumes to step 16 with the uninterrupted run's losses and weights (the Muon momentum
+    and Adam moments come back from optimizer.pt: without it the resumed run ends elsewhere)."""
+    args = (
+        *LLAMA, "--optim", "muon", "--muon_learning_rate", "0.03", "--max_steps", "16", "--eval_steps", "8",
+        "--save_steps", "8", "--attn_implementation", "eager", "--eval_on_start", "true",
+    )  # fmt: skip
+    full = tmp_path / "full"
+    history_full = run(sample_txt, full, *args)
+    info = json.loads((full / "card_info.json").read_text())
+    hparams = info["hyperparameters"]
+    assert hparams["optimizer"] == "muon" and hparams["muon_learning_rate"] == 0.03
+    assert hparams["muon_momentum"] == 0.95 and hparams["learning_rate"] == 3e-3
+    assert "| `optimizer` | muon |" in (full / "README.md").read_text()
+    evals = [h["eval_loss"] for h in history_full if "eval_loss" in h]
+    assert len(evals) >= 3 and evals[-1] < evals[0] - 0.5, evals
+    assert (full / "checkpoint-8" / "optimizer.pt").is_file()
+
+    def resume(name, drop_optimizer=False):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copytree(full / "checkpoint-8", folder / "checkpoint-8")
+        if drop_optimizer:
+            (folder / "checkpoint-8" / "optimizer.pt").unlink()
+        for file in ["tokenizer.json", "tokenizer_config.json"]:
+            shutil.copy(full / file, folder / file)
+        return run(sample_txt, folder, *args), load_file(folder / "model.safetensors")
+
+    def last(history, key):
+        return [h[key] for h in history if key in h][-1]
+
+    history_resumed, resumed = resume("resumed")
+    assert any(h.get("step") == 16 for h in history_resumed)
+    assert last(history_resumed, "eval_loss") == pytest.approx(last(history_full, "eval_loss"), abs=1e-5)
+    assert last(history_resumed, "loss") == pytest.approx(last(history_full, "loss"), abs=1e-5)
+    reference = load_file(full / "model.safetensors")
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], atol=1e-5, rtol=0)
+    _, cold = resume("cold", drop_optimizer=True)  # fresh Muon momentum and Adam moments at step 8
+    assert max((cold[k] - reference[k]).abs().max().item() for k in reference) > 1e-3

@@ -97,3 +97,107 @@ def test_sweep_trains_evaluates_fits_and_a_rerun_skips_finished_cells(
     assert json.loads((out / "sweep_results.json").read_text())["runs"] == runs
     with pytest.raises(ConfigError, match="other settings"):  # a changed setting never mixes into old cells
         sweep.main([*argv, "learning_rate=1e-3"])
+
+
+# ---------------------------------------------------------------- the architecture axis (issue 22)
+def test_grid_with_two_architectures_names_and_argv(tmp_path):
+    from tinystories.sweep.grid import cell_argv
+
+    cells = build_grid([32, 64], [1], [30], [], per_step=2048, architectures=["gpt_neo", "llama"])
+    assert [c.name for c in cells] == ["h32-l1-s30", "h64-l1-s30", "llama-h32-l1-s30", "llama-h64-l1-s30"]
+    assert [c.architecture for c in cells] == ["gpt_neo", "gpt_neo", "llama", "llama"]
+    # GPT-Neo cells keep the names and command lines they had before the axis (old sweeps stay finished)
+    assert build_grid([32, 64], [1], [30], [], per_step=2048) == cells[:2]
+    base = ["--config", "recipes/pretrain/1M.yaml"]
+    neo = cell_argv(base, cells[0], tmp_path / cells[0].name)
+    assert neo == [*base, "--hidden_size", "32", "--num_layers", "1", "--max_steps", "30",
+                   "--output_dir", str(tmp_path / "h32-l1-s30")]  # fmt: skip
+    llama = cell_argv(base, cells[3], tmp_path / cells[3].name)
+    assert llama == [*base, "--architecture", "llama", "--hidden_size", "64", "--num_layers", "1",
+                     "--max_steps", "30", "--output_dir", str(tmp_path / "llama-h64-l1-s30")]  # fmt: skip
+    budget = build_grid([32], [2], [], [100_000], per_step=2048, architectures=["llama"])
+    assert [(c.name, c.max_steps) for c in budget] == [("llama-h32-l2-t100000", 49)]
+    assert (
+        len(build_grid([32], [1], [5], [], per_step=1, architectures=["llama", "llama"])) == 1
+    )  # deduplicated
+    with pytest.raises(ConfigError, match="--architectures mamba: use gpt_neo and/or llama"):
+        build_grid([32], [1], [5], [], per_step=1, architectures=["gpt_neo", "mamba"])
+
+
+def _run_record(arch, n, tokens, loss, bpb):
+    prefix = "" if arch == "gpt_neo" else "llama-"
+    return {
+        "name": f"{prefix}n{n}-t{tokens}", "non_embedding_params": n, "train_tokens": tokens,
+        "compute": 6 * n * tokens, "eval_loss": loss, "bits_per_byte": bpb,
+        **({} if arch == "gpt_neo" and n == 1e4 else {"architecture": arch}),  # an old record has no field
+    }  # fmt: skip
+
+
+def _mixed_runs():
+    """GPT-Neo on loss = 10 N^-0.1 (bpb = loss / 3), Llama on 8 N^-0.1 (bpb = loss / 4); a small budget too."""
+    runs = []
+    for arch, a, ratio in (("gpt_neo", 10.0, 3.0), ("llama", 8.0, 4.0)):
+        for n in (1e4, 1e5, 1e6):
+            runs.append(_run_record(arch, n, 4e6, a * n**-0.1, a * n**-0.1 / ratio))
+        runs.append(_run_record(arch, 1e4, 1e6, a * 1e4**-0.1 + 0.5, 1.0))
+    runs.append({**_run_record("llama", 1e7, 4e6, float("nan"), 1.0)})  # an unfinished cell is left out
+    return runs
+
+
+def test_fit_runs_with_two_architectures():
+    fit = fit_runs(_mixed_runs())
+    # top level: GPT-Neo only (the first architecture), as before the axis
+    assert fit["params"]["train_tokens"] == 4e6 and fit["params"]["power_law"]["num_points"] == 3
+    assert fit["params"]["power_law"]["a"] == pytest.approx(10.0, rel=1e-6)
+    assert fit["params"]["power_law"]["alpha"] == pytest.approx(0.1, rel=1e-6)
+    assert all(not name.startswith("llama-") for name in fit["compute"]["frontier"])
+    by_arch = fit["by_architecture"]
+    assert list(by_arch) == ["gpt_neo", "llama"]
+    for arch, a, ratio in (("gpt_neo", 10.0, 3.0), ("llama", 8.0, 4.0)):
+        assert by_arch[arch]["train_tokens"] == 4e6
+        loss, bpb = by_arch[arch]["loss"], by_arch[arch]["bits_per_byte"]
+        assert loss["x"] == bpb["x"] == "non_embedding_params" and loss["power_law"]["num_points"] == 3
+        assert loss["power_law"]["a"] == pytest.approx(a, rel=1e-6)
+        assert bpb["power_law"]["a"] == pytest.approx(a / ratio, rel=1e-6)
+        assert bpb["power_law"]["alpha"] == pytest.approx(0.1, rel=1e-6)
+    single = fit_runs([r for r in _mixed_runs() if r.get("architecture", "gpt_neo") == "gpt_neo"])
+    assert "by_architecture" not in single and single["params"] == fit["params"]
+
+
+def test_plot_architectures_writes_a_png(tmp_path):
+    from PIL import Image
+
+    from tinystories.sweep.plots import plot_architectures
+
+    runs = _mixed_runs()
+    path = plot_architectures(runs, fit_runs(runs), tmp_path / "architectures_vs_params.png")
+    assert path == tmp_path / "architectures_vs_params.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 2 * image.size[1] * 0.9  # two panels side by side
+
+
+def test_sweep_over_two_architectures_trains_both_and_draws_them(tmp_path, sample_txt, repo_root):
+    from tinystories.models.sizes import build_config, llama_non_embedding_params
+
+    out = tmp_path / "arch-sweep"
+    argv = [
+        "--config", str(repo_root / "recipes/sweep/quickstart.yaml"), "--data", str(sample_txt), "--output_dir", str(out),
+        "--architectures", "gpt_neo", "llama", "--hidden_sizes", "32", "--num_layers", "1", "--max_steps", "2",
+        "--eval_samples", "8", "--train_args", *TINY,
+    ]  # fmt: skip
+    assert sweep.main(argv) == 0
+    results = json.loads((out / "sweep_results.json").read_text())
+    runs = results["runs"]
+    assert [(r["name"], r["architecture"]) for r in runs] == [
+        ("h32-l1-s2", "gpt_neo"),
+        ("llama-h32-l1-s2", "llama"),
+    ]
+    config = json.loads((out / "llama-h32-l1-s2" / "config.json").read_text())
+    assert config["model_type"] == "llama" and "--architecture" in runs[1]["train_argv"]
+    assert "--architecture" not in runs[0]["train_argv"]
+    inner = build_config(hidden_size=32, num_layers=1, architecture="llama").intermediate_size
+    assert runs[1]["non_embedding_params"] == llama_non_embedding_params(32, 1, 16, inner)
+    assert runs[0]["non_embedding_params"] == non_embedding_params(32, 1)
+    assert all(np.isfinite(r["eval_loss"]) and r["bits_per_byte"] > 0 for r in runs)
+    assert set(results["fit"]["by_architecture"]) == {"gpt_neo", "llama"}
+    assert (out / "architectures_vs_params.png").is_file()

@@ -271,5 +271,87 @@ def _time_limit_worker() -> None:
     os._exit(0)
 
 
+def _muon_run(out_dir: str, per_device: int) -> tuple[list[float], dict]:
+    """`--optim muon` (PretrainConfig + BitsPerByteTrainer, as `tinystories train` builds them) on a tiny Llama:
+    6 steps of 4 sequences (per_device x processes), sequential sampling. Returns the logged losses and the
+    final parameters."""
+    from tinystories.models.sizes import build_config
+    from tinystories.training.optimizers import MuonWithAdamW
+    from tinystories.training.pretraining import PretrainConfig
+    from tinystories.training.trainer import BitsPerByteTrainer
+
+    config = build_config(
+        hidden_size=32, num_layers=2, num_heads=4, vocab_size=64, max_position_embeddings=16, eos_token_id=0,
+        architecture="llama",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    g = torch.Generator().manual_seed(1)
+    start, stride = torch.randint(0, 64, (48, 1), generator=g), torch.randint(1, 4, (48, 1), generator=g)
+    rows = (start + stride * torch.arange(16)) % 64  # learnable: arithmetic sequences mod 64
+    args = PretrainConfig(
+        output_dir=out_dir, optim="muon", learning_rate=3e-3, muon_learning_rate=0.02, max_steps=6,
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=1, eval_strategy="no",
+        save_strategy="no", logging_steps=1, report_to="none", use_cpu=True, dataloader_num_workers=0,
+        disable_tqdm=True, train_sampling_strategy="sequential", ddp_timeout=120, seed=3,
+    )  # fmt: skip
+    trainer = BitsPerByteTrainer(
+        model=model, args=args, train_dataset=[{"input_ids": r, "labels": r} for r in rows]
+    )
+    trainer.train()
+    assert isinstance(getattr(trainer.optimizer, "optimizer", None), MuonWithAdamW)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return losses, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+def test_muon_under_ddp_two_processes_agree_and_match_single(tmp_path, repo_root):
+    """Two gloo ranks with `--optim muon`: both end with bit-identical parameters (each orthogonalises the same
+    all-reduced gradient), the loss drops, and they match one process on the same global batches."""
+    _run([*_accelerate(repo_root, "cpu_ddp.yaml"), __file__, "muon", str(tmp_path)], timeout=300)
+    ranks = [torch.load(tmp_path / f"muon-rank{r}.pt", weights_only=True) for r in range(2)]
+    for name, param in ranks[0]["params"].items():
+        assert torch.equal(param, ranks[1]["params"][name]), name
+    losses = ranks[0]["losses"]
+    assert ranks[1]["losses"] == losses and len(losses) == 6
+    assert losses[-1] < losses[0] - 0.2, losses
+    single_losses, single = _muon_run(str(tmp_path / "single"), per_device=4)
+    assert losses == pytest.approx(single_losses, abs=2e-3)
+    hidden = {n for n in single if n.endswith("_proj.weight")}  # what Muon steps (test_training_optimizers)
+    for name, param in single.items():
+        update = param - ranks[0]["initial"][name]
+        assert update.abs().max().item() > 5e-3, name  # trained: not a comparison of two untrained models
+        # AdamW's parameters agree to float reduction order; Muon orthogonalises in bf16 (torch's Newton-Schulz),
+        # which blows rounding noise in a near rank-deficient gradient (o_proj: one key/value head, near-uniform
+        # attention) up to a few percent of the update
+        off = (param - ranks[0]["params"][name]).norm() / update.norm()
+        assert off < (0.2 if name in hidden else 0.02), (name, off)
+
+
+def _muon_worker(out_dir: str) -> None:
+    """Each rank: `_muon_run` on 2 sequences a step, then its losses and parameters to muon-rank<r>.pt."""
+    rank = int(os.environ["RANK"])
+    from tinystories.models.sizes import build_config
+
+    config = build_config(
+        hidden_size=32, num_layers=2, num_heads=4, vocab_size=64, max_position_embeddings=16, eos_token_id=0,
+        architecture="llama",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    initial = {n: p.detach().clone() for n, p in AutoModelForCausalLM.from_config(config).named_parameters()}
+    losses, params = _muon_run(tempfile.mkdtemp(), per_device=2)
+    torch.save(
+        {"losses": losses, "params": params, "initial": initial}, os.path.join(out_dir, f"muon-rank{rank}.pt")
+    )
+    print(f"rank {rank}: muon trained, losses {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)  # as `_time_limit_worker`: no DDP teardown at interpreter exit
+
+
 if __name__ == "__main__":
-    _time_limit_worker() if sys.argv[1:] == ["time-limit"] else _zero3_fused_loss_worker()
+    if sys.argv[1:2] == ["muon"]:
+        _muon_worker(sys.argv[2])
+    elif sys.argv[1:] == ["time-limit"]:
+        _time_limit_worker()
+    else:
+        _zero3_fused_loss_worker()

@@ -47,7 +47,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
     """`torch.optim.Muon` on `muon_groups`, `torch.optim.AdamW` on `adamw_groups`, stepped together."""
 
     def __init__(self, muon_groups: Iterable[dict], adamw_groups: Iterable[dict], muon: dict, adamw: dict):
-        muon_groups, adamw_groups = list(muon_groups), list(adamw_groups)
+        muon_groups = [g for g in muon_groups if g["params"]]
+        adamw_groups = [g for g in adamw_groups if g["params"]]
         if not muon_groups:
             raise ConfigError("--optim muon: the model has no 2-D hidden weights for Muon")
         self.muon = torch.optim.Muon(muon_groups, **muon)
@@ -100,7 +101,6 @@ def build_muon_optimizer(model: nn.Module, args, decay_names: Iterable[str]) -> 
         },
         {"params": [p for n, p in params if n not in hidden and n not in decay], "weight_decay": 0.0},
     ]
-    adamw_groups = [g for g in adamw_groups if g["params"]]
     return MuonWithAdamW(
         muon_groups,
         adamw_groups,

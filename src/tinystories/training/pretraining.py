@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from transformers import AutoModelForCausalLM, PreTrainedModel, TrainingArguments
+from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, PreTrainedModel, TrainingArguments
 
 from tinystories.core import ConfigError
 from tinystories.core.runtime import export_mixed_precision, resolve_precision
@@ -208,7 +208,9 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer)
         model = load_model(model_args.model_name_or_path, attn_implementation=model_args.attn_implementation)
     else:
         config = new_config(model_args, data_args, tokenizer)
-        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+        # the class itself, not `from_config`: under ZeRO-3 `from_config` builds inside `deepspeed.zero.Init`,
+        # which initialises other weights than one process does (a <=33M model needs no sharded construction)
+        model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
         model = install_attention(model, model_args.attn_implementation)
     if model_args.fused_cross_entropy:
         use_fused_cross_entropy(model, chunk_size=model_args.loss_chunk_size)

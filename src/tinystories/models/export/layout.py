@@ -107,7 +107,9 @@ def measure_parity(model, onnx_paths: dict[str, Path], ids: list[int], greedy_to
         got = lm.generate_greedy(prompt, greedy_tokens).tokens
         result[name] = {
             "max_abs_logit_diff": float(diff.max()),
-            "max_abs_logit_diff_past_window": float(diff[window:].max()) if window and len(ids) > window else None,
+            "max_abs_logit_diff_past_window": float(diff[window:].max())
+            if window and len(ids) > window
+            else None,
             "greedy_prefix_equal_pytorch": _common_prefix(got, expected),
         }
     return result
