@@ -5,19 +5,22 @@ stories with the same held-out 10% (seed 42, as `make quickstart` holds them out
 for at most `--minutes` of training (`--max_minutes`), evaluated every `--eval_steps` steps on the
 held-out stories. The Trainer's clock at each evaluation (evaluations included) gives the minutes.
 
-Recipes (the real recipe files; only data, batch shape, evaluation cadence and the time box are set):
+Rows (the real recipe files; only data, batch shape, evaluation cadence and the time box are set):
 
-* **quickstart**: `recipes/pretrain/quickstart.yaml` (top-10K trimmed GPT-Neo vocabulary, 4 layers × 64,
-  4 heads, lr 3e-3 cosine with 30 warmup steps, 1,000 steps of 16 × 256 tokens);
-* **stock**: `recipes/pretrain/1M.yaml` (the released 1M shape: 8 layers × 64, 16 heads, the full 50,257
-  GPT-Neo vocabulary, the paper's lr 5e-4 constant), at the same 16 × 256 tokens per step;
-* **quickstart-llama**: the quickstart recipe with Llama blocks (`--architecture llama`: RMSNorm, SwiGLU of
-  matched non-embedding parameters, RoPE, one key/value head for the 4 query heads);
-* **…-muon** (`stock-muon`, `quickstart-muon`, `quickstart-llama-muon`): the same with `--optim muon`
-  (Muon on the hidden matrices at `muon_learning_rate` 0.02, AdamW at the recipe's lr on the rest).
+* **quickstart**: `recipes/pretrain/quickstart.yaml` as it stands (top-10K trimmed GPT-Neo vocabulary, 4 layers
+  × 64, 4 heads, Llama blocks, Muon at 0.04 + AdamW at 3e-3, cosine with 30 warmup steps, 600 steps of 16 × 256
+  tokens);
+* **gpt-neo-adamw**: the quickstart recipe before Llama blocks and Muon won this table (GPT-Neo blocks, AdamW
+  at 3e-3, 1,000 steps);
+* **gpt-neo-muon**, **llama-adamw**, **llama-muon**: the quickstart recipe with each block (`--architecture`)
+  and optimizer (`--optim`; Muon on the hidden matrices, AdamW on embeddings and norms);
+* **stock** / **stock-muon**: `recipes/pretrain/1M.yaml` (the released 1M shape: 8 layers × 64, 16 heads, the
+  full 50,257 GPT-Neo vocabulary, the paper's lr 5e-4 constant), at the same 16 × 256 tokens per step.
 
-A row may override recipe keys for a learning-rate scan: `--recipes "quickstart-muon@muon_learning_rate=0.04"`
-(`name@key=value;key=value`); each such row is its own run and its own line in the table.
+A row may override recipe keys for a learning-rate scan: `--recipes "llama-muon@muon_learning_rate=0.01"`
+(`name@key=value;key=value`); each such row is its own run and its own line in the table. A row already run with
+the same command in `--output_dir` is reused (`--reuse false` reruns it), also under a longer time box when it
+ended by its steps well inside both boxes.
 
 Output: a table on stdout (best held-out bits/byte reached by each minute mark), and
 `<output_dir>/time_to_quality.json` + `time_to_quality.png`.
@@ -41,19 +44,29 @@ from tinystories.data.loading import load_stories
 DEFAULT_DATA = "../shared/data/tinystories/TinyStories-train.sample.txt"
 DEFAULT_TOKENIZER_DIR = "../shared/data/tokenizer-gpt-neo"
 BATCH = ["--per_device_train_batch_size", "16", "--block_size", "256", "--gradient_accumulation_steps", "1"]
+QUICKSTART, STOCK = "recipes/pretrain/quickstart.yaml", "recipes/pretrain/1M.yaml"
+NEO, LLAMA = ["--architecture", "gpt_neo"], ["--architecture", "llama"]
+ADAMW, MUON = ["--optim", "adamw_torch"], ["--optim", "muon"]
+STOCK_ARGS = [
+    *BATCH,
+    "--global_batch_size",
+    "16",
+    "--max_steps",
+    "100000",
+    "--preprocessing_num_workers",
+    "1",
+]
 RECIPES = {
-    "quickstart": ("recipes/pretrain/quickstart.yaml", []),
-    "stock": (
-        "recipes/pretrain/1M.yaml",
-        [*BATCH, "--global_batch_size", "16", "--max_steps", "100000", "--preprocessing_num_workers", "1"],
-    ),
+    "quickstart": (QUICKSTART, []),  # the recipe file as it stands
+    # the quickstart's data, vocabulary, shape (4 x 64, 4 heads) and schedule, one block and optimizer each;
+    # gpt-neo-adamw at 1,000 steps is the quickstart recipe before Llama blocks and Muon won this table
+    "gpt-neo-adamw": (QUICKSTART, [*NEO, *ADAMW, "--max_steps", "1000"]),
+    "gpt-neo-muon": (QUICKSTART, [*NEO, *MUON]),
+    "llama-adamw": (QUICKSTART, [*LLAMA, *ADAMW]),
+    "llama-muon": (QUICKSTART, [*LLAMA, *MUON]),
+    "stock": (STOCK, STOCK_ARGS),
+    "stock-muon": (STOCK, [*STOCK_ARGS, *MUON]),
 }
-MUON = ["--optim", "muon"]
-LLAMA = ["--architecture", "llama"]
-RECIPES["stock-muon"] = (RECIPES["stock"][0], [*RECIPES["stock"][1], *MUON])
-RECIPES["quickstart-muon"] = (RECIPES["quickstart"][0], MUON)
-RECIPES["quickstart-llama"] = (RECIPES["quickstart"][0], LLAMA)
-RECIPES["quickstart-llama-muon"] = (RECIPES["quickstart"][0], [*LLAMA, *MUON])
 MARKS = (1, 2, 3, 4, 5, 7.5, 10, 15, 20)
 
 
@@ -78,7 +91,7 @@ class TimeToQualityArguments:
         default=DEFAULT_TOKENIZER_DIR, metadata={"help": "GPT-Neo tokenizer dir or Hub id"}
     )
     recipes: str = field(
-        default="quickstart,stock",
+        default="quickstart,gpt-neo-adamw,stock",
         metadata={
             "help": f"comma-separated rows of {', '.join(RECIPES)}; a row may add @key=value;key=value"
         },
@@ -86,6 +99,12 @@ class TimeToQualityArguments:
     minutes: float = field(default=10.0, metadata={"help": "training minutes per recipe (the time box)"})
     eval_steps: int = field(default=100, metadata={"help": "evaluate on the held-out stories every N steps"})
     output_dir: str = field(default="outputs/bench/time_to_quality")
+    reuse: bool = field(
+        default=True,
+        metadata={
+            "help": "reuse a row already run with the same command in output_dir (false: run every row)"
+        },
+    )
 
 
 def hold_out(data: str, out: Path) -> tuple[Path, Path, int]:
@@ -112,9 +131,16 @@ def train_recipe(row: str, args: TimeToQualityArguments, train: Path, held_out: 
         "--save_strategy", "no", "--report_to", "none", "--max_minutes", str(args.minutes),
         "--dataloader_num_workers", "0", *extra,
     ]  # fmt: skip
-    started = time.perf_counter()
-    subprocess.run(argv, check=True)
-    wall = time.perf_counter() - started
+    done = run_dir / "time_to_quality_run.json"  # the command a finished row ran, and its wall time
+    command = argv[1:]
+    if args.reuse and same_run(done, command):
+        wall = json.loads(done.read_text())["wall_seconds"]  # the same row, already measured: reused
+        print(f"{row}: reusing the finished run in {display_path(run_dir)}", flush=True)
+    else:
+        started = time.perf_counter()
+        subprocess.run(argv, check=True)
+        wall = time.perf_counter() - started
+        done.write_text(json.dumps({"command": command, "wall_seconds": wall}) + "\n")
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
     final = json.loads((run_dir / "all_results.json").read_text())
     clock = {h["step"]: float(h["train_runtime"]) for h in history if "train_runtime" in h and "loss" in h}
@@ -135,6 +161,32 @@ def train_recipe(row: str, args: TimeToQualityArguments, train: Path, held_out: 
         "train_minutes": round(float(final.get("train_runtime", 0.0)) / 60, 2),
         "process_minutes": round(wall / 60, 2),  # start-up, data, training, save and card
     }
+
+
+def _box(command: list[str]) -> float:
+    """The time box of a `tinystories train` command line (its last `--max_minutes`)."""
+    return float([command[i + 1] for i, a in enumerate(command) if a == "--max_minutes"][-1])
+
+
+def same_run(done: Path, command: list[str]) -> bool:
+    """Whether the finished run recorded in `done` is what `command` would run: the same command, or one that
+    differs only in its time box when the run ended by its steps well inside both boxes."""
+    if not done.is_file():
+        return False
+    before = json.loads(done.read_text())["command"]
+    if before == command:
+        return True
+    strip = [i for i, a in enumerate(command) if a == "--max_minutes"]
+    strip_before = [i for i, a in enumerate(before) if a == "--max_minutes"]
+    keep = [a for i, a in enumerate(command) if i not in strip and i - 1 not in strip]
+    keep_before = [a for i, a in enumerate(before) if i not in strip_before and i - 1 not in strip_before]
+    if keep != keep_before:
+        return False
+    results = done.parent / "all_results.json"
+    minutes = (
+        float(json.loads(results.read_text()).get("train_runtime", 1e9)) / 60 if results.is_file() else 1e9
+    )
+    return minutes < min(_box(command), _box(before)) - 0.1  # not stopped by either box
 
 
 def best_by(evals: list[dict], minutes: float) -> float | None:

@@ -39,5 +39,26 @@ def test_a_time_boxed_recipe_run_scores_the_held_out_stories(
     assert all(0 < e["bits_per_byte"] < 4 for e in evals) and evals[-1]["minutes"] > 0
     assert (out / "time_to_quality.png").stat().st_size > 0
     assert "| end of run |" in capsys.readouterr().out
+    assert main(argv) == 0  # the same rows again: the finished run is reused, not retrained
+    assert "quickstart: reusing the finished run" in capsys.readouterr().out
+    assert json.loads((out / "time_to_quality.json").read_text())["runs"] == result["runs"]
     with pytest.raises(ConfigError, match="--recipes 'nope'"):
         main(["--recipes", "nope"])
+
+
+def test_a_finished_run_is_reused_across_time_boxes_it_never_reached(tmp_path):
+    """A row that ended by its steps inside both boxes is the same run; one the box stopped is not."""
+    from benchmarks.time_to_quality import same_run
+
+    done = tmp_path / "time_to_quality_run.json"
+    command = ["train", "--config", "q.yaml", "--max_minutes", "5.0", "--max_steps", "600"]
+    assert not same_run(done, command)
+    done.write_text(json.dumps({"command": command, "wall_seconds": 200.0}))
+    results = tmp_path / "all_results.json"
+    results.write_text(json.dumps({"train_runtime": 3.2 * 60}))
+    longer = [*command[:4], "6.5", *command[5:]]
+    assert same_run(done, command) and same_run(done, longer)
+    assert not same_run(done, [*command[:4], "3.0", *command[5:]])  # a box it would have hit
+    assert not same_run(done, [*longer[:-1], "1000"])  # other steps: another run
+    results.write_text(json.dumps({"train_runtime": 4.95 * 60}))  # stopped by its 5-minute box
+    assert not same_run(done, longer) and same_run(done, command)

@@ -69,13 +69,13 @@ def fit_saturating_power_law(x, y) -> dict[str, Any] | None:
     }
 
 
-def describe(fit: dict[str, Any] | None, x: str = "x") -> str:
-    """The preferred law of a `fit_both` result (saturating when it converged) as text."""
+def describe(fit: dict[str, Any] | None, x: str = "x", y: str = "loss") -> str:
+    """The preferred law of a `fit_both` result (saturating when it converged) as text, `y = ...`."""
     law = (fit or {}).get("saturating") or (fit or {}).get("power_law")
     if not law:
         return "—"
     offset = f"{law['c']:.3f} + " if "c" in law else ""
-    return f"loss = {offset}{law['a']:.4g} · {x}^{-law['alpha']:.4f} (R² {law['r2']:.3f}, {law['num_points']} points)"
+    return f"{y} = {offset}{law['a']:.4g} · {x}^{-law['alpha']:.4f} (R² {law['r2']:.3f}, {law['num_points']} points)"
 
 
 def fit_both(x, y) -> dict[str, Any]:

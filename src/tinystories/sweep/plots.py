@@ -104,7 +104,7 @@ def plot_architectures(runs: list[dict], fit: dict, path: Path) -> Path:
                     "--",
                     color=line.get_color(),
                     lw=1,
-                    label=f"{arch}: {describe(arch_fit[key], 'N')}",
+                    label=f"{arch}: {describe(arch_fit[key], 'N', 'loss' if key == 'loss' else 'bits/byte')}",
                 )
     for ax, label in ((axes[0], "eval loss (nats/token)"), (axes[1], "bits per byte")):
         _log_axes(ax)

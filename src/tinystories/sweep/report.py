@@ -52,5 +52,5 @@ def print_table(runs: list[dict], fit: dict) -> None:
         print(f"fit vs compute (frontier): {describe(fit['compute'], 'C')}")
     for arch, arch_fit in (fit.get("by_architecture") or {}).items():
         print(
-            f"{arch}: loss {describe(arch_fit['loss'], 'N')}; bits/byte {describe(arch_fit['bits_per_byte'], 'N')}"
+            f"{arch}: {describe(arch_fit['loss'], 'N')}; {describe(arch_fit['bits_per_byte'], 'N', 'bits/byte')}"
         )
