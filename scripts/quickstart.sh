@@ -61,7 +61,7 @@ $TS lora --config recipes/lora/quickstart.yaml
 
 stage "eval: held-out bits per byte; words used and Features: followed (SFT vs its base); dark stories"
 $TS eval --model $Q/pretrain $Q/sft $Q/lora/merged "${EVAL_DATA[@]}" --max_samples 400 --prompts project \
-    --num_prompts 5 --max_new_tokens 128 --temperature 0.8 --instruct_prompts 12 --feature_prompts 8 \
+    --num_prompts 5 --max_new_tokens 200 --temperature 0.8 --instruct_prompts 12 --feature_prompts 12 \
     --num_completions 2 --compare_base $Q/pretrain
 
 stage "push: stage the upload (model card with the eval results) without pushing"

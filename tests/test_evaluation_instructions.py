@@ -189,3 +189,32 @@ def test_eval_writes_instruct_features_and_dark_stories(
     card = (sft / "README.md").read_text()
     assert "| feature | asked | not asked | base: asked | base: not asked |" in card
     assert "| Dialogue |" in card and "Dark stories" in card
+
+
+def test_two_models_of_one_base_sample_the_base_once(tiny_pair, tmp_path, monkeypatch):
+    """`make quickstart` evaluates the SFT model and the merged LoRA against one base: the base is loaded and
+    sampled once, and both results carry the same base numbers."""
+    from tinystories.evaluation import pipeline
+
+    sft_src, base = tiny_pair
+    monkeypatch.chdir(tmp_path)
+    one = shutil.copytree(sft_src, tmp_path / "TinyStories-tiny-sft")
+    two = shutil.copytree(sft_src, tmp_path / "TinyStories-tiny-lora")
+    loaded = []
+    real = pipeline.load_model
+    monkeypatch.setattr(
+        pipeline, "load_model", lambda name, **kw: loaded.append(str(name)) or real(name, **kw)
+    )
+    args = ["--model", str(one), str(two), "--skip_loss", "--prompts", "project", "--num_prompts", "1",
+            "--max_new_tokens", "8", "--instruct_prompts", "2", "--feature_prompts", "1", "--num_completions", "1",
+            "--instruct_eval", "true", "--compare_base", str(base)]  # fmt: skip
+    assert evaluation.main(args) == 0
+    assert sorted(loaded) == sorted([str(one), str(two), str(base)])  # each model once, the base once
+    first, second = (json.loads((m / "eval_results.json").read_text()) for m in (one, two))
+    assert first["instruct_words"]["base"] == second["instruct_words"]["base"]
+    assert first["instruct_features"]["base"] == second["instruct_features"]["base"]
+    assert first["instruct_features"]["base"]["completions"] == 3  # 3 features x 1 prompt x 1 completion
+    rows = [json.loads(line) for line in (two / "feature_completions.jsonl").read_text().splitlines()]
+    assert (
+        len(rows) == 6 and sum(r["model"] == "base" for r in rows) == 3
+    )  # its file still lists the base's rows

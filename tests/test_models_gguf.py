@@ -1,5 +1,6 @@
 """`tinystories export --format gguf`: a Llama-architecture model through llama.cpp's own converter, and
-llama.cpp's greedy continuation equal to PyTorch's. Needs `make gguf-tools` (`.ci/run` runs it)."""
+llama.cpp's greedy continuation equal to PyTorch's. Needs `make gguf-tools` (llama-cpp-python built from
+source); without it the test is skipped, as in CI, where that build does not fit."""
 
 from __future__ import annotations
 

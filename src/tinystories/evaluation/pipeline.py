@@ -3,6 +3,8 @@ Instruct metrics, `eval_results.json` and the card; `tinystories eval` and `tiny
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -170,7 +172,28 @@ def _complete_and_judge(
     return results
 
 
-def _instruct_eval(model, tokenizer, name: str, label: str, args: EvalArguments, out_dir: Path) -> dict:
+def _base_instruct_eval(base: str, triples: list, asks: list, args: EvalArguments, cache: dict) -> tuple:
+    """(word rows, instruct_words, feature rows, instruct_features) of the base model on the same prompts and
+    seeds; `cache` (one per eval command) holds them, so an SFT model and a LoRA of one base sample it once."""
+    key = json.dumps(
+        [base, triples, [a["id"] for a in asks], dataclasses.asdict(args)], sort_keys=True, default=str
+    )
+    if key not in cache:
+        device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+        base_model = load_model(base, attn_implementation=args.attn_implementation, dtype=dtype).to(device)
+        base_label, base_tokenizer = resolve_hub_id(base) or public_name(base), load_tokenizer(base)
+        word_rows, words = instruct_words(base_model, base_tokenizer, triples, args, base_label)
+        feature_rows, features = (
+            instruct_features(base_model, base_tokenizer, asks, args, base_label) if asks else ([], None)
+        )
+        cache[key] = (word_rows, words, feature_rows, features)
+    word_rows, words, feature_rows, features = cache[key]
+    return list(word_rows), words, list(feature_rows), features
+
+
+def _instruct_eval(
+    model, tokenizer, name: str, label: str, args: EvalArguments, out_dir: Path, base_cache: dict
+) -> dict:
     """`instruct_words` and `instruct_features` of an Instruct model and of its base, same prompts and seeds."""
     if not args.generate or not wants_instruct_eval(name, args.instruct_eval):
         return {}
@@ -180,15 +203,12 @@ def _instruct_eval(model, tokenizer, name: str, label: str, args: EvalArguments,
     feature_rows, features = instruct_features(model, tokenizer, asks, args, label) if asks else ([], None)
     base = base_model_of(name, args.compare_base)
     if base:
-        device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-        base_model = load_model(base, attn_implementation=args.attn_implementation, dtype=dtype).to(device)
-        base_label, base_tokenizer = resolve_hub_id(base) or public_name(base), load_tokenizer(base)
-        base_rows, words["base"] = instruct_words(base_model, base_tokenizer, triples, args, base_label)
+        base_rows, words["base"], base_feature_rows, base_features = _base_instruct_eval(
+            base, triples, asks, args, base_cache
+        )
         rows += base_rows
         if asks:
-            base_feature_rows, features["base"] = instruct_features(
-                base_model, base_tokenizer, asks, args, base_label
-            )
+            features["base"] = base_features
             feature_rows += base_feature_rows
     write_jsonl(out_dir / "instruct_completions.jsonl", rows)
     if feature_rows:
@@ -206,8 +226,10 @@ def evaluate_model(
     args: EvalArguments,
     judge_args: JudgeArguments,
     out_dir: Path,
+    base_cache: dict | None = None,
 ):
-    """Score `texts`, complete `prompts` (and judge them) with one model; write its `eval_results.json`."""
+    """Score `texts`, complete `prompts` (and judge them) with one model; write its `eval_results.json`.
+    `base_cache`: shared by the models of one command, so a base they share is sampled once."""
     model = load_model(
         name,
         attn_implementation=args.attn_implementation,
@@ -244,7 +266,9 @@ def evaluate_model(
         results["judge"] = existing["judge"]
         if existing.get("prompt_set"):
             results["prompt_set"] = existing["prompt_set"]
-    results.update(_instruct_eval(model, tokenizer, name, label, args, out_dir))
+    results.update(
+        _instruct_eval(model, tokenizer, name, label, args, out_dir, {} if base_cache is None else base_cache)
+    )
 
     write_results(out_dir, results)
     same_dir = Path(name).is_dir() and out_dir.resolve() == Path(name).resolve()

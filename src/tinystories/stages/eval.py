@@ -94,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             f"[{texts.split}: {selected}]"
         )
 
-    rows = []
+    rows, base_cache = [], {}  # a base model shared by several evaluated models is sampled once
     for name in models:
         out_dir = model_output_dir(name, args.output_dir, len(models) > 1)
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            result = evaluate_model(name, texts, prompts, args, judge_args, out_dir)
+            result = evaluate_model(name, texts, prompts, args, judge_args, out_dir, base_cache)
         except ConfigError as err:  # one broken repo costs its row (error in the table), not the comparison
             if len(models) == 1:
                 raise
