@@ -163,9 +163,11 @@ def train_recipe(row: str, args: TimeToQualityArguments, train: Path, held_out: 
     }
 
 
-def _box(command: list[str]) -> float:
-    """The time box of a `tinystories train` command line (its last `--max_minutes`)."""
-    return float([command[i + 1] for i, a in enumerate(command) if a == "--max_minutes"][-1])
+def _split_box(command: list[str]) -> tuple[list[str], float]:
+    """(a `tinystories train` command line without its `--max_minutes` flags, its time box: the last one)."""
+    boxes = [i for i, a in enumerate(command) if a == "--max_minutes"]
+    rest = [a for i, a in enumerate(command) if i not in boxes and i - 1 not in boxes]
+    return rest, float(command[boxes[-1] + 1])
 
 
 def same_run(done: Path, command: list[str]) -> bool:
@@ -176,17 +178,12 @@ def same_run(done: Path, command: list[str]) -> bool:
     before = json.loads(done.read_text())["command"]
     if before == command:
         return True
-    strip = [i for i, a in enumerate(command) if a == "--max_minutes"]
-    strip_before = [i for i, a in enumerate(before) if a == "--max_minutes"]
-    keep = [a for i, a in enumerate(command) if i not in strip and i - 1 not in strip]
-    keep_before = [a for i, a in enumerate(before) if i not in strip_before and i - 1 not in strip_before]
-    if keep != keep_before:
-        return False
+    (rest, box), (rest_before, box_before) = _split_box(command), _split_box(before)
     results = done.parent / "all_results.json"
-    minutes = (
-        float(json.loads(results.read_text()).get("train_runtime", 1e9)) / 60 if results.is_file() else 1e9
-    )
-    return minutes < min(_box(command), _box(before)) - 0.1  # not stopped by either box
+    if rest != rest_before or not results.is_file():
+        return False
+    minutes = float(json.loads(results.read_text()).get("train_runtime", 1e9)) / 60
+    return minutes < min(box, box_before) - 0.1  # not stopped by either box
 
 
 def best_by(evals: list[dict], minutes: float) -> float | None:

@@ -8,7 +8,6 @@ import importlib.util
 import json
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tinystories import cli
@@ -28,18 +27,11 @@ needs_tools = pytest.mark.skipif(not TOOLS, reason="llama.cpp tools missing: run
 def llama_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
     """A tiny Llama (hidden 32, 2 layers, 4 heads, one key/value head) with weights large enough (std 0.2) that
     greedy decoding has clear winners, and the real GPT-Neo tokenizer (the converter hashes it)."""
-    from tiny import make_tiny_model_dir
+    from tiny import make_varied_model_dir
 
-    folder = make_tiny_model_dir(
+    folder = make_varied_model_dir(
         tmp_path_factory.mktemp("gguf") / "llama", gpt_neo_tokenizer_dir, architecture="llama"
     )
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.2)
-    model.save_pretrained(folder)
     return folder
 
 

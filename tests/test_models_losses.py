@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -181,3 +182,30 @@ def test_eval_peak_memory_stays_far_below_the_logits(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(result["loss"] - torch.log(torch.tensor(50257.0)).item()) < 0.5  # untrained: ~ln V
     assert result["peak_mb"] < logits_mb / 2, result  # the whole process, after two evals
+
+
+def test_llama_fast_path_equals_the_stock_model():
+    """A `--architecture llama` model on the pretraining fast path (the library's SDPA kernel, the fused
+    loss): loss and every gradient equal the stock eager model's, with a tied LM head."""
+    from transformers import AutoModelForCausalLM
+
+    from tinystories.models.loading import install_attention
+    from tinystories.models.sizes import build_config
+
+    config = build_config(
+        hidden_size=32, num_layers=2, num_heads=4, vocab_size=97, max_position_embeddings=32, eos_token_id=0,
+        architecture="llama",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    stock = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="eager")
+    fast = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="eager")
+    fast.load_state_dict(stock.state_dict())
+    fast = use_fused_cross_entropy(install_attention(fast, "sdpa"), chunk_size=7)
+    assert fast.config._attn_implementation == "sdpa" and stock.config._attn_implementation == "eager"
+    ids = torch.randint(0, 97, (3, 25))
+    want, got = stock(ids, labels=ids), fast(ids, labels=ids)
+    assert got.logits is None  # the fused loss: no (tokens, vocab) logits
+    torch.testing.assert_close(got.loss, want.loss, atol=TOL, rtol=0)
+    want.loss.backward(), got.loss.backward()
+    for (name, a), (_, b) in zip(stock.named_parameters(), fast.named_parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)

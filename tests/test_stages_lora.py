@@ -14,6 +14,18 @@ from tinystories.training.finetune.arguments import GPT_NEO_TARGET_MODULES, vali
 from tinystories.training.finetune.data import prepare_data
 from tinystories.training.finetune.trainer import adapter_base_name
 
+# a few LoRA steps on a tiny model: rank 4, a high rate, 2 examples a step
+TINY_LORA = [
+    "--lora_r",
+    "4",
+    "--lora_alpha",
+    "8",
+    "--learning_rate",
+    "1e-2",
+    "--per_device_train_batch_size",
+    "2",
+]
+
 
 @pytest.mark.parametrize("targets", [GPT_NEO_TARGET_MODULES, ["all-linear"], ["q_proj", "v_proj"]])
 def test_trainable_parameter_count(tiny_model_dir, targets):
@@ -124,16 +136,7 @@ def test_lora_from_hub_id_merge_and_reload(
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "outputs" / "lora"
     argv = ["--base_model", base_id, "--data", str(data), "--output_dir", str(out), "--max_steps", "4"]
-    argv += [
-        "--lora_r",
-        "4",
-        "--lora_alpha",
-        "8",
-        "--learning_rate",
-        "1e-2",
-        "--per_device_train_batch_size",
-        "2",
-    ]
+    argv += TINY_LORA
     argv += ["--max_length", "64", "--max_eval_samples", "4", "--save_strategy", "no", "--num_samples", "1"]
     argv += ["--sample_max_new_tokens", "6", "--logging_steps", "2"]
     assert main(argv) == 0
@@ -254,16 +257,7 @@ def test_lora_stage_on_a_llama_base(llama_dir, tmp_path, stories):
     data.write_text("\n<|endoftext|>\n".join(stories[:40]) + "\n<|endoftext|>\n")
     out = tmp_path / "lora"
     argv = ["--base_model", str(llama_dir), "--data", str(data), "--output_dir", str(out), "--max_steps", "3"]
-    argv += [
-        "--lora_r",
-        "4",
-        "--lora_alpha",
-        "8",
-        "--learning_rate",
-        "1e-2",
-        "--per_device_train_batch_size",
-        "2",
-    ]
+    argv += TINY_LORA
     argv += ["--max_length", "64", "--max_eval_samples", "4", "--save_strategy", "no", "--num_samples", "0"]
     argv += ["--report_to", "none", "--max_train_samples", "12", "--eval_strategy", "no"]
     assert main(argv) == 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from tinystories.data.instruct import InstructExample, format_example, randomize_fields
 from tinystories.models.sizes import build_config
@@ -81,10 +81,11 @@ def make_tiny_model_dir(
     return folder
 
 
-def make_varied_model_dir(folder: Path, tokenizer_dir: Path) -> Path:
-    """The tiny model with larger random weights (std 0.2), so that its greedy story does not repeat one token."""
-    folder = make_tiny_model_dir(folder, tokenizer_dir)
-    model = GPTNeoForCausalLM.from_pretrained(folder)
+def make_varied_model_dir(folder: Path, tokenizer_dir: Path, architecture: str = "gpt_neo") -> Path:
+    """The tiny model with larger random weights (std 0.2), so that its greedy story does not repeat one token
+    (and, for Llama, attention, rotary positions and the shared key/value head show in the logits)."""
+    folder = make_tiny_model_dir(folder, tokenizer_dir, architecture=architecture)
+    model = AutoModelForCausalLM.from_pretrained(folder)
     torch.manual_seed(0)
     with torch.no_grad():
         for param in model.parameters():
