@@ -47,12 +47,18 @@ def features_table(results: dict) -> None:
     if not features.get("features"):
         return
     base = (features.get("base") or {}).get("features") or {}
-    print(f"\n{'Features: asked / not asked':<28} {'sft':>13} {'base':>13}")
+    print(
+        f"\n{'Features: asked / not asked':<28} {'sft':>13} {'difference':>10} {'base':>13} {'difference':>10}"
+    )
     for name, rates in features["features"].items():
         theirs = base.get(name) or {}
         mine = f"{_pct(rates['asked'])} / {_pct(rates['not_asked'])}"
         ref = f"{_pct(theirs.get('asked'))} / {_pct(theirs.get('not_asked'))}"
-        print(f"{name:<28} {mine:>13} {ref:>13}")
+        print(f"{name:<28} {mine:>13} {_diff(rates):>10} {ref:>13} {_diff(theirs):>10}")
+
+
+def _diff(rates: dict) -> str:
+    return f"{rates['difference']:+.2f}" if rates.get("difference") is not None else "–"
 
 
 def dark_line(q: Path) -> None:

@@ -15,8 +15,8 @@ def _write(root, sft_rate):
         results["dark_stories"] = {"model": {"rate": 0.25}, "data": {"rate": 0.1}}
         if folder == "sft":
             results["instruct_words"] = {"rate": sft_rate, "base": {"rate": 0.02}}
-            rates = {"asked": {"rate": 0.7}, "not_asked": {"rate": 0.3}}
-            base = {"asked": {"rate": 0.5}, "not_asked": {"rate": 0.48}}
+            rates = {"asked": {"rate": 0.7}, "not_asked": {"rate": 0.3}, "difference": 0.4}
+            base = {"asked": {"rate": 0.5}, "not_asked": {"rate": 0.48}, "difference": 0.02}
             results["instruct_features"] = {
                 "features": {"Dialogue": rates},
                 "base": {"features": {"Dialogue": base}},
@@ -33,5 +33,6 @@ def test_summary_table_and_the_words_note(tmp_path, capsys, sft_rate):
     assert f"{sft_rate:.0%}" in out
     assert "stage times: data 10s, pretrain 240s, sft 50s" in out and "total 300s" in out
     assert ("does not follow `Words:` yet" in out) is (sft_rate < 0.5)
-    assert "Dialogue" in out and "70% / 30%" in out and "50% / 48%" in out
+    row = next(line for line in out.splitlines() if line.startswith("Dialogue"))
+    assert row.split() == ["Dialogue", "70%", "/", "30%", "+0.40", "50%", "/", "48%", "+0.02"]
     assert "dark stories: pretrain 25%, sft 25%, lora-merged 25%; the stories themselves 10%" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tiny import TINY_HUB_ID, publish_tiny_model, write_instruct_txt
 from tinystories.core import ConfigError
@@ -143,3 +144,31 @@ def test_sft_from_hub_id_lowers_eval_loss(tmp_path, hub_cache, gpt_neo_tokenizer
     assert str(tmp_path) not in card
     info = json.loads((out / "card_info.json").read_text())
     assert info["stage"] == "sft" and info["samples"][0]["prompt"].startswith(("Features", "Words"))
+
+
+def test_sft_with_muon_trains_the_hidden_matrices_and_lora_refuses_it(tiny_model_dir, instruct_txt, tmp_path):
+    """`--optim muon` in SFT (the quickstart's recipe): Muon + AdamW, the held-out story loss goes down."""
+    from tinystories.training.finetune.arguments import FinetuneModelConfig as ModelConfig
+    from tinystories.training.finetune.pipeline import run
+    from tinystories.training.optimizers import MuonWithAdamW, muon_parameter_names
+
+    trainer, _, _ = _prepared_trainer(
+        tiny_model_dir, instruct_txt, tmp_path, optim="muon", muon_learning_rate=0.02, learning_rate=3e-3,
+        max_steps=12, eval_strategy="no",
+    )  # fmt: skip
+    assert trainer.args.muon and trainer.args.muon_learning_rate == 0.02
+    before = trainer.evaluate()["eval_loss"]
+    hidden = muon_parameter_names(trainer.model)
+    start = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n in hidden}
+    trainer.train()
+    assert isinstance(trainer.optimizer.optimizer, MuonWithAdamW)
+    muon_params = {id(p) for g in trainer.optimizer.optimizer.muon.param_groups for p in g["params"]}
+    assert muon_params == {id(p) for n, p in trainer.model.named_parameters() if n in hidden} != set()
+    assert all(not torch.equal(p, start[n]) for n, p in trainer.model.named_parameters() if n in hidden)
+    assert trainer.evaluate()["eval_loss"] < before - 0.3
+
+    lora = SFTScriptArguments(base_model=str(tiny_model_dir), data=str(instruct_txt))
+    config = TinyStoriesSFTConfig(output_dir=str(tmp_path / "lora"), optim="muon", **FAST)
+    with pytest.raises(ConfigError, match="drop --optim muon for LoRA"):
+        run(lora, config, ModelConfig(use_peft=True))
+    assert not (tmp_path / "lora").exists()  # refused before any work

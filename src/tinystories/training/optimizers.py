@@ -16,6 +16,7 @@ it flattens and shards the parameters handed to a client optimizer, so Muon woul
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -25,6 +26,40 @@ from tinystories.core import ConfigError
 MUON = "muon"
 DEFAULT_MUON_LR = 0.02  # Keller Jordan's default with the "original" shape adjustment
 MUON_ADJUST_LR = ("original", "match_rms_adamw")
+
+
+@dataclass
+class MuonArguments:
+    """`--optim muon` and its settings: a mixin before `TrainingArguments` (pretraining, SFT, LoRA).
+
+    `muon` is not a transformers optimizer name: `resolve_muon` (call it before `TrainingArguments.__post_init__`)
+    records `muon = True` and tells the Trainer AdamW; `BitsPerByteTrainer.create_optimizer` then builds Muon +
+    AdamW (`build_muon_optimizer`)."""
+
+    optim: str = field(
+        default="adamw_torch",
+        metadata={
+            "help": "muon (Muon on hidden matrices + AdamW, training/optimizers.py) or a transformers optimizer"
+        },
+    )
+    muon_learning_rate: float = field(
+        default=DEFAULT_MUON_LR,
+        metadata={
+            "help": "--optim muon: Muon's learning rate for the hidden matrices (learning_rate: AdamW's)"
+        },
+    )
+    muon_momentum: float = field(default=0.95, metadata={"help": "--optim muon: Muon's momentum"})
+    muon_adjust_lr: str = field(
+        default="original",
+        metadata={
+            "help": "--optim muon: original (Keller Jordan) or match_rms_adamw (Moonlight) lr per shape"
+        },
+    )
+
+    def resolve_muon(self) -> None:
+        self.muon = str(getattr(self.optim, "value", self.optim)) == MUON
+        if self.muon:
+            self.optim = "adamw_torch"
 
 
 def muon_parameter_names(model: nn.Module) -> set[str]:
@@ -118,10 +153,15 @@ def build_muon_optimizer(model: nn.Module, args, decay_names: Iterable[str]) -> 
     )
 
 
-def check_muon(args) -> None:
-    """Refuse what Muon cannot do, before data is read (`args`: the run's TrainingArguments)."""
+def check_muon(args, peft: bool = False) -> None:
+    """Refuse what Muon cannot do, before data is read (`args`: the run's TrainingArguments; `peft`: a LoRA run)."""
     if not getattr(args, "muon", False):
         return
+    if peft:
+        raise ConfigError(
+            "--optim muon is for full training (pretraining, `tinystories sft`): a LoRA adapter's low-rank factors "
+            "are not the hidden matrices Muon orthogonalises; drop --optim muon for LoRA"
+        )
     if args.deepspeed:
         raise ConfigError(
             "--optim muon does not run under DeepSpeed (ZeRO flattens and shards the parameters, Muon needs whole "

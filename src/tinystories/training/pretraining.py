@@ -18,7 +18,7 @@ from tinystories.data.tokenizer import DEFAULT_TOKENIZER, prepare_tokenizer
 from tinystories.models.loading import check_attn_implementation, install_attention, load_model
 from tinystories.models.losses import use_fused_cross_entropy
 from tinystories.models.sizes import ARCHITECTURES, SIZES, build_config, size_names
-from tinystories.training.optimizers import DEFAULT_MUON_LR, MUON, check_muon
+from tinystories.training.optimizers import MuonArguments, check_muon
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class DataArguments:
 
 
 @dataclass
-class PretrainConfig(TrainingArguments):
+class PretrainConfig(MuonArguments, TrainingArguments):
     """TrainingArguments with the paper's defaults (33M card) and a few recipe conveniences."""
 
     output_dir: str = "outputs/pretrain"
@@ -144,32 +144,8 @@ class PretrainConfig(TrainingArguments):
         metadata={"help": "download and tokenize the data into the cache, then exit (run once, unlaunched)"},
     )
 
-    optim: str = field(
-        default="adamw_torch",
-        metadata={
-            "help": "muon (Muon on hidden matrices + AdamW, training/optimizers.py) or a transformers optimizer"
-        },
-    )
-    muon_learning_rate: float = field(
-        default=DEFAULT_MUON_LR,
-        metadata={
-            "help": "--optim muon: Muon's learning rate for the hidden matrices (learning_rate: AdamW's)"
-        },
-    )
-    muon_momentum: float = field(default=0.95, metadata={"help": "--optim muon: Muon's momentum"})
-    muon_adjust_lr: str = field(
-        default="original",
-        metadata={
-            "help": "--optim muon: original (Keller Jordan) or match_rms_adamw (Moonlight) lr per shape"
-        },
-    )
-
     def __post_init__(self):
-        # `--optim muon` (training/optimizers.py) is not a transformers optimizer name: the Trainer is told
-        # AdamW and `BitsPerByteTrainer.create_optimizer` builds Muon + AdamW instead
-        self.muon = str(getattr(self.optim, "value", self.optim)) == MUON
-        if self.muon:
-            self.optim = "adamw_torch"
+        self.resolve_muon()  # `--optim muon`: the Trainer is told AdamW, `create_optimizer` builds Muon + AdamW
         if not (self.bf16 or self.fp16):  # explicit --bf16/--fp16 win over --precision
             self.bf16, self.fp16 = resolve_precision(self.precision, use_cpu=bool(self.use_cpu))
         export_mixed_precision(self.bf16, self.fp16)

@@ -12,6 +12,7 @@ from trl import ModelConfig, SFTConfig
 from tinystories.core import TRAINED_CONTEXT, ConfigError
 from tinystories.core.runtime import PRECISIONS, export_mixed_precision, resolve_precision
 from tinystories.models.sizes import BLOCK_LINEARS
+from tinystories.training.optimizers import MuonArguments
 
 logger = logging.getLogger(__name__)
 
@@ -128,11 +129,12 @@ class FinetuneModelConfig(ModelConfig):
 
 
 @dataclass
-class TinyStoriesSFTConfig(SFTConfig):
+class TinyStoriesSFTConfig(MuonArguments, SFTConfig):
     """TRL's `SFTConfig` with recipe defaults: 512-token context, wrapped packing, precision from the hardware.
 
     TRL turns bf16 on whenever fp16 is off, also on a CPU. Here `precision: auto` (the default) follows
-    `tinystories.core.runtime.resolve_precision`; `bf16`/`fp16` set explicitly win.
+    `tinystories.core.runtime.resolve_precision`; `bf16`/`fp16` set explicitly win. `--optim muon` as in
+    pretraining (a full fine-tune only).
     """
 
     output_dir: str | None = field(default="outputs/sft", metadata={"help": "where the run is saved"})
@@ -178,6 +180,7 @@ class TinyStoriesSFTConfig(SFTConfig):
         if self.bf16 is None and not self.fp16:
             self.bf16, self.fp16 = resolve_precision(self.precision, use_cpu=bool(self.use_cpu))
         export_mixed_precision(bool(self.bf16), bool(self.fp16))
+        self.resolve_muon()
         super().__post_init__()
 
 

@@ -25,6 +25,7 @@ from tinystories.training.finetune.trainer import (
     peft_hparams,
     qlora_compute_dtype,
 )
+from tinystories.training.optimizers import check_muon
 from tinystories.training.pretraining import configure_batch
 from tinystories.training.record import run_record
 from tinystories.training.tail import finish_run, prepare_run, print_summary
@@ -40,6 +41,7 @@ def run(args: FinetuneArguments, training_args: SFTConfig, model_config: Finetun
     """
     validate_model_config(model_config, args)
     validate_training_args(training_args)
+    check_muon(training_args, peft=model_config.use_peft)
     configure_batch(training_args)  # the recipe's examples per optimizer step, on any number of processes
     peft, context = model_config.use_peft, min(training_args.max_length, TRAINED_CONTEXT)
     resume, tail = prepare_run(
