@@ -30,7 +30,7 @@ MUON_ADJUST_LR = ("original", "match_rms_adamw")
 
 @dataclass
 class MuonArguments:
-    """`--optim muon` and its settings: a mixin before `TrainingArguments` (pretraining, SFT, LoRA).
+    """`--optim muon` and its settings: a mixin before `TrainingArguments` (pretraining and SFT; LoRA refuses it).
 
     `muon` is not a transformers optimizer name: `resolve_muon` (call it before `TrainingArguments.__post_init__`)
     records `muon = True` and tells the Trainer AdamW; `BitsPerByteTrainer.create_optimizer` then builds Muon +
