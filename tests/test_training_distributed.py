@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,18 @@ def _env():
 
 
 def _run(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    """Run a launcher to the end; on `timeout` kill its whole process group (ranks included, so no rank
+    is left hanging for the rest of the suite) and fail with the tail of what it printed."""
+    with subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as popen:
+        try:
+            stdout, stderr = popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            stdout, stderr = popen.communicate()
+            pytest.fail(f"no exit after {timeout} s (killed): {stdout[-2000:]}{stderr[-6000:]}")
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
 
@@ -136,6 +148,7 @@ def test_max_minutes_two_processes_stop_at_the_same_step(tmp_path, sample_txt, r
     cmd += [
         "--dataset_name", str(sample_txt), "--output_dir", str(out), "--per_device_train_batch_size", "4",
         "--max_steps", "100000", "--eval_steps", "100000", "--save_steps", "100000", "--max_minutes", "0.05",
+        "--ddp_timeout", "120",  # a collective that hangs fails in 2 minutes, naming itself
     ]  # fmt: skip
     proc = _run(cmd, timeout=400)
     stops = [int(n) for n in re.findall(r"--max_minutes reached at step (\d+)", proc.stderr)]
