@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoForCausalLM
 
-from tiny import make_tiny_model_dir, publish_tiny_model
+from tiny import make_tiny_model_dir, make_varied_model_dir, publish_tiny_model
 from tinystories.core import TRAINED_CONTEXT
 from tinystories.data.instruct import build_prompt
 from tinystories.evaluation.generation import generate_story
@@ -135,3 +135,50 @@ def test_cli_builds_instruct_prompt_and_prints_story(tmp_path, hub_cache, gpt_ne
     assert (
         out.strip() == ("Once upon a time" + continuation).strip()
     )  # a plain beginning is part of the story
+
+
+@pytest.mark.parametrize("architecture", ["gpt_neo", "llama"])
+def test_batched_generation_is_one_prompt_at_a_time(
+    tmp_path, gpt_neo_tokenizer_dir, gpt_neo_tokenizer, architecture
+):
+    """Prompts of different lengths, left-padded into one generate call: greedy continuations are token for
+    token those of each prompt alone (positions start at each prompt's first token, padding is masked)."""
+    from types import SimpleNamespace
+
+    from tinystories.evaluation.generation import generate_batch, generate_completions
+
+    tok = gpt_neo_tokenizer
+    model_dir = make_varied_model_dir(tmp_path / "m", gpt_neo_tokenizer_dir, architecture=architecture)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prompts = ["Tom", "Once upon a time, there was a little girl named Lily who", "The dog ran to the park"]
+    assert len({len(tok(p)["input_ids"]) for p in prompts}) == 3
+    alone = [generate_story(model, tok, p, max_new_tokens=12, temperature=0) for p in prompts]
+    assert all(len(tok(s)["input_ids"]) >= 6 for s in alone)  # real continuations, not an early EOS
+    batched = generate_batch(model, tok, prompts, max_new_tokens=12, temperature=0)
+    assert [b[0] for b in batched] == alone
+
+    # sampled: num_return_sequences per prompt, grouped by prompt, reproducible for a seed
+    sampled = generate_batch(
+        model, tok, prompts, max_new_tokens=8, temperature=1.0, seed=3, num_return_sequences=2
+    )
+    assert [len(s) for s in sampled] == [2, 2, 2]
+    assert sampled == generate_batch(model, tok, prompts, 8, 1.0, seed=3, num_return_sequences=2)
+
+    # the evaluation's rows: a batch of one is the one-prompt path seeded seed + prompt index
+    args = SimpleNamespace(
+        max_new_tokens=8, temperature=1.0, top_p=0.95, top_k=None, num_completions=2, seed=5,
+        generation_batch_size=1,
+    )  # fmt: skip
+    rows = [{"id": f"p{i}", "prompt": p} for i, p in enumerate(prompts)]
+    one = generate_completions(model, tok, rows, args, "m")
+    expected = [
+        generate_story(model, tok, p, 8, 1.0, None, 0.95, seed=5 + i, num_return_sequences=2)
+        for i, p in enumerate(prompts)
+    ]
+    assert [r["completion"] for r in one] == [c for pair in expected for c in pair]
+    assert [r["id"] for r in one] == ["p0-0", "p0-1", "p1-0", "p1-1", "p2-0", "p2-1"]
+    args.generation_batch_size = 2  # batches [p0, p1], [p2]: seeds 5 and 6
+    two = generate_completions(model, tok, rows, args, "m")
+    first = generate_batch(model, tok, prompts[:2], 8, 1.0, None, 0.95, seed=5, num_return_sequences=2)
+    assert [r["completion"] for r in two[:4]] == [c for pair in first for c in pair]
+    assert [r["prompt_id"] for r in two] == [r["prompt_id"] for r in one]

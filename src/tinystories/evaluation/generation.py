@@ -54,7 +54,6 @@ def _generation_config(tokenizer, max_length: int, temperature, top_k, top_p, nu
     )
 
 
-@torch.no_grad()
 def generate_story(
     model,
     tokenizer,
@@ -72,29 +71,55 @@ def generate_story(
     when `num_return_sequences > 1`. `max_new_tokens` is capped so that prompt + continuation fit in
     the model's trained context (512). `temperature <= 0` decodes greedily.
     """
+    (stories,) = generate_batch(
+        model, tokenizer, [prompt], max_new_tokens, temperature, top_k, top_p, seed, num_return_sequences
+    )
+    return stories if num_return_sequences > 1 else stories[0]
+
+
+@torch.no_grad()
+def generate_batch(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 400,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = 0.95,
+    seed: int | None = None,
+    num_return_sequences: int = 1,
+) -> list[list[str]]:
+    """`num_return_sequences` continuations of each prompt, sampled in one `generate` call.
+
+    The prompts are padded on the left (the attention mask hides the padding and positions start at each
+    prompt's first token), so a batch samples what the prompts would one at a time, up to float rounding and
+    the random stream. New tokens are capped so that the longest prompt plus its continuation fit in the
+    trained context. An empty prompt starts from <|endoftext|>, the separator the model saw before each story.
+    """
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError("the tokenizer has no eos_token: generation could not stop at the end of a story")
-    # unconditional: start from <|endoftext|>, the separator the model saw before each story
-    prompt_ids = (tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []) or [eos_id]
-    limit = context_limit(model)
-    room = limit - len(prompt_ids)
+    ids = [(tokenizer(p, add_special_tokens=False)["input_ids"] if p else []) or [eos_id] for p in prompts]
+    width, limit = max(len(i) for i in ids), context_limit(model)
+    room = limit - width
     if room <= 0:
         raise ValueError(
-            f"the prompt is {len(prompt_ids)} tokens, but the model was trained on {limit}-token contexts: "
-            "shorten the prompt"
+            f"a prompt is {width} tokens, but the model was trained on {limit}-token contexts: shorten the prompt"
         )
-    input_ids = torch.tensor([prompt_ids], device=next(model.parameters()).device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([[pad_id] * (width - len(i)) + i for i in ids], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=device)
     if seed is not None:
         set_seed(seed)
     was_training = model.training
     model.eval()
     output = model.generate(
         input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
+        attention_mask=attention_mask,
         generation_config=_generation_config(
             tokenizer,
-            len(prompt_ids) + max(1, min(int(max_new_tokens), room)),
+            width + max(1, min(int(max_new_tokens), room)),
             temperature,
             top_k,
             top_p,
@@ -104,11 +129,12 @@ def generate_story(
     if was_training:
         model.train()
     stories = []
-    for row in output[:, len(prompt_ids) :].tolist():
+    for row in output[:, width:].tolist():
         if eos_id in row:  # stop at the first EOS; what follows is padding
             row = row[: row.index(eos_id)]
         stories.append(tokenizer.decode(row, skip_special_tokens=True))
-    return stories if num_return_sequences > 1 else stories[0]
+    n = num_return_sequences  # generate returns each prompt's sequences next to each other
+    return [stories[k * n : (k + 1) * n] for k in range(len(prompts))]
 
 
 def sample_generations(
@@ -197,7 +223,11 @@ def load_prompt_set(source: str = "paper", limit: int | None = None) -> PromptSe
 
 
 def generate_completions(model, tokenizer, prompts: list[dict], args, model_name: str) -> list[dict]:
-    """`args.num_completions` sampled completions of every prompt, one row each with the sampling parameters."""
+    """`args.num_completions` sampled completions of every prompt, one row each with the sampling parameters.
+
+    `args.generation_batch_size` prompts per `generate_batch` call, batch b seeded `args.seed + b`: the same
+    prompts in the same order get the same seeds (a model and its base), and a batch of one is the one-prompt
+    path (`generate_story`, seed + prompt index)."""
     sampling = {
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
@@ -206,31 +236,36 @@ def generate_completions(model, tokenizer, prompts: list[dict], args, model_name
         "do_sample": args.temperature > 0,
         "num_completions": args.num_completions,
         "seed": args.seed,
+        "batch_size": args.generation_batch_size,
     }
     rows = []
-    for i, p in enumerate(tqdm(prompts, desc="completing prompts", unit="prompt", mininterval=2)):
-        outs = generate_story(
-            model,
-            tokenizer,
-            p["prompt"],
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed + i,
-            num_return_sequences=args.num_completions,
-        )
-        outs = outs if isinstance(outs, list) else [outs]
-        for k, completion in enumerate(outs):
-            rows.append(
-                {
-                    "id": f"{p['id']}-{k}",
-                    "prompt_id": p["id"],
-                    "category": p.get("category"),
-                    "prompt": p["prompt"],
-                    "completion": completion,
-                    "model": model_name,
-                    "sampling": sampling,
-                }
+    size = max(1, args.generation_batch_size)
+    batches = [prompts[k : k + size] for k in range(0, len(prompts), size)]
+    with tqdm(total=len(prompts), desc="completing prompts", unit="prompt", mininterval=2) as bar:
+        for b, batch in enumerate(batches):
+            outs = generate_batch(
+                model,
+                tokenizer,
+                [p["prompt"] for p in batch],
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                seed=args.seed + b,
+                num_return_sequences=args.num_completions,
             )
+            for p, completions in zip(batch, outs, strict=True):
+                for k, completion in enumerate(completions):
+                    rows.append(
+                        {
+                            "id": f"{p['id']}-{k}",
+                            "prompt_id": p["id"],
+                            "category": p.get("category"),
+                            "prompt": p["prompt"],
+                            "completion": completion,
+                            "model": model_name,
+                            "sampling": sampling,
+                        }
+                    )
+            bar.update(len(batch))
     return rows

@@ -4,8 +4,8 @@ The paper's check (Eldan & Li 2023): give the model `Words: <verb>, <noun>, <adj
 its story contains. Here `--instruct_prompts` prompts (50) each ask for a random verb, noun and adjective of
 the project's word lists (`data_generation/`), drawn from `random.Random(f"{seed}-instruct-words")`; the
 prompt is `instruct.build_prompt(words=...)`, the stories come from `generation.generate_completions`
-(`generate_story` with the eval's sampling settings, `--num_completions` per prompt, seed `seed + prompt
-number`). A word counts as used when the story contains it or an inflection of it as a whole word,
+(`generate_batch` with the eval's sampling settings, `--num_completions` per prompt, `--generation_batch_size`
+prompts per call seeded `seed + batch number`). A word counts as used when the story contains it or an inflection of it as a whole word,
 case-insensitively (`tinystories.data.wordforms`: `run` matches `runs`, `ran`, `running`; `happy` matches
 `happier`). `rate` = words used / words required over all completions; `all_words_rate` = the share of
 completions that use all three.

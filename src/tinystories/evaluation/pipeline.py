@@ -95,6 +95,10 @@ class EvalArguments:
     max_new_tokens: int = field(
         default=200, metadata={"help": "tokens per completion (capped by the context)"}
     )
+    generation_batch_size: int = field(
+        default=16,
+        metadata={"help": "prompts sampled per generate call (left-padded; x num_completions sequences)"},
+    )
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature; 0 = greedy"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling"})
     top_k: int | None = field(default=None, metadata={"help": "top-k sampling (None = off)"})
