@@ -76,6 +76,22 @@ class FinetuneArguments:
             "Features: lines list Dialogue; 0: no repeats)"
         },
     )
+    feature_alone_min_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "repeat training examples whose Features: line names F alone until, for every F, such lines "
+            "are about this share of them: the evaluation asks for one feature at a time, and in the quickstart's "
+            "records MoralValue alone is 16 lines (0: no repeats)"
+        },
+    )
+    drop_long_examples: bool = field(
+        default=False,
+        metadata={
+            "help": "drop Instruct training examples longer than max_length instead of truncating them: a "
+            "truncated story loses its ending, where a moral or a bad ending is, and then contradicts its "
+            "Features: line"
+        },
+    )
     model_name: str | None = field(
         default=None, metadata={"help": "name for the model card / Hub repo (default: the output dir name)"}
     )

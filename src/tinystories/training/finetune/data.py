@@ -84,23 +84,33 @@ def feature_groups(features: list[list[str]]) -> dict[str, list[int]]:
     return groups
 
 
-def upsample_features(dataset, min_share: float, absent_min_share: float = 0.0):
-    """Repeat examples until each feature's Features lines with it (`min_share`) and without it
-    (`absent_min_share`, among lines naming other features) are about that share of the examples.
+def alone_groups(features: list[list[str]]) -> dict[str, list[int]]:
+    """{"=F": examples whose Features line names F and nothing else}: what a prompt asking for F alone looks like.
+
+    In the quickstart's records 16 lines name MoralValue alone against 60 BadEnding alone: a model that sees
+    the two rare features mostly next to Dialogue, and one of them alone four times as often, writes the same
+    story for either (as many morals when asked for BadEnding as for MoralValue).
+    """
+    names = sorted({f for fs in features for f in fs})
+    return {f"={name}": [i for i, fs in enumerate(features) if fs == [name]] for name in names}
+
+
+def upsample_features(dataset, min_share: float, absent_min_share: float = 0.0, alone_min_share: float = 0.0):
+    """Repeat examples until each feature's Features lines with it (`min_share`), without it (`absent_min_share`,
+    among lines naming other features) and with it alone (`alone_min_share`) are about that share of the examples.
 
     An example is repeated as often as its neediest group asks: round(share / group share) copies in all,
     at most `MAX_REPEATS`. A feature in 3.5% of the stories (MoralValue) is otherwise seen too rarely to be
     learned in a short run, and a line without Dialogue (7% of the lines) too rarely for "not asked" to
     mean "absent". Deterministic (the Trainer shuffles); the group sizes before and after are logged.
     """
-    if (min_share <= 0 and absent_min_share <= 0) or len(dataset) == 0:
+    if (min_share <= 0 and absent_min_share <= 0 and alone_min_share <= 0) or len(dataset) == 0:
         return dataset
-    groups = feature_groups([_features_of(p) for p in dataset["prompt"]])
+    features = [_features_of(p) for p in dataset["prompt"]]
+    groups = {**feature_groups(features), **alone_groups(features)}
+    shares = {"+": min_share, "-": absent_min_share, "=": alone_min_share}
     total = len(dataset)
-    copies = {
-        g: _copies(len(members), min_share if g[0] == "+" else absent_min_share, total)
-        for g, members in groups.items()
-    }
+    copies = {g: _copies(len(members), shares[g[0]], total) for g, members in groups.items()}
     per_example = [1] * total
     for g, members in groups.items():
         for i in members:
@@ -108,15 +118,28 @@ def upsample_features(dataset, min_share: float, absent_min_share: float = 0.0):
     index = [i for i, c in enumerate(per_example) for _ in range(c)]
     after = {g: sum(per_example[i] for i in members) for g, members in groups.items()}
     logger.info(
-        "feature_min_share %.2f, feature_absent_min_share %.2f: %d examples -> %d; "
-        "Features lines with (+) / without (-) each feature, before -> after: %s",
+        "feature_min_share %.2f, feature_absent_min_share %.2f, feature_alone_min_share %.2f: %d examples -> %d; "
+        "Features lines with (+) / without (-) / with only (=) each feature, before -> after: %s",
         min_share,
         absent_min_share,
+        alone_min_share,
         total,
         len(index),
         ", ".join(f"{g} {len(groups[g])} -> {after[g]} ({after[g] / len(index):.0%})" for g in groups),
     )
     return dataset.select(index)
+
+
+def drop_over_length(dataset, tokenizer, max_length: int):
+    """The examples whose prompt + story + EOS fit in `max_length` tokens (as TRL tokenizes them), and how many
+    did not. Truncation would cut the end of the story, where a moral or a bad ending is: the truncated example
+    would pair its `Features:` line with a story that does not show the feature."""
+    keep = [
+        len(tokenizer(p + c, add_special_tokens=False)["input_ids"]) + 1 <= max_length
+        for p, c in zip(dataset["prompt"], dataset["completion"], strict=True)
+    ]
+    dropped = keep.count(False)
+    return (dataset.select([i for i, k in enumerate(keep) if k]) if dropped else dataset), dropped
 
 
 def _as_text(dataset, text_column: str):
@@ -125,8 +148,13 @@ def _as_text(dataset, text_column: str):
     return dataset.select_columns(["text"])
 
 
-def prepare_data(args: FinetuneArguments) -> tuple[DatasetDict, str]:
-    """(DatasetDict with prompt/completion (Instruct) or text (plain stories) columns, the format used)."""
+def prepare_data(
+    args: FinetuneArguments, tokenizer=None, max_length: int | None = None
+) -> tuple[DatasetDict, str]:
+    """(DatasetDict with prompt/completion (Instruct) or text (plain stories) columns, the format used).
+
+    With `args.drop_long_examples`, Instruct training examples longer than `max_length` tokens (`tokenizer`) are
+    dropped before the rare features are repeated."""
     raw = load_stories(
         args.data,
         validation_fraction=args.validation_fraction,
@@ -153,5 +181,19 @@ def prepare_data(args: FinetuneArguments) -> tuple[DatasetDict, str]:
     for split, ds in out.items():
         if len(ds) == 0:
             raise ConfigError(f"no usable Instruct examples in the {split} split of {args.data!r}")
-    out["train"] = upsample_features(out["train"], args.feature_min_share, args.feature_absent_min_share)
+    if args.drop_long_examples:
+        if tokenizer is None or not max_length:
+            raise ValueError("drop_long_examples needs the tokenizer and max_length")
+        out["train"], dropped = drop_over_length(out["train"], tokenizer, max_length)
+        logger.info(
+            "drop_long_examples: %d training examples longer than %d tokens dropped", dropped, max_length
+        )
+        if len(out["train"]) == 0:
+            raise ConfigError(
+                f"every training example of {args.data!r} is longer than max_length {max_length}: "
+                "raise --max_length or pass --drop_long_examples false"
+            )
+    out["train"] = upsample_features(
+        out["train"], args.feature_min_share, args.feature_absent_min_share, args.feature_alone_min_share
+    )
     return DatasetDict(out), fmt
