@@ -65,7 +65,7 @@ stage "eval: held-out bits per byte; words used and Features: followed (SFT vs i
 # of the 10 minutes; `make eval MODEL=outputs/quickstart/lora/merged` measures them).
 SAMPLING=(--max_samples 400 --prompts project --num_prompts 5 --max_new_tokens 256 --temperature 0.8 --num_completions 2)
 $TS eval --model $Q/pretrain $Q/lora/merged "${EVAL_DATA[@]}" "${SAMPLING[@]}" --instruct_eval false
-$TS eval --model $Q/sft "${EVAL_DATA[@]}" "${SAMPLING[@]}" --instruct_prompts 12 --feature_prompts 24 \
+$TS eval --model $Q/sft "${EVAL_DATA[@]}" "${SAMPLING[@]}" --instruct_prompts 12 --feature_prompts 16 \
     --compare_base $Q/pretrain
 
 stage "push: stage the upload (model card with the eval results) without pushing"
