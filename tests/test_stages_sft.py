@@ -17,7 +17,7 @@ from tinystories.training.finetune.arguments import (
     validate_training_args,
 )
 from tinystories.training.finetune.data import prepare_data
-from tinystories.training.finetune.trainer import build_trainer, load_base
+from tinystories.training.finetune.trainer import build_trainer, load_base, load_base_tokenizer
 
 FAST = {
     "per_device_train_batch_size": 4,
@@ -172,3 +172,21 @@ def test_sft_with_muon_trains_the_hidden_matrices_and_lora_refuses_it(tiny_model
     with pytest.raises(ConfigError, match="drop --optim muon for LoRA"):
         run(lora, config, ModelConfig(use_peft=True))
     assert not (tmp_path / "lora").exists()  # refused before any work
+
+
+def test_drop_long_examples_keeps_exactly_those_trl_would_not_truncate(
+    tiny_model_dir, instruct_txt, tmp_path
+):
+    """The length `drop_long_examples` counts is the one TRL trains on (prompt + story + EOS): with max_length at
+    the median, the examples kept are exactly those TRL tokenizes to at most max_length tokens."""
+    trainer, data, _ = _prepared_trainer(tiny_model_dir, instruct_txt, tmp_path, max_length=4096)
+    lengths = [len(row["input_ids"]) for row in trainer.train_dataset]
+    limit = sorted(lengths)[len(lengths) // 2]
+    fits = {c for c, n in zip(data["train"]["completion"], lengths, strict=True) if n <= limit}
+    assert 0 < len(fits) < len(lengths)
+    args = SFTScriptArguments(
+        base_model=str(tiny_model_dir), data=str(instruct_txt), max_train_samples=40, drop_long_examples=True
+    )
+    kept, _ = prepare_data(args, load_base_tokenizer(args), limit)
+    assert set(kept["train"]["completion"]) == fits and len(kept["train"]) == len(fits)
+    assert len(kept["validation"]) == len(data["validation"])  # held-out examples are all scored

@@ -22,6 +22,7 @@ from tinystories.training.finetune.trainer import (
     build_trainer,
     check_labels,
     load_base,
+    load_base_tokenizer,
     peft_hparams,
     qlora_compute_dtype,
 )
@@ -54,14 +55,15 @@ def run(args: FinetuneArguments, training_args: SFTConfig, model_config: Finetun
         attn_implementation=model_config.attn_implementation or "sdpa",
     )
     set_seed(training_args.seed)
-    qlora_compute_dtype(model_config)
-    model, tokenizer = load_base(args, model_config)
+    tokenizer = load_base_tokenizer(args)  # the data step counts tokens (drop_long_examples); the model waits
     with training_args.main_process_first(desc="data", local=not training_args.data_cache_shared):
         data, tail.samples = prepare_data(args, tokenizer, training_args.max_length)
     logger.info(
         "data (%s): %d train / %d eval examples", tail.samples, len(data["train"]), len(data["validation"])
     )
 
+    qlora_compute_dtype(model_config)
+    model, tokenizer = load_base(args, model_config, tokenizer)
     if model_config.load_in_4bit or model_config.load_in_8bit:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=training_args.gradient_checkpointing

@@ -26,11 +26,18 @@ from tinystories.training.trainer import BitsPerByteTrainer, TokensPerSecondCall
 logger = logging.getLogger(__name__)
 
 
-def load_base(args: FinetuneArguments, model_config: FinetuneModelConfig):
-    """(model, tokenizer) for the base model: safetensors only, fast attention, pad = eos; 4-bit for QLoRA."""
+def load_base_tokenizer(args: FinetuneArguments):
+    """The base model's tokenizer (or `--tokenizer_name`); it must have an EOS token, where stories end."""
     tokenizer = load_tokenizer(args.tokenizer_name or args.base_model, revision=args.base_revision)
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no eos_token: stories could not end; use the GPT-Neo tokenizer")
+    return tokenizer
+
+
+def load_base(args: FinetuneArguments, model_config: FinetuneModelConfig, tokenizer=None):
+    """(model, tokenizer) for the base model: safetensors only, fast attention, pad = eos; 4-bit for QLoRA.
+    `tokenizer`: one `load_base_tokenizer` already returned (the pipeline needs it for the data first)."""
+    tokenizer = tokenizer if tokenizer is not None else load_base_tokenizer(args)
     kwargs = {}
     quantization = get_quantization_config(model_config)
     if quantization is not None:
