@@ -356,8 +356,11 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+ARGUMENTS = (BenchArguments,)
+
+
 def main(argv: list[str] | None = None) -> int:
-    (args,) = parse_args([BenchArguments], argv)
+    (args,) = parse_args(ARGUMENTS, argv)
     suites = _check_inputs(args)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():

@@ -106,6 +106,19 @@ def stage_table() -> str:
     return "\n".join(lines)
 
 
+def _import_stage(name: str):
+    if STAGES[name].module.startswith("benchmarks.") and Path("benchmarks", "__init__.py").is_file():
+        sys.path.insert(0, str(Path.cwd()))  # the benchmark harness lives in the checkout, not the package
+    return importlib.import_module(STAGES[name].module)
+
+
+def stage_parser(name: str):
+    """The argument parser of `tinystories <name>` (its `--help`; the docs' CLI reference is built from it)."""
+    from tinystories.core.config import build_parser
+
+    return build_parser(_import_stage(name).ARGUMENTS)
+
+
 def _usage() -> str:
     width = max(len(s) for s in STAGES)
     lines = ["usage: tinystories <stage> [--config recipe.yaml] [--key value ...]", "", "stages:"]
@@ -123,10 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     if stage not in STAGES:
         print(f"error: unknown stage {stage!r}; valid stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
-    if STAGES[stage].module.startswith("benchmarks.") and Path("benchmarks", "__init__.py").is_file():
-        sys.path.insert(0, str(Path.cwd()))  # the benchmark harness lives in the checkout, not the package
     try:
-        module = importlib.import_module(STAGES[stage].module)
+        module = _import_stage(stage)
     except ModuleNotFoundError as err:
         if not err.name or not err.name.startswith("benchmarks"):
             raise

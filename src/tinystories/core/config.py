@@ -6,8 +6,11 @@ A recipe YAML is one reproducible run. Keys map onto dataclass fields (TRL's `Tr
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +22,34 @@ from trl import TrlParser
 
 from tinystories.core import ConfigError
 
-__all__ = ["ConfigError", "check_keys", "load_recipe", "parse_args", "setup_logging"]
+__all__ = [
+    "ALIASES",
+    "ConfigError",
+    "build_parser",
+    "check_keys",
+    "load_recipe",
+    "parse_args",
+    "setup_logging",
+]
+
+logger = logging.getLogger(__name__)
+
+# One name per concept in every stage: an older name still works, warns once and names the new one. An alias
+# applies in a stage whose parser knows the new name (`model_name_or_path`, TRL's field, is routed to
+# `base_model` in fine-tuning and in continued pretraining).
+ALIASES: dict[str, str] = {
+    "dataset_name": "data",
+    "source_data": "data",
+    "input": "data",
+    "eval_dataset_name": "eval_data",
+    "dataset_revision": "data_revision",
+    "dataset_config_name": "data_config",
+    "tokenizer_name": "tokenizer",
+    "dtype": "precision",
+    "model_name_or_path": "base_model",
+    "local_dir": "output_dir",
+}
+_warned: set[str] = set()
 
 
 def setup_logging() -> None:
@@ -30,6 +60,38 @@ def setup_logging() -> None:
 
 def _known_keys(parser: TrlParser) -> set[str]:
     return {a.dest for a in parser._actions if a.dest != "help"}
+
+
+def build_parser(dataclass_types: Sequence[type]) -> TrlParser:
+    """The parser of a stage: its dataclasses' fields as flags; an aliased old field is hidden from --help."""
+    parser = TrlParser(dataclass_types=list(dataclass_types))
+    known = _known_keys(parser)
+    for action in parser._actions:
+        if action.help:  # argparse %-formats help: a literal "3.5% of" would crash --help
+            action.help = re.sub(r"%(?!\()", "%%", action.help)
+        if ALIASES.get(action.dest) in known:
+            action.help = argparse.SUPPRESS
+    return parser
+
+
+def _rename(key: str, known: set[str], where: str) -> str:
+    new = ALIASES.get(key)
+    if new is None or new not in known:
+        return key
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning("%s: --%s is an old name of --%s; use --%s", where, key, new, new)
+    return new
+
+
+def _rename_argv(argv: list[str], known: set[str]) -> list[str]:
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and arg != "--config":
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + _rename(name.replace("-", "_"), known, "command line") + eq + value
+        out.append(arg)
+    return out
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -63,14 +125,21 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     Unknown YAML keys and unknown CLI flags raise `ConfigError` before any work starts.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = TrlParser(dataclass_types=list(dataclass_types))
+    parser = build_parser(dataclass_types)
     known = _known_keys(parser)
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise ConfigError("--config needs a path to a recipe YAML")
-        recipe = load_recipe(argv[i + 1])
-        check_keys(list(recipe), known, f"recipe {argv[i + 1]!r}")
-    flags = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and a != "--config"]
-    check_keys([f.replace("-", "_") for f in flags if f not in ("help",)], known | {"config"}, "command line")
-    return tuple(parser.parse_args_and_config(args=argv))
+        path = argv.pop(i + 1)
+        argv.pop(i)
+        recipe = load_recipe(path)
+        for key, value in (recipe.pop("env", None) or {}).items():
+            os.environ[key] = str(value)
+        recipe = {_rename(k, known, f"recipe {path!r}"): v for k, v in recipe.items()}
+        check_keys(list(recipe), known, f"recipe {path!r}")
+        parser.set_defaults_with_config(**recipe)
+    argv = _rename_argv(argv, known)
+    flags = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--")]
+    check_keys([f.replace("-", "_") for f in flags if f not in ("help",)], known, "command line")
+    return tuple(parser.parse_args_into_dataclasses(args=argv))

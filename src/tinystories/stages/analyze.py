@@ -77,8 +77,12 @@ class AnalysisArguments:
     )
 
 
+# the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
+ARGUMENTS = (AnalysisArguments,)
+
+
 def main(argv: list[str] | None = None) -> int:
-    (args,) = parse_args([AnalysisArguments], argv)
+    (args,) = parse_args(ARGUMENTS, argv)
     setup_logging()
     if args.max_samples < 1 or args.batch_size < 1 or args.top_activations < 1:
         raise ConfigError("--max_samples, --batch_size and --top_activations must be at least 1")

@@ -12,9 +12,13 @@ from tinystories.synthesis.arguments import SynthesisArguments
 from tinystories.synthesis.job import run
 
 
+# the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
+ARGUMENTS = (SynthesisArguments,)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    (args,) = parse_args([SynthesisArguments], argv)
+    (args,) = parse_args(ARGUMENTS, argv)
     result = run(args)
     print(json.dumps(result, indent=2, default=str))
     shard = result.get("shard", {})

@@ -185,9 +185,13 @@ def run(args: DedupArguments) -> dict[str, Any]:
     return stats
 
 
+# the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
+ARGUMENTS = (DedupArguments,)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    (args,) = parse_args([DedupArguments], argv)
+    (args,) = parse_args(ARGUMENTS, argv)
     stats = run(args)
     print(json.dumps(stats, indent=2))
     print(f"kept {stats['kept']} of {stats['input']} -> {Path(args.output_dir) / 'data'}")

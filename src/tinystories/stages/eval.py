@@ -70,9 +70,13 @@ def _merge_model_flags(argv: list[str]) -> list[str]:
     return (["--model", *models] if models else []) + rest
 
 
+# the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
+ARGUMENTS = (EvalArguments, JudgeArguments)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = _merge_model_flags(list(sys.argv[1:] if argv is None else argv))
-    args, judge_args = parse_args([EvalArguments, JudgeArguments], argv)
+    args, judge_args = parse_args(ARGUMENTS, argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     models = [m for value in args.model for m in value.split()]
     if not models:

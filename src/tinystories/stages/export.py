@@ -80,8 +80,12 @@ def _tokenizer_source(args: ExportArguments) -> tuple[str, str | None]:
     return args.model, args.revision
 
 
+# the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
+ARGUMENTS = (ExportArguments,)
+
+
 def main(argv: list[str] | None = None) -> int:
-    (args,) = parse_args([ExportArguments], argv)
+    (args,) = parse_args(ARGUMENTS, argv)
     setup_logging()
     if not args.model:
         raise ConfigError("no --model given: pass MODEL=<run dir | Hub id | LoRA adapter dir>")

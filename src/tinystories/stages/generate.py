@@ -84,8 +84,12 @@ def build_generation_prompt(args: GenerateArguments) -> tuple[str, bool]:
     return prompt + (args.prompt or ""), is_instruct
 
 
+# the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
+ARGUMENTS = (GenerateArguments,)
+
+
 def main(argv: list[str] | None = None) -> int:
-    (args,) = parse_args([GenerateArguments], argv)
+    (args,) = parse_args(ARGUMENTS, argv)
     if args.num_stories < 1 or args.max_new_tokens < 1:
         raise ConfigError("--num_stories and --max_new_tokens must be at least 1")
     prompt, _ = build_generation_prompt(args)

@@ -78,10 +78,12 @@ def expected_trainable_parameters(config, r: int, target_modules: list[str] | st
     return config.num_hidden_layers * sum(r * sum(shapes[t]) for t in targets)
 
 
+# the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
+ARGUMENTS = (LoraScriptArguments, TinyStoriesLoraConfig, LoraModelConfig)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args, training_args, model_config = parse_args(
-        [LoraScriptArguments, TinyStoriesLoraConfig, LoraModelConfig], argv
-    )
+    args, training_args, model_config = parse_args(ARGUMENTS, argv)
     setup_logging()
     run(args, training_args, model_config)
     return 0

@@ -88,8 +88,12 @@ def describe(folder: Path) -> str:
     return line
 
 
+# the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
+ARGUMENTS = (PullArguments,)
+
+
 def main(argv: list[str] | None = None) -> int:
-    (args,) = parse_args([PullArguments], argv)
+    (args,) = parse_args(ARGUMENTS, argv)
     folder = pull(args.model, args.revision, args.local_dir)
     print(f"pulled {args.model}{'@' + args.revision if args.revision else ''}: {describe(folder)}")
     if args.verify:

@@ -39,8 +39,12 @@ class PushArguments:
     )
 
 
+# the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
+ARGUMENTS = (PushArguments,)
+
+
 def main(argv: list[str] | None = None) -> int:
-    (args,) = parse_args([PushArguments], argv)
+    (args,) = parse_args(ARGUMENTS, argv)
     if not args.model or not args.repo:
         raise ConfigError("push needs --model <folder> and --repo <user/name> (make push MODEL=... REPO=...)")
     result = push_folder(

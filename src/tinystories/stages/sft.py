@@ -31,10 +31,12 @@ class SFTScriptArguments(FinetuneArguments):
     """`tinystories sft`: Instruct data (`--data_format instruct`), a full fine-tune unless `--use_peft true`."""
 
 
+# the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
+ARGUMENTS = (SFTScriptArguments, TinyStoriesSFTConfig, FinetuneModelConfig)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args, training_args, model_config = parse_args(
-        [SFTScriptArguments, TinyStoriesSFTConfig, FinetuneModelConfig], argv
-    )
+    args, training_args, model_config = parse_args(ARGUMENTS, argv)
     setup_logging()
     run(args, training_args, model_config)
     return 0

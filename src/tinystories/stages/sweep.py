@@ -112,8 +112,12 @@ def run_cell(cell: Cell, argv: list[str], texts, prompts, eval_args, judge_args)
     return record
 
 
+# the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
+ARGUMENTS = (SweepArguments, JudgeArguments)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args, judge_args = parse_args([SweepArguments, JudgeArguments], argv)
+    args, judge_args = parse_args(ARGUMENTS, argv)
     setup_logging()
     judge_args.validate()  # a missing key fails now, not after the first cell trained
 

@@ -22,9 +22,13 @@ class TokenizerArguments:
     max_train_samples: int | None = None
 
 
+# the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
+ARGUMENTS = (TokenizerArguments,)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`tinystories tokenizer --dataset_name DATA --vocab_size K [--train_tokenizer true] --output_dir DIR`."""
-    (args,) = parse_args([TokenizerArguments], argv)
+    (args,) = parse_args(ARGUMENTS, argv)
     data = load_stories(
         args.dataset_name, text_column=args.text_column, max_train_samples=args.max_train_samples
     )

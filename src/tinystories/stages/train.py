@@ -33,8 +33,12 @@ from tinystories.training.trainer import BitsPerByteTrainer, TimeLimitCallback, 
 logger = logging.getLogger("tinystories.stages.train")
 
 
+# the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
+ARGUMENTS = (ModelArguments, DataArguments, PretrainConfig)
+
+
 def main(argv: list[str] | None = None) -> int:
-    model_args, data_args, args = parse_args((ModelArguments, DataArguments, PretrainConfig), argv)
+    model_args, data_args, args = parse_args(ARGUMENTS, argv)
     setup_logging()
     validate(model_args, data_args, args)
     configure_batch(args)
