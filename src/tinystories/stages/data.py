@@ -11,7 +11,6 @@ from tinystories.core.config import parse_args
 from tinystories.synthesis.arguments import SynthesisArguments
 from tinystories.synthesis.job import run
 
-
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (SynthesisArguments,)
 
