@@ -46,6 +46,13 @@ from benchmarks.finetune_bench import bench_finetune, format_finetune_table, run
 from benchmarks.inference_bench import bench_inference, format_inference_table
 from benchmarks.train_bench import STOCK, default_variant, lever_variants, run_variant
 from tinystories.core import ConfigError
+from tinystories.core.arguments import (
+    BatchArguments,
+    DataSource,
+    OutputArguments,
+    SeedArguments,
+    TokenizerSource,
+)
 from tinystories.core.config import parse_args
 from tinystories.core.paths import looks_like_path
 from tinystories.data.loading import load_stories
@@ -58,7 +65,10 @@ SUITES = ("train", "dedup", "finetune", "inference")
 
 
 @dataclass
-class BenchArguments:
+class BenchArguments(DataSource, TokenizerSource, BatchArguments, SeedArguments, OutputArguments):
+    """--data: stories (.txt, .jsonl, ..., Hub id), read as pretraining reads them (its train part); --tokenizer: a
+    GPT-Neo tokenizer dir or Hub id; --batch_size: stories per stock step (packed: the same real tokens)."""
+
     suite: str = field(
         default="train,dedup",
         metadata={
@@ -68,17 +78,7 @@ class BenchArguments:
     sizes: str = field(
         default="auto", metadata={"help": "model sizes, e.g. 1M,8M; auto: 1M,8M (+33M on a GPU)"}
     )
-    data: str = field(
-        default=DEFAULT_DATA,
-        metadata={
-            "help": "stories (.txt, .jsonl, ..., Hub id), read as pretraining reads them (its train part)"
-        },
-    )
-    tokenizer: str = field(
-        default=DEFAULT_TOKENIZER_DIR, metadata={"help": "GPT-Neo tokenizer dir or Hub id"}
-    )
     steps: int = field(default=4, metadata={"help": "optimizer steps of the stock path (it sets the tokens)"})
-    batch_size: int = field(default=8, metadata={"help": "stories per stock step (packed: same real tokens)"})
     block_size: int = field(default=512, metadata={"help": "packed sequence length (the paper's context)"})
     warmup_steps: int = field(default=1, metadata={"help": "steps left out of the timing"})
     levers: bool = field(default=False, metadata={"help": "also measure each lever on its own"})
@@ -95,8 +95,6 @@ class BenchArguments:
     isolate: bool = field(
         default=True, metadata={"help": "run each path in a fresh process (clean peak memory)"}
     )
-    output_dir: str = "outputs/bench"
-    seed: int = 42
     dedup_stories: int = field(default=20000, metadata={"help": "stories for the dedup benchmark"})
     finetune_size: str = field(default="1M", metadata={"help": "finetune suite: model size"})
     finetune_paths: str = field(
@@ -170,7 +168,9 @@ def _check_inputs(args: BenchArguments) -> list[str]:
 
 def prepare_tokens(args: BenchArguments, tokenizer) -> dict:
     """The token stream both paths train on: stock rows (one story each) and packed blocks, same tokens."""
-    raw = load_stories(args.data, seed=args.seed)["train"]  # what pretraining trains on (same loader)
+    raw = load_stories(args.data, seed=args.seed, text_column=args.text_column)[
+        "train"
+    ]  # what pretraining trains on (same loader)
     want = args.steps * args.batch_size
     if len(raw) < want:
         raise ConfigError(
@@ -357,10 +357,16 @@ def format_table(report: dict) -> str:
 
 
 ARGUMENTS = (BenchArguments,)
+DEFAULTS = {
+    "data": DEFAULT_DATA,
+    "tokenizer": DEFAULT_TOKENIZER_DIR,
+    "batch_size": 8,
+    "output_dir": "outputs/bench",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    (args,) = parse_args(ARGUMENTS, argv)
+    (args,) = parse_args(ARGUMENTS, argv, DEFAULTS)
     suites = _check_inputs(args)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():

@@ -38,7 +38,11 @@ from tinystories.core.config import parse_args
 from tinystories.data.packing import PackedCollator
 from tinystories.models import losses
 from tinystories.models.sizes import build_config
-from tinystories.stages import lora
+from tinystories.training.finetune.arguments import (
+    LoraModelConfig,
+    LoraScriptArguments,
+    TinyStoriesLoraConfig,
+)
 from tinystories.training.finetune.trainer import build_trainer, load_base, qlora_compute_dtype
 from tinystories.training.pretraining import configure_batch
 from tinystories.training.throughput import mfu
@@ -195,7 +199,7 @@ def _lora_trainer(plan: SimpleNamespace, base_dir: str, out: str, examples: list
     flags |= {"eval_strategy": "no", "save_strategy": "no", "report_to": "none", "logging_steps": 1}
     flags |= {"load_in_4bit": str(qlora).lower(), **({"use_cpu": "true"} if plan.device == "cpu" else {})}
     argv = [x for k, v in flags.items() for x in (f"--{k}", str(v))] + plan.lora_overrides
-    dataclasses = [lora.LoraScriptArguments, lora.TinyStoriesLoraConfig, lora.LoraModelConfig]
+    dataclasses = [LoraScriptArguments, TinyStoriesLoraConfig, LoraModelConfig]
     args, training_args, model_config = parse_args(dataclasses, argv)
     configure_batch(training_args)
     qlora_compute_dtype(model_config)

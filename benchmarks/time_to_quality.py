@@ -125,8 +125,8 @@ def train_recipe(row: str, args: TimeToQualityArguments, train: Path, held_out: 
     run_dir = out / row.replace("@", "_").replace(";", "_").replace("=", "-")
     argv = [
         sys.executable, "-m", "tinystories.cli", "train", "--config", str(REPO_ROOT / recipe),
-        "--dataset_name", str(train), "--eval_dataset_name", str(held_out), "--text_column", "text",
-        "--tokenizer_name", args.tokenizer, "--output_dir", str(run_dir), "--overwrite_output_dir", "true",
+        "--data", str(train), "--eval_data", str(held_out), "--text_column", "text",
+        "--tokenizer", args.tokenizer, "--output_dir", str(run_dir), "--overwrite_output_dir", "true",
         "--eval_strategy", "steps", "--eval_steps", str(args.eval_steps), "--logging_steps", str(args.eval_steps),
         "--save_strategy", "no", "--report_to", "none", "--max_minutes", str(args.minutes),
         "--dataloader_num_workers", "0", *extra,

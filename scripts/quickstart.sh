@@ -36,9 +36,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1  # everything below runs offline
 if [ "$MODE" = real ]; then
   stage "instruct: Instruct records derived from the training stories (the held-out 10% never enter)"
   $PY -c "from tinystories.data.loading import load_stories; load_stories('$DATA', validation_fraction=0.1, seed=42)['train'].to_parquet('$Q/train_stories.parquet')"
-  $TS data --config recipes/data/instruct_from_stories.yaml --source_data $Q/train_stories.parquet \
+  $TS data --config recipes/data/instruct_from_stories.yaml --data $Q/train_stories.parquet \
       --output_dir $Q/data --num_stories 0
-  PRETRAIN_ARGS=(--tokenizer_name "$TOKENIZER")
+  PRETRAIN_ARGS=(--tokenizer "$TOKENIZER")
   EVAL_DATA=(--data "$DATA" --validation_fraction 0.1)
 else
   stage "instruct: 1000 template Instruct stories (offline smoke test)"
@@ -48,7 +48,7 @@ else
 fi
 
 stage "dedup: exact + near duplicates, decontamination against the evaluation prompts"
-$TS dedup --config recipes/data/dedup.yaml --input $Q/data --output_dir $Q/dedup --num_proc 1
+$TS dedup --config recipes/data/dedup.yaml --data $Q/data --output_dir $Q/dedup --num_proc 1
 
 stage "pretrain"
 $TS train --config recipes/pretrain/quickstart.yaml "${PRETRAIN_ARGS[@]}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from transformers import TrainingArguments
 from transformers.training_args import ParallelMode
 
 from tinystories.core import ConfigError
+from tinystories.core.launch import LaunchRequest, MachineFacts, plan_launch
 from tinystories.core.runtime import DeviceFacts, check_one_process_per_gpu, describe_devices
 from tinystories.stages import train as pretrain
 from tinystories.training.pretraining import PretrainConfig
@@ -151,145 +153,143 @@ def test_every_gpu_config_keeps_the_devices_given():
             assert config.get("gpu_ids") == "all", path.name
 
 
-# ------------------------------------------------------------------------------------ the Makefile (make -n)
-FAKE_PYTHON = """#!/bin/bash
-# the Makefile's question `print(torch.cuda.device_count(), torch.version.cuda)` on a fake machine
-echo "$*" >> "$FAKE_LOG"
-n=$FAKE_GPUS
-if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
-  n=$(printf '%s' "$CUDA_VISIBLE_DEVICES" | tr ',' '\\n' | grep -c .)
-fi
-[ "$FAKE_TORCH_CUDA" = None ] && n=0
-echo "$n $FAKE_TORCH_CUDA"
-"""
-FAKE_NVIDIA_SMI = """#!/bin/bash
-[ "$FAKE_SMI_GPUS" = missing ] && exit 127
-for ((i = 0; i < FAKE_SMI_GPUS; i++)); do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done
-"""
+# ------------------------------------------------------------------ the launcher (core/launch.plan_launch)
+def _plan(
+    stage="train", *, gpus=8, smi=None, cuda="12.8", visible=None, accelerate=None, num_gpus=None, args=()
+):
+    facts = MachineFacts(gpus, None if cuda == "None" else cuda, gpus if smi is None else smi, visible)
+    req = LaunchRequest(stage, tuple(args), accelerate, num_gpus)
+    return plan_launch(req, facts, python="/venv/bin/python")
 
 
-def _executable(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(0o755)
+def _line(launch) -> str:
+    return launch.line()
 
 
-@pytest.fixture
-def fake_machine(tmp_path):
-    """`make(...)` → (returncode, the launch command `make -n` prints, stderr, fake python calls)."""
-    venv, log = tmp_path / "venv", tmp_path / "python.log"
-    _executable(venv / "bin" / "python", FAKE_PYTHON)
-    (venv / ".installed").touch()  # newer than pyproject.toml: no install lines
-    _executable(tmp_path / "bin" / "nvidia-smi", FAKE_NVIDIA_SMI)
-
-    def make(*targets, gpus=8, smi=None, torch_cuda="12.8", visible=None, makefile="Makefile"):
-        env = {
-            k: v for k, v in os.environ.items() if k not in ("ACCELERATE", "NUM_GPUS", "CUDA_VISIBLE_DEVICES")
-        }
-        env = {k: v for k, v in env.items() if not k.startswith("MAKE")}
-        env.update(
-            PATH=f"{tmp_path / 'bin'}:{env['PATH']}",
-            FAKE_LOG=str(log),
-            FAKE_GPUS=str(gpus),
-            FAKE_SMI_GPUS=str(gpus if smi is None else smi),
-            FAKE_TORCH_CUDA=torch_cuda,
-        )
-        if visible is not None:
-            env["CUDA_VISIBLE_DEVICES"] = visible
-        argv = ["make", "-n", "-f", makefile, *targets, f"VENV={venv}"]
-        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-        commands = proc.stdout.replace("\\\n", " ").splitlines()  # a recipe line continued with `\`
-        launch = next((line for line in commands if "-m tinystories.cli" in line), "")
-        calls = log.read_text().splitlines() if log.exists() else []
-        return proc.returncode, " ".join(launch.split()), proc.stderr, calls
-
-    return make
-
-
-def test_cuda_visible_devices_is_what_is_launched(fake_machine):
+def test_cuda_visible_devices_is_what_is_launched(monkeypatch):
     """CUDA_VISIBLE_DEVICES=3 on an 8-GPU machine: one process on GPU 3, not 8 processes that see one GPU."""
-    rc, launch, err, _ = fake_machine("train", "SIZE=1M", visible="3")
-    assert rc == 0, err
-    assert "--config_file accelerate_configs/single_gpu.yaml --num_processes 1 " in launch
-    assert "CUDA_VISIBLE_DEVICES=" not in launch  # left as given; the config does not rewrite it either
-
-    rc, launch, err, _ = fake_machine("train", "SIZE=1M", visible="2,5")
-    assert rc == 0, err
-    assert "--config_file accelerate_configs/multi_gpu.yaml --num_processes 2 " in launch
+    monkeypatch.chdir(REPO)
+    one = _plan(gpus=1, visible="3")
+    assert "--config_file accelerate_configs/single_gpu.yaml --num_processes 1 " in _line(one)
+    assert "CUDA_VISIBLE_DEVICES" not in one.env  # left as given; the config does not rewrite it either
+    two = _plan(gpus=2, visible="2,5")
+    assert "--config_file accelerate_configs/multi_gpu.yaml --num_processes 2 " in _line(two)
 
 
-def test_all_visible_gpus_get_a_process_each(fake_machine):
-    rc, launch, err, calls = fake_machine("train", "SIZE=1M")
-    assert rc == 0, err
-    assert "accelerate launch --config_file accelerate_configs/multi_gpu.yaml --num_processes 8 " in launch
-    assert len(calls) == 1  # torch is asked once per make run
+def test_all_visible_gpus_get_a_process_each(monkeypatch):
+    monkeypatch.chdir(REPO)
+    line = _line(_plan(gpus=8))
+    assert (
+        "/venv/bin/accelerate launch --config_file accelerate_configs/multi_gpu.yaml --num_processes 8 "
+        in line
+    )
 
 
-def test_num_gpus_1_runs_on_the_first_gpu_given(fake_machine):
+def test_num_gpus_1_runs_on_the_first_gpu_given(monkeypatch):
     """NUM_GPUS=1 with CUDA_VISIBLE_DEVICES=4,6: GPU 4 (accelerate's gpu_ids "0" used to move it to GPU 0)."""
-    rc, launch, err, _ = fake_machine("train", "SIZE=1M", "NUM_GPUS=1", visible="4,6")
-    assert rc == 0, err
-    assert launch.startswith("CUDA_VISIBLE_DEVICES=4 ")
-    assert "--config_file accelerate_configs/single_gpu.yaml --num_processes 1 " in launch
+    monkeypatch.chdir(REPO)
+    launch = _plan(gpus=2, visible="4,6", num_gpus=1)
+    assert launch.env == {"CUDA_VISIBLE_DEVICES": "4"}
+    assert _line(launch).startswith("CUDA_VISIBLE_DEVICES=4 ")
+    assert "--config_file accelerate_configs/single_gpu.yaml --num_processes 1 " in _line(launch)
 
 
-def test_gpus_without_nvidia_smi_are_still_used(fake_machine):
-    rc, launch, err, _ = fake_machine("sft", smi="missing", gpus=2)
-    assert rc == 0, err
-    assert "--config_file accelerate_configs/multi_gpu.yaml --num_processes 2 " in launch
+def test_gpus_without_nvidia_smi_are_still_used(monkeypatch):
+    monkeypatch.chdir(REPO)
+    line = _line(_plan("sft", gpus=2, smi=0))
+    assert "--config_file accelerate_configs/multi_gpu.yaml --num_processes 2 " in line
 
 
-def test_a_cpu_torch_on_a_gpu_machine_is_an_error_not_a_cpu_run(fake_machine):
-    rc, launch, err, _ = fake_machine("train", "SIZE=1M", torch_cuda="None")
-    assert rc != 0 and launch == ""
-    assert "nvidia-smi lists 8 GPUs but torch" in err and "CPU-only build" in err
-    assert "ACCELERATE=cpu" in err  # the way to train on the CPU anyway
-    rc, launch, err, _ = fake_machine("train", "SIZE=1M", "ACCELERATE=cpu", torch_cuda="None")
-    assert rc == 0, err
-    assert launch.split()[0].endswith("venv/bin/python") and "accelerate" not in launch
+def test_a_cpu_torch_on_a_gpu_machine_is_an_error_not_a_cpu_run(monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError) as err:
+        _plan(gpus=0, smi=8, cuda="None")
+    assert "nvidia-smi lists 8 GPUs but torch" in str(err.value) and "CPU-only build" in str(err.value)
+    assert "ACCELERATE=cpu" in str(err.value)  # the way to train on the CPU anyway
+    launch = _plan(gpus=0, smi=8, cuda="None", accelerate="cpu")
+    assert launch.argv[0] == "/venv/bin/python" and "accelerate" not in _line(launch)
 
 
-def test_gpus_hidden_on_purpose_are_the_cpu_launcher(fake_machine):
-    rc, launch, err, _ = fake_machine("train", "SIZE=1M", visible="")  # CUDA_VISIBLE_DEVICES= : no GPU
-    assert rc == 0, err
-    assert launch.split()[0].endswith("venv/bin/python") and "--use_cpu true" in launch
+def test_gpus_hidden_on_purpose_are_the_cpu_launcher(monkeypatch):
+    monkeypatch.chdir(REPO)
+    launch = _plan(gpus=0, smi=8, visible="")  # CUDA_VISIBLE_DEVICES= : no GPU
+    assert launch.argv[0] == "/venv/bin/python" and "--use_cpu true" in _line(launch)
 
 
-def test_no_gpu_anywhere_is_the_cpu_launcher(fake_machine):
-    rc, launch, err, _ = fake_machine("lora", gpus=0, smi="missing", torch_cuda="None")
-    assert rc == 0, err
-    assert "bin/python -m tinystories.cli lora" in launch and "--use_cpu true" in launch
+@pytest.mark.parametrize("stage", ["train", "sft", "lora"])
+def test_a_cpu_run_gets_cpu_sized_steps_and_says_so(monkeypatch, stage):
+    """No GPU: every training stage gets the CPU overrides first; the user's own arguments come after and win."""
+    monkeypatch.chdir(REPO)
+    launch = _plan(stage, gpus=0, smi=0, cuda="None", args=("--per_device_train_batch_size", "4"))
+    argv = launch.argv
+    assert argv[:4] == ["/venv/bin/python", "-m", "tinystories.cli", stage]
+    assert argv.index("--global_batch_size") < argv.index("4") and argv[-2:] == [
+        "--per_device_train_batch_size",
+        "4",
+    ]
+    assert "--use_cpu" in argv and any(
+        "CPU overrides --per_device_train_batch_size 8" in n for n in launch.notes
+    )
 
 
 @pytest.mark.parametrize(
-    ("args", "visible", "message"),
+    ("kwargs", "message"),
     [
-        (["NUM_GPUS=4"], "3", "NUM_GPUS=4 but torch sees 1 GPU(s) (CUDA_VISIBLE_DEVICES=3)"),
-        (["ACCELERATE=single_gpu", "NUM_GPUS=8"], None, "ACCELERATE=single_gpu runs one process"),
-        (["ACCELERATE=deepspeed_zero2"], "", "ACCELERATE=deepspeed_zero2 launches on GPUs but torch"),
+        (
+            {"gpus": 1, "visible": "3", "num_gpus": 4},
+            "NUM_GPUS=4 but torch sees 1 GPU(s) (CUDA_VISIBLE_DEVICES=3)",
+        ),
+        ({"accelerate": "single_gpu", "num_gpus": 8}, "ACCELERATE=single_gpu runs one process"),
+        (
+            {"gpus": 0, "visible": "", "accelerate": "deepspeed_zero2"},
+            "ACCELERATE=deepspeed_zero2 launches on GPUs but torch",
+        ),
+        ({"accelerate": "zero9"}, "unknown ACCELERATE=zero9: valid configs are cpu, cpu_ddp"),
     ],
 )
-def test_launches_that_would_not_run_name_the_fix(fake_machine, args, visible, message):
-    rc, launch, err, _ = fake_machine("train", "SIZE=1M", *args, visible=visible)
-    assert rc != 0 and launch == ""
-    assert message in err
+def test_launches_that_would_not_run_name_the_fix(monkeypatch, kwargs, message):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _plan(**kwargs)
 
 
-def test_a_given_config_gets_the_visible_gpu_count(fake_machine):
-    rc, launch, err, _ = fake_machine("train", "SIZE=1M", "ACCELERATE=deepspeed_zero3", visible="0,1,2,3")
-    assert rc == 0, err
-    assert "--config_file accelerate_configs/deepspeed_zero3.yaml --num_processes 4 " in launch
+def test_a_given_config_gets_the_visible_gpu_count(monkeypatch):
+    monkeypatch.chdir(REPO)
+    line = _line(_plan(gpus=4, visible="0,1,2,3", accelerate="deepspeed_zero3"))
+    assert "--config_file accelerate_configs/deepspeed_zero3.yaml --num_processes 4 " in line
 
 
-def test_cpu_process_configs_keep_their_process_count(fake_machine):
-    rc, launch, err, calls = fake_machine("train", "SIZE=1M", "ACCELERATE=cpu_ddp")
-    assert rc == 0, err
-    assert "--config_file accelerate_configs/cpu_ddp.yaml --num_processes 2 " in launch
-    assert calls == []  # a CPU launcher given: torch is not asked
+def test_cpu_process_configs_keep_their_process_count(monkeypatch):
+    monkeypatch.chdir(REPO)
+    launch = _plan(gpus=0, accelerate="cpu_deepspeed_zero2")
+    assert "--config_file accelerate_configs/cpu_deepspeed_zero2.yaml --num_processes 2 " in _line(launch)
+    assert launch.argv[-2:] == ["--use_cpu", "true"] and launch.env == {"DS_ACCELERATOR": "cpu"}
 
 
-def test_help_and_test_do_not_ask_torch(fake_machine):
-    for target in ("help", "test"):
-        rc, _, err, calls = fake_machine(target)
-        assert rc == 0, err
-        assert calls == [], target
+def test_a_multi_node_config_is_launched_with_its_total_count(monkeypatch):
+    monkeypatch.chdir(REPO)
+    launch = plan_launch(
+        LaunchRequest("train", ("--config", "x"), "multi_node", launch_args=("--machine_rank", "1")),
+        MachineFacts(8, "12.8", 8),
+        python="/venv/bin/python",
+    )
+    assert "--num_processes" not in launch.argv and "accelerate_configs/multi_node.yaml" in launch.argv
+    assert launch.argv[launch.argv.index("--machine_rank") + 1] == "1"
+
+
+def test_the_makefile_passes_the_make_variables_to_the_launcher():
+    """`make -n` shows the one launcher line per training target, with the variables users set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    out = subprocess.run(
+        ["make", "-n", "sft", "BASE=b", "DATA=d", "ACCELERATE=cpu_ddp", "NUM_GPUS=2", "ARGS=--max_steps 3"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.replace("\\\n", " ")
+    line = next(x for x in out.splitlines() if "tinystories.core.launch" in x)
+    assert '--accelerate "cpu_ddp" --num_gpus "2"' in line
+    assert "sft -- --config recipes/instruct/sft-33M.yaml --base_model b --data d" in " ".join(line.split())
+    assert line.rstrip().endswith("--max_steps 3")

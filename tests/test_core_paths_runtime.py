@@ -53,10 +53,11 @@ def test_one_precision_rule_for_pretraining_and_finetuning(tmp_path):
 def test_device_and_dtype_rules():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
-    assert resolve_dtype("bfloat16") is torch.bfloat16 and resolve_dtype(None) is None
+    assert resolve_dtype("bfloat16") is torch.bfloat16 and resolve_dtype("bf16") is torch.bfloat16
+    assert resolve_dtype("auto") is torch.float32 and resolve_dtype(None) is torch.float32
     with pytest.raises(ConfigError, match="device"):
         resolve_device("tpu:7")
-    with pytest.raises(ConfigError, match="dtype"):
+    with pytest.raises(ConfigError, match="--precision"):
         resolve_dtype("int3")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA GPU"):

@@ -122,7 +122,7 @@ def test_dedup_reads_instruct_records_whole(hub_cache, tmp_path, stories):
     hub_cache.add(INSTRUCT, folder, repo_type="dataset")
     assert len(load_split(INSTRUCT, "validation")) == 10
     out = tmp_path / "dedup"
-    stats = run(DedupArguments(input=INSTRUCT, output_dir=str(out), decontaminate=False, num_proc=1))
+    stats = run(DedupArguments(data=INSTRUCT, output_dir=str(out), decontaminate=False, num_proc=1))
     assert stats["input"] == 40 and stats["text_column"] == "text"  # records, not ~400 lines
     kept = load_from_disk(str(out / "data"))
     assert all("Story:" in t and t.count("\n") >= 2 for t in kept["text"])

@@ -109,7 +109,7 @@ def test_cli_on_release_txt(tmp_path, stories):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": stories[40][:150]}) + "\n")
     out = tmp_path / "dedup"
-    stats = run(DedupArguments(input=str(src), output_dir=str(out), decontaminate_against=[str(prompts)],
+    stats = run(DedupArguments(data=str(src), output_dir=str(out), decontaminate_against=[str(prompts)],
                                num_proc=1, write_txt=True))  # fmt: skip
     saved = json.loads((out / "dedup_stats.json").read_text())
     for key in ("input", "exact_duplicates", "near_duplicates", "contaminated", "kept"):
@@ -137,7 +137,7 @@ def test_cli_on_generator_output(tmp_path):
     gen = tmp_path / "gen"
     synth(SynthesisArguments(output_dir=str(gen), backend="template", num_stories=50, mode="instruct"))
     stats = run(
-        DedupArguments(input=str(gen), output_dir=str(tmp_path / "d"), num_proc=1, decontaminate=False)
+        DedupArguments(data=str(gen), output_dir=str(tmp_path / "d"), num_proc=1, decontaminate=False)
     )
     assert stats["text_column"] == "story" and stats["input"] == 50
     kept = load_from_disk(str(tmp_path / "d" / "data"))
@@ -145,14 +145,14 @@ def test_cli_on_generator_output(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ConfigError, match="--input"):
+    with pytest.raises(ConfigError, match="--data"):
         DedupArguments().validate()
     with pytest.raises(ConfigError, match="threshold"):
-        DedupArguments(input="x", output_dir="y", threshold=1.5).validate()
+        DedupArguments(data="x", output_dir="y", threshold=1.5).validate()
     with pytest.raises(ConfigError, match="not found"):
         run(
             DedupArguments(
-                input=str(tmp_path), output_dir=str(tmp_path / "o"), decontaminate_against=["nope.jsonl"]
+                data=str(tmp_path), output_dir=str(tmp_path / "o"), decontaminate_against=["nope.jsonl"]
             )
         )
 

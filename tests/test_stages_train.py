@@ -96,7 +96,9 @@ def test_max_minutes_stops_a_time_boxed_run(tmp_path, sample_txt):
     assert steps and set(steps) == {1}, history
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
     assert (out / "model.safetensors").is_file()
-    with pytest.raises(ConfigError, match="--max_minutes -1.0: give a positive number"):
+    with pytest.raises(
+        ConfigError, match=r"--max_minutes -1.0: must be greater than 0; pass a positive number of minutes"
+    ):
         run(sample_txt, tmp_path / "bad", "--max_steps", "5", "--max_minutes", "-1")
 
 

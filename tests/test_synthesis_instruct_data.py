@@ -1,4 +1,4 @@
-"""Instruct records from real stories without an LLM (`--source_data`, backend `stories`), and with one for summaries."""
+"""Instruct records from real stories without an LLM (`--data`, backend `stories`), and with one for summaries."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def corpus(stories, tmp_path_factory) -> Path:
 
 def _args(tmp_path: Path, source: Path, **kw) -> SynthesisArguments:
     defaults = dict(output_dir=str(tmp_path / "out"), mode="instruct", backend="stories",
-                    source_data=str(source), num_stories=0, flush_every=25)  # fmt: skip
+                    data=str(source), num_stories=0, flush_every=25)  # fmt: skip
     return SynthesisArguments(**{**defaults, **kw})
 
 
@@ -127,11 +127,11 @@ def test_empty_stories_fail_and_jsonl_sources(tmp_path):
     source = tmp_path / "s.jsonl"
     texts = ['Tom ran to the big park. "Hi!" he said.', "  ", "A small cat slept in the warm sun."]
     source.write_text("".join(json.dumps({"story": t}) + "\n" for t in texts))
-    result = run(_args(tmp_path, source, source_text_column="story"))
+    result = run(_args(tmp_path, source, text_column="story"))
     assert result["merge"]["generated"] == 2 and result["merge"]["failed"] == 1
     failed = load_from_disk(str(tmp_path / "out" / "failed"))
     assert failed["index"] == [1] and failed["error_type"] == ["empty_story"]
-    with pytest.raises(ConfigError, match="source_text_column"):
+    with pytest.raises(ConfigError, match="text_column"):
         run(_args(tmp_path / "x", source))
 
 
@@ -155,7 +155,7 @@ def test_recipe_and_make_target(tmp_path, corpus, monkeypatch):
     argv = [
         "--config",
         str(recipe),
-        "--source_data",
+        "--data",
         str(corpus),
         "--output_dir",
         "out",
@@ -164,14 +164,14 @@ def test_recipe_and_make_target(tmp_path, corpus, monkeypatch):
     ]
     assert main(argv) == 0
     assert len(load_from_disk(str(tmp_path / "out" / "dataset"))) == 5
-    assert "$(call opt,--source_data,$(DATA))" in (REPO / "Makefile").read_text()
+    assert "$(call opt,--data,$(DATA))" in (REPO / "Makefile").read_text()
 
 
 def test_source_settings_are_checked(tmp_path, corpus):
-    with pytest.raises(ConfigError, match="source_data"):
+    with pytest.raises(ConfigError, match="--data"):
         SynthesisArguments(backend="stories").validate()
     with pytest.raises(ConfigError, match="mode instruct"):
-        SynthesisArguments(backend="stories", source_data=str(corpus), mode="stories").validate()
+        SynthesisArguments(backend="stories", data=str(corpus), mode="stories").validate()
     with pytest.raises(ConfigError, match="num_stories"):
         SynthesisArguments(num_stories=0).validate()
     with pytest.raises(ConfigError, match="on_truncated"):

@@ -42,6 +42,8 @@ COMMON = [
     "--dataloader_num_workers", "0", "--seed", "3", "--attn_implementation", "eager",
 ]  # fmt: skip
 
+pytestmark = pytest.mark.distributed  # `make test-distributed`: 2-process DDP / ZeRO runs
+
 
 def _env():
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tinystories.training.pretraining import PretrainConfig, configure_batch
 
 
@@ -44,6 +46,7 @@ def _lora(out, base, data, launcher):
     return json.loads((out / "card_info.json").read_text())["hyperparameters"]
 
 
+@pytest.mark.distributed
 def test_lora_recipe_takes_as_many_examples_per_step_on_two_processes(
     tmp_path, tiny_model_dir, sample_txt, repo_root
 ):

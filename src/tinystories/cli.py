@@ -116,7 +116,8 @@ def stage_parser(name: str):
     """The argument parser of `tinystories <name>` (its `--help`; the docs' CLI reference is built from it)."""
     from tinystories.core.config import build_parser
 
-    return build_parser(_import_stage(name).ARGUMENTS)
+    module = _import_stage(name)
+    return build_parser(module.ARGUMENTS, getattr(module, "DEFAULTS", None))
 
 
 def _usage() -> str:

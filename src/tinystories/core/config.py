@@ -41,6 +41,8 @@ ALIASES: dict[str, str] = {
     "dataset_name": "data",
     "source_data": "data",
     "input": "data",
+    "source_split": "split",
+    "source_text_column": "text_column",
     "eval_dataset_name": "eval_data",
     "dataset_revision": "data_revision",
     "dataset_config_name": "data_config",
@@ -62,9 +64,12 @@ def _known_keys(parser: TrlParser) -> set[str]:
     return {a.dest for a in parser._actions if a.dest != "help"}
 
 
-def build_parser(dataclass_types: Sequence[type]) -> TrlParser:
-    """The parser of a stage: its dataclasses' fields as flags; an aliased old field is hidden from --help."""
+def build_parser(dataclass_types: Sequence[type], defaults: dict[str, Any] | None = None) -> TrlParser:
+    """The parser of a stage: its dataclasses' fields as flags, with the stage's own `defaults` (shown by
+    --help); an aliased old field is hidden from --help."""
     parser = TrlParser(dataclass_types=list(dataclass_types))
+    if defaults:
+        parser.set_defaults_with_config(**defaults)
     known = _known_keys(parser)
     for action in parser._actions:
         if action.help:  # argparse %-formats help: a literal "3.5% of" would crash --help
@@ -119,13 +124,15 @@ def check_keys(keys: Sequence[str], known: set[str], where: str) -> None:
     )
 
 
-def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+def parse_args(
+    dataclass_types: Sequence[type], argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None
+) -> tuple[Any, ...]:
     """Parse `--config recipe.yaml` + CLI overrides into instances of `dataclass_types`.
 
     Unknown YAML keys and unknown CLI flags raise `ConfigError` before any work starts.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(dataclass_types)
+    parser = build_parser(dataclass_types, defaults)
     known = _known_keys(parser)
     if "--config" in argv:
         i = argv.index("--config")

@@ -12,7 +12,7 @@ from transformers.training_args import ParallelMode
 from tinystories.core import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -32,12 +32,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def resolve_dtype(name: str | None) -> torch.dtype | None:
-    """`float32` / `bfloat16` / `float16` (None: the checkpoint's own)."""
-    if name is None:
-        return None
+def resolve_dtype(precision: str | None = "auto") -> torch.dtype:
+    """The dtype a model runs inference in: `auto` and `fp32` → float32 (exact; a tiny model is fast in it),
+    `bf16`, `fp16`; torch's names (`float32`, ...) are accepted as the same."""
+    name = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", None: "auto"}.get(precision, precision)
+    if name == "auto":
+        return torch.float32
     if name not in DTYPES:
-        raise ConfigError(f"--dtype {name!r}: use one of {', '.join(DTYPES)}")
+        raise ConfigError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     return DTYPES[name]
 
 

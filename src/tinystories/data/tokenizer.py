@@ -38,7 +38,7 @@ DEFAULT_TOKENIZER = "EleutherAI/gpt-neo-125M"
 EOS_TOKEN = "<|endoftext|>"
 
 
-TOKENIZER_FIX = "pass TOKENIZER=<local tokenizer dir> (or --tokenizer_name) or a reachable Hub id"
+TOKENIZER_FIX = "pass TOKENIZER=<local tokenizer dir> (or --tokenizer) or a reachable Hub id"
 
 
 def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER, revision: str | None = None, **kwargs):

@@ -12,6 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from tinystories.core import ConfigError
+from tinystories.core.arguments import (
+    AttentionArguments,
+    BatchArguments,
+    ContextArguments,
+    HeldOutArguments,
+    InferenceArguments,
+    ModelSource,
+    OutputArguments,
+    SamplingArguments,
+    SeedArguments,
+    check_choice,
+    check_min,
+)
 from tinystories.core.paths import data_name, public_name, resolve_hub_id
 from tinystories.core.runtime import resolve_device, resolve_dtype
 from tinystories.data.loading import EvalTexts
@@ -39,47 +52,26 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class EvalArguments:
-    # ----- models and data
+class EvalArguments(
+    ModelSource,
+    HeldOutArguments,
+    InferenceArguments,
+    SamplingArguments,
+    AttentionArguments,
+    BatchArguments,
+    ContextArguments,
+    SeedArguments,
+    OutputArguments,
+):
+    # ----- models (data, split, held-out part: HeldOutArguments; device, precision: InferenceArguments)
     model: list[str] = field(
         default_factory=lambda: ["roneneldan/TinyStories-33M"],
         metadata={"help": "one or more Hub ids or local model dirs (repeat --model or list several)"},
     )
-    revision: str | None = field(default=None, metadata={"help": "Hub revision for every --model"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (default: the model's own)"})
-    data: str = field(
-        default="roneneldan/TinyStories",
-        metadata={"help": "Hub dataset id or local .txt/.jsonl/.json/.parquet/save_to_disk dir"},
-    )
-    split: str = field(
-        default="validation",
-        metadata={
-            "help": "split of a Hub dataset / saved DatasetDict to score (a plain file is scored whole)"
-        },
-    )
-    validation_fraction: float | None = field(
-        default=None,
-        metadata={
-            "help": "score what a training run with this held-out fraction (and --seed) held out; "
-            "default: the whole of a local file, the --split of a Hub dataset"
-        },
-    )
-    seed: int = field(default=42, metadata={"help": "seed of the held-out split and of sampling"})
-    text_column: str = field(default="text", metadata={"help": "text column of the data"})
-    max_samples: int | None = field(default=None, metadata={"help": "evaluate on the first N stories only"})
     # ----- loss
-    max_length: int | None = field(
-        default=None, metadata={"help": "tokens per window (default min(max_position_embeddings, 512))"}
-    )
     stride: int | None = field(
         default=None, metadata={"help": "new tokens per window for long stories (default max_length // 2)"}
     )
-    batch_size: int = field(default=16, metadata={"help": "windows per forward pass"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
-    dtype: str = field(
-        default="float32", metadata={"help": "float32, bfloat16 or float16 for the forward pass"}
-    )
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, flex or eager"})
     skip_loss: bool = field(default=False, metadata={"help": "skip the held-out loss"})
     # ----- completions
     prompts: str = field(
@@ -92,16 +84,10 @@ class EvalArguments:
     generate: bool = field(default=True, metadata={"help": "complete the evaluation prompts"})
     num_prompts: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
     num_completions: int = field(default=1, metadata={"help": "completions per prompt (the paper used 10)"})
-    max_new_tokens: int = field(
-        default=200, metadata={"help": "tokens per completion (capped by the context)"}
-    )
     generation_batch_size: int = field(
         default=16,
         metadata={"help": "prompts sampled per generate call (left-padded; x num_completions sequences)"},
     )
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature; 0 = greedy"})
-    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling"})
-    top_k: int | None = field(default=None, metadata={"help": "top-k sampling (None = off)"})
     # ----- instruction following (instruct_eval.py)
     instruct_eval: str = field(
         default="auto",
@@ -123,21 +109,20 @@ class EvalArguments:
         default=None,
         metadata={"help": "base model for --instruct_eval (default: the adapter's / card_info.json's base)"},
     )
-    # ----- outputs
-    output_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "where eval_results.json goes (default: the model dir / outputs/eval/<org>__<name>)"
-        },
-    )
+    # ----- outputs (--output_dir: eval_results.json, default: the model dir / outputs/eval/<org>__<name>)
     comparison_dir: str = field(default="outputs/eval", metadata={"help": "where the comparison table goes"})
     write_card: bool = field(
         default=True, metadata={"help": "re-render the model card of a trained model dir"}
     )
 
-    def __post_init__(self):
-        if self.instruct_eval not in ("auto", "true", "false"):
-            raise ConfigError(f"--instruct_eval must be auto, true or false, got {self.instruct_eval!r}")
+    def check(self):
+        check_choice("instruct_eval", self.instruct_eval, ("auto", "true", "false"))
+        check_min("generation_batch_size", self.generation_batch_size, 1)
+        check_min("num_completions", self.num_completions, 1)
+        check_min("num_prompts", self.num_prompts, 1)
+        check_min("instruct_prompts", self.instruct_prompts, 0)
+        check_min("feature_prompts", self.feature_prompts, 0)
+        check_min("stride", self.stride, 1)
 
 
 def _score(model, tokenizer, texts: EvalTexts, args: EvalArguments, max_length: int, name: str) -> dict:
@@ -183,7 +168,7 @@ def _base_instruct_eval(base: str, triples: list, asks: list, args: EvalArgument
         [base, triples, [a["id"] for a in asks], dataclasses.asdict(args)], sort_keys=True, default=str
     )
     if key not in cache:
-        device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+        device, dtype = resolve_device(args.device), resolve_dtype(args.precision)
         base_model = load_model(base, attn_implementation=args.attn_implementation, dtype=dtype).to(device)
         base_label, base_tokenizer = resolve_hub_id(base) or public_name(base), load_tokenizer(base)
         word_rows, words = instruct_words(base_model, base_tokenizer, triples, args, base_label)
@@ -238,7 +223,7 @@ def evaluate_model(
         name,
         attn_implementation=args.attn_implementation,
         revision=args.revision,
-        dtype=resolve_dtype(args.dtype),
+        dtype=resolve_dtype(args.precision),
     ).to(resolve_device(args.device))
     tokenizer = load_tokenizer(args.tokenizer or name, revision=None if args.tokenizer else args.revision)
     stored = int(getattr(model.config, "max_position_embeddings", 0) or context_limit(model))
@@ -254,7 +239,7 @@ def evaluate_model(
         "dataset": data_name(args.data),
         "max_length": max_length,
         "num_parameters": sum(p.numel() for p in model.parameters()),
-        "dtype": args.dtype,
+        "precision": args.precision,
     }
     existing = read_results(out_dir)
     if texts is not None:

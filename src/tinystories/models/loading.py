@@ -18,6 +18,7 @@ from peft import PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
 from tinystories.core import TRAINED_CONTEXT, ConfigError, offline_hint
+from tinystories.core.arguments import ATTENTION_KERNELS
 from tinystories.core.paths import is_hub_id, looks_like_path
 from tinystories.models.attention import use_fast_attention, use_fast_gelu
 from tinystories.models.checkpoints import ensure_safetensors, fetch_checkpoint
@@ -28,7 +29,7 @@ MODEL_FIX = (
     "pass MODEL=<local model dir> (a folder with config.json and model.safetensors or pytorch_model.bin, or a "
     "LoRA adapter folder) or a reachable Hub id"
 )
-ATTENTION_BACKENDS = ("sdpa", "flex", "eager")
+ATTENTION_BACKENDS = ATTENTION_KERNELS  # the one list: core.arguments
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 

@@ -19,8 +19,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from tinystories.analysis.heads import KIND_RULE, HeadStatistics, copying_score, layer_attention_types
 from tinystories.analysis.heads import __doc__ as HEADS_DOC
 from tinystories.analysis.inputs import WordCategories, encode_stories, run_batches
@@ -34,9 +32,19 @@ from tinystories.analysis.neurons import (
 from tinystories.analysis.plots import plot_attention_patterns, plot_head_distances, plot_neuron_roles
 from tinystories.analysis.report import analysis_output_dir, write_analysis
 from tinystories.core import ConfigError
+from tinystories.core.arguments import (
+    BatchArguments,
+    ContextArguments,
+    HeldOutArguments,
+    InferenceArguments,
+    ModelSource,
+    OutputArguments,
+    SeedArguments,
+    check_min,
+)
 from tinystories.core.config import parse_args, setup_logging
 from tinystories.core.paths import data_name, public_name, resolve_hub_id
-from tinystories.core.runtime import resolve_device
+from tinystories.core.runtime import resolve_device, resolve_dtype
 from tinystories.data.loading import load_eval_texts
 from tinystories.data.tokenizer import load_tokenizer
 from tinystories.hub.cards import link_figures
@@ -46,51 +54,46 @@ logger = logging.getLogger("tinystories.analysis")
 
 
 @dataclass
-class AnalysisArguments:
-    model: str = field(
-        default="roneneldan/TinyStories-1Layer-21M",
-        metadata={"help": "Hub id, local model dir or LoRA adapter dir (default: the paper's 1-layer model)"},
-    )
-    revision: str | None = field(default=None, metadata={"help": "Hub revision of --model"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (default: the model's own)"})
-    data: str = field(default="roneneldan/TinyStories", metadata={"help": "Hub dataset id or local path"})
-    split: str = field(default="validation", metadata={"help": "split of a Hub dataset (a file: all of it)"})
-    validation_fraction: float | None = field(
-        default=None, metadata={"help": "analyse what a training run with this fraction held out"}
-    )
-    seed: int = field(default=42, metadata={"help": "seed of the held-out split and of the random control"})
-    text_column: str = "text"
-    max_samples: int = field(default=100, metadata={"help": "analyse the first N stories"})
-    max_length: int | None = field(
-        default=None, metadata={"help": "tokens per story, EOS included (default min(512, max positions))"}
-    )
-    batch_size: int = field(default=8, metadata={"help": "stories per forward pass"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
+class AnalysisArguments(
+    ModelSource,
+    HeldOutArguments,
+    InferenceArguments,
+    BatchArguments,
+    ContextArguments,
+    SeedArguments,
+    OutputArguments,
+):
+    """--model (default: the paper's 1-layer model), --data / --split / --validation_fraction, --max_samples
+    stories, --seed (held-out split and the random control), --output_dir (default: <model dir>/analysis or
+    outputs/analysis/<org>__<name>)."""
+
     top_neurons: int = field(default=8, metadata={"help": "most selective neurons listed per layer"})
     top_activations: int = field(default=50, metadata={"help": "top activations kept per neuron"})
     random_control: bool = field(
         default=True, metadata={"help": "measure neuron roles on a random init of the same shape too"}
     )
     pattern_tokens: int = field(default=40, metadata={"help": "tokens shown in the attention-pattern figure"})
-    output_dir: str | None = field(
-        default=None, metadata={"help": "default: <model dir>/analysis or outputs/analysis/<org>__<name>"}
-    )
+
+    def check(self):
+        for flag in ("top_neurons", "top_activations", "pattern_tokens"):
+            check_min(flag, getattr(self, flag), 1)
 
 
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (AnalysisArguments,)
+DEFAULTS = {"model": "roneneldan/TinyStories-1Layer-21M", "max_samples": 100, "batch_size": 8}
 
 
 def main(argv: list[str] | None = None) -> int:
-    (args,) = parse_args(ARGUMENTS, argv)
+    (args,) = parse_args(ARGUMENTS, argv, DEFAULTS)
     setup_logging()
-    if args.max_samples < 1 or args.batch_size < 1 or args.top_activations < 1:
-        raise ConfigError("--max_samples, --batch_size and --top_activations must be at least 1")
     device = resolve_device(args.device)
     texts = load_eval_texts(
         args.data, args.split, args.validation_fraction, args.seed, args.text_column, args.max_samples
     )
-    model = load_model(args.model, attn_implementation="eager", revision=args.revision, dtype=torch.float32)
+    model = load_model(
+        args.model, attn_implementation="eager", revision=args.revision, dtype=resolve_dtype(args.precision)
+    )
     model = model.to(device).eval()
     tokenizer = load_tokenizer(
         args.tokenizer or args.model, revision=None if args.tokenizer else args.revision

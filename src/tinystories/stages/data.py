@@ -13,11 +13,12 @@ from tinystories.synthesis.job import run
 
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (SynthesisArguments,)
+DEFAULTS = {"output_dir": "outputs/data/tinystories", "batch_size": 32}
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    (args,) = parse_args(ARGUMENTS, argv)
+    (args,) = parse_args(ARGUMENTS, argv, DEFAULTS)
     result = run(args)
     print(json.dumps(result, indent=2, default=str))
     shard = result.get("shard", {})

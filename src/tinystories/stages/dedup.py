@@ -20,6 +20,13 @@ import numpy as np
 from datasets import Dataset
 
 from tinystories.core import EVAL_PROMPTS_FILE, REPO_ROOT, ConfigError
+from tinystories.core.arguments import (
+    BatchArguments,
+    DataSource,
+    OutputArguments,
+    SeedArguments,
+    SplitArguments,
+)
 from tinystories.core.config import parse_args
 from tinystories.core.paths import display_path
 from tinystories.data.loading import load_split
@@ -30,20 +37,15 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DedupArguments:
-    input: str | None = field(
-        default=None,
-        metadata={
-            "help": "IN: .txt (release format), .jsonl/.json, .parquet, save_to_disk dir, a `tinystories data` output dir, or Hub id"
-        },
-    )
-    output_dir: str | None = field(
-        default=None, metadata={"help": "OUT: writes data/, dropped/, dedup_stats.json"}
-    )
+class DedupArguments(DataSource, SplitArguments, BatchArguments, SeedArguments, OutputArguments):
+    """--data (IN): .txt (release format), .jsonl/.json, .parquet, save_to_disk dir, a `tinystories data` output
+    dir, or Hub id; --output_dir (OUT): writes data/, dropped/, dedup_stats.json; --text_column: the column to
+    compare; --seed: of the MinHash hash functions."""
+
     text_column: str | None = field(
         default=None, metadata={"help": "column to compare (default: 'story' when present, else 'text')"}
     )
-    split: str = field(default="train", metadata={"help": "split to read when the input has several"})
+
     # exact + near duplicates
     exact: bool = field(default=True, metadata={"help": "drop exact duplicates (normalised text hash)"})
     near: bool = field(default=True, metadata={"help": "drop near duplicates (MinHash + LSH)"})
@@ -55,7 +57,6 @@ class DedupArguments:
     num_bands: int | None = field(
         default=None, metadata={"help": "LSH bands (default: optimised for threshold)"}
     )
-    seed: int = field(default=42, metadata={"help": "seed of the MinHash hash functions"})
     # decontamination
     decontaminate: bool = field(
         default=True, metadata={"help": "drop stories that contain an evaluation prompt"}
@@ -74,15 +75,14 @@ class DedupArguments:
     num_proc: int = field(
         default_factory=lambda: max(1, min(8, os.cpu_count() or 1)), metadata={"help": "hashing processes"}
     )
-    batch_size: int = field(default=2000, metadata={"help": "stories per hashing task"})
     write_txt: bool = field(
         default=False,
         metadata={"help": "also write data.txt in the release format (<|endoftext|> between stories)"},
     )
 
     def validate(self) -> None:
-        if not self.input or not self.output_dir:
-            raise ConfigError("dedup needs --input IN and --output_dir OUT (make dedup IN=... OUT=...)")
+        if not self.data or not self.output_dir:
+            raise ConfigError("dedup needs --data IN and --output_dir OUT (make dedup IN=... OUT=...)")
         if not 0 < self.threshold <= 1 or not 0 < self.decontaminate_threshold <= 1:
             raise ConfigError("threshold and decontaminate_threshold must be in (0, 1]")
         if self.ngram_size < 1 or self.decontaminate_ngram < 1 or self.num_perm < 2 or self.num_proc < 1:
@@ -136,17 +136,17 @@ def _write_outputs(ds: Dataset, column: str, result: DedupResult, out: Path, wri
 
 
 def run(args: DedupArguments) -> dict[str, Any]:
-    """Deduplicate `args.input` into `args.output_dir`; returns the `dedup_stats.json` dict."""
+    """Deduplicate `args.data` into `args.output_dir`; returns the `dedup_stats.json` dict."""
     args.validate()
     eval_paths = _eval_prompt_files(args)
     prompts = read_eval_prompts(eval_paths) if (args.decontaminate and eval_paths) else []
     t0 = time.perf_counter()
-    ds = load_input(args.input, args.split)
+    ds = load_input(args.data, args.split)
     t_load = time.perf_counter() - t0
     column = args.text_column or ("story" if "story" in ds.column_names else "text")
     if column not in ds.column_names:
         raise ConfigError(
-            f"{args.input!r} has no {column!r} column (columns: {ds.column_names}); pass --text_column"
+            f"{args.data!r} has no {column!r} column (columns: {ds.column_names}); pass --text_column"
         )
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ def run(args: DedupArguments) -> dict[str, Any]:
     t1 = time.perf_counter()
     _write_outputs(ds, column, result, out, args.write_txt)
     stats = {  # no absolute local paths in shared outputs
-        "source": display_path(args.input, REPO_ROOT) if Path(args.input).exists() else args.input,
+        "source": display_path(args.data, REPO_ROOT) if Path(args.data).exists() else args.data,
         "text_column": column,
         **result.stats,
         "eval_prompts_files": [display_path(p, REPO_ROOT) for p in eval_paths or []],
@@ -187,11 +187,12 @@ def run(args: DedupArguments) -> dict[str, Any]:
 
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (DedupArguments,)
+DEFAULTS = {"data": None, "batch_size": 2000}
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    (args,) = parse_args(ARGUMENTS, argv)
+    (args,) = parse_args(ARGUMENTS, argv, DEFAULTS)
     stats = run(args)
     print(json.dumps(stats, indent=2))
     print(f"kept {stats['kept']} of {stats['input']} -> {Path(args.output_dir) / 'data'}")

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for value in args.model for m in value.split()]
     if not models:
         raise ConfigError("no --model given: pass MODEL=<Hub id or dir> (several separated by spaces)")
-    resolve_dtype(args.dtype), resolve_device(args.device)  # bad values fail before any model is loaded
+    resolve_dtype(args.precision), resolve_device(args.device)  # bad values fail before any model is loaded
     if judge_args.enabled:
         judge_args.validate()  # a missing key fails here, before any model is loaded
         if not args.generate:

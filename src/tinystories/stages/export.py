@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinystories.core import ConfigError
+from tinystories.core.arguments import ModelSource, OutputArguments
 from tinystories.core.config import parse_args, setup_logging
 from tinystories.core.paths import public_name
 from tinystories.data.tokenizer import load_tokenizer
@@ -37,18 +38,10 @@ DEFAULT_SUBDIR = "onnx-export"
 
 
 @dataclass
-class ExportArguments:
-    model: str | None = field(
-        default=None, metadata={"help": "run dir, Hub id or LoRA adapter dir (merged onto its base first)"}
-    )
-    revision: str | None = field(default=None, metadata={"help": "Hub revision of --model"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (default: the model's own)"})
-    output_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": f"default: <model dir>/{DEFAULT_SUBDIR}, or outputs/export/<org>__<name> for a Hub id"
-        },
-    )
+class ExportArguments(ModelSource, OutputArguments):
+    """--model (run dir, Hub id or LoRA adapter dir, merged first), --tokenizer, --output_dir (default:
+    <model dir>/onnx-export, or outputs/export/<org>__<name> for a Hub id)."""
+
     quantize: str = field(default="none", metadata={"help": "none, or int8: also onnx/model_quantized.onnx"})
     opset: int = field(default=DEFAULT_OPSET, metadata={"help": "ONNX opset of the graph"})
     verify: bool = field(

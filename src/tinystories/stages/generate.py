@@ -18,6 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tinystories.core import TRAINED_CONTEXT, ConfigError
+from tinystories.core.arguments import (
+    InferenceArguments,
+    ModelSource,
+    SamplingArguments,
+    SeedArguments,
+    check_min,
+)
 from tinystories.core.config import parse_args
 from tinystories.core.runtime import resolve_device, resolve_dtype
 from tinystories.data.instruct import build_prompt
@@ -29,12 +36,7 @@ __all__ = ["TRAINED_CONTEXT", "GenerateArguments", "context_limit", "generate_st
 
 
 @dataclass
-class GenerateArguments:
-    model: str = field(
-        default="roneneldan/TinyStories-Instruct-33M",
-        metadata={"help": "Hub id or local dir of a causal LM, or a LoRA adapter dir (merged onto its base)"},
-    )
-    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)"})
+class GenerateArguments(ModelSource, SamplingArguments, InferenceArguments, SeedArguments):
     prompt: str | None = field(
         default=None,
         metadata={"help": "plain story beginning, e.g. 'Once upon a time' (after the instructions)"},
@@ -49,23 +51,15 @@ class GenerateArguments:
     random_sentence: str | None = field(
         default=None, metadata={"help": "Instruct: a sentence the story must include"}
     )
-    max_new_tokens: int = field(
-        default=400, metadata={"help": f"capped so that prompt + story <= {TRAINED_CONTEXT} tokens"}
-    )
-    temperature: float = field(default=0.8, metadata={"help": "0 = greedy decoding"})
-    top_k: int | None = field(default=None, metadata={"help": "sample among the k most likely tokens"})
-    top_p: float | None = field(default=0.95, metadata={"help": "nucleus sampling (1.0 or unset = off)"})
     num_stories: int = field(
         default=1, metadata={"help": "how many stories to sample (printed one per block)"}
-    )
-    seed: int = field(default=42, metadata={"help": "random seed (the same seed gives the same story)"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
-    dtype: str | None = field(
-        default=None, metadata={"help": "float32, bfloat16 or float16 (default: float32)"}
     )
     show_prompt: bool = field(
         default=False, metadata={"help": "also print the Instruct prompt before the story (debugging)"}
     )
+
+    def check(self):
+        check_min("num_stories", self.num_stories, 1)
 
 
 def _split_list(values: list[str] | None) -> list[str]:
@@ -86,14 +80,13 @@ def build_generation_prompt(args: GenerateArguments) -> tuple[str, bool]:
 
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (GenerateArguments,)
+DEFAULTS = {"model": "roneneldan/TinyStories-Instruct-33M", "max_new_tokens": 400, "temperature": 0.8}
 
 
 def main(argv: list[str] | None = None) -> int:
-    (args,) = parse_args(ARGUMENTS, argv)
-    if args.num_stories < 1 or args.max_new_tokens < 1:
-        raise ConfigError("--num_stories and --max_new_tokens must be at least 1")
+    (args,) = parse_args(ARGUMENTS, argv, DEFAULTS)
     prompt, _ = build_generation_prompt(args)
-    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    device, dtype = resolve_device(args.device), resolve_dtype(args.precision)
 
     tokenizer = load_tokenizer(args.model, revision=args.revision)
     model = load_model(args.model, revision=args.revision, dtype=dtype).to(device)

@@ -22,15 +22,14 @@ in `merged/` is a plain `transformers` model that needs neither PEFT nor the bas
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from tinystories.core.config import parse_args, setup_logging
 from tinystories.models.sizes import block_linear_shapes
 from tinystories.training.finetune.arguments import (
+    DEFAULT_INSTRUCT_DATA,
     GPT_NEO_TARGET_MODULES,
-    FinetuneArguments,
-    FinetuneModelConfig,
-    TinyStoriesSFTConfig,
+    LoraModelConfig,
+    LoraScriptArguments,
+    TinyStoriesLoraConfig,
 )
 from tinystories.training.finetune.pipeline import run
 from tinystories.training.finetune.trainer import adapter_base_name
@@ -46,29 +45,6 @@ __all__ = [
 ]
 
 
-@dataclass
-class LoraScriptArguments(FinetuneArguments):
-    data_format: str = field(
-        default="auto",
-        metadata={
-            "help": "instruct (loss on the story after the instructions), stories (plain text), or auto"
-        },
-    )
-
-
-@dataclass
-class LoraModelConfig(FinetuneModelConfig):
-    use_peft: bool = field(default=True, metadata={"help": "train a LoRA adapter (false: full fine-tuning)"})
-
-
-@dataclass
-class TinyStoriesLoraConfig(TinyStoriesSFTConfig):
-    output_dir: str | None = field(default="outputs/lora", metadata={"help": "where the adapter is saved"})
-    learning_rate: float = field(
-        default=1e-3, metadata={"help": "LoRA tolerates a larger lr than full fine-tuning"}
-    )
-
-
 def expected_trainable_parameters(config, r: int, target_modules: list[str] | str | None = None) -> int:
     """LoRA parameters: r × (in + out) per adapted Linear (GPT-Neo with all six: 18·r·hidden per layer)."""
     shapes = block_linear_shapes(config)
@@ -80,10 +56,11 @@ def expected_trainable_parameters(config, r: int, target_modules: list[str] | st
 
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (LoraScriptArguments, TinyStoriesLoraConfig, LoraModelConfig)
+DEFAULTS = {"data": DEFAULT_INSTRUCT_DATA, "output_dir": "outputs/lora"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, training_args, model_config = parse_args(ARGUMENTS, argv)
+    args, training_args, model_config = parse_args(ARGUMENTS, argv, DEFAULTS)
     setup_logging()
     run(args, training_args, model_config)
     return 0

@@ -1,7 +1,7 @@
 """`tinystories pull`: download a released checkpoint (e.g. `roneneldan/TinyStories-33M`) from the Hub.
 
     tinystories pull --model roneneldan/TinyStories-33M                 # into the HF cache
-    tinystories pull --model roneneldan/TinyStories-33M --local_dir outputs/pulled/TinyStories-33M
+    tinystories pull --model roneneldan/TinyStories-33M --output_dir outputs/pulled/TinyStories-33M
     tinystories pull --model roneneldan/TinyStories-33M --revision <branch, tag, commit or refs/pr/<n>>
 
 Weights, configs, tokenizer files and the card go into the HF cache; no repository code runs (no
@@ -11,7 +11,7 @@ that names anything else is refused, and nothing in it runs) and converted once 
 cache's snapshot folder of that commit (`tinystories.models.checkpoints`). A revision without tokenizer files (some of
 the Hub's conversion PRs `refs/pr/<n>`) gets `main`'s. After a pull every stage accepts the Hub id
 (`--model roneneldan/TinyStories-33M`, plus `--revision` when one was pulled), also with `HF_HUB_OFFLINE=1`.
-`--local_dir` adds a plain copy (safetensors, config, tokenizer, card, `pull_info.json`; never a pickle) that
+`--output_dir` adds a plain copy (safetensors, config, tokenizer, card, `pull_info.json`; never a pickle) that
 every stage accepts as a local model dir.
 """
 
@@ -26,6 +26,7 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from tinystories.core import TRAINED_CONTEXT
+from tinystories.core.arguments import ModelRef, OutputArguments
 from tinystories.core.config import parse_args
 from tinystories.core.paths import PULL_INFO_FILE
 from tinystories.data.tokenizer import load_tokenizer
@@ -33,12 +34,10 @@ from tinystories.models.checkpoints import ALLOW_PATTERNS, fetch_checkpoint
 
 
 @dataclass
-class PullArguments:
-    model: str = field(default="roneneldan/TinyStories-33M", metadata={"help": "Hub model id"})
-    revision: str | None = field(default=None, metadata={"help": "branch, tag, commit or refs/pr/<n>"})
-    local_dir: str | None = field(
-        default=None, metadata={"help": "also copy the files here (safetensors, config, tokenizer)"}
-    )
+class PullArguments(ModelRef, OutputArguments):
+    """--model: a Hub model id; --revision: branch, tag, commit or refs/pr/<n>; --output_dir: also copy the files
+    here (safetensors, config, tokenizer)."""
+
     verify: bool = field(default=True, metadata={"help": "load the config and tokenizer after downloading"})
 
 
@@ -90,18 +89,19 @@ def describe(folder: Path) -> str:
 
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (PullArguments,)
+DEFAULTS = {"model": "roneneldan/TinyStories-33M"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    (args,) = parse_args(ARGUMENTS, argv)
-    folder = pull(args.model, args.revision, args.local_dir)
+    (args,) = parse_args(ARGUMENTS, argv, DEFAULTS)
+    folder = pull(args.model, args.revision, args.output_dir)
     print(f"pulled {args.model}{'@' + args.revision if args.revision else ''}: {describe(folder)}")
     if args.verify:
         AutoConfig.from_pretrained(folder, trust_remote_code=False)
         tokenizer = load_tokenizer(str(folder))
         print(f"tokenizer: {len(tokenizer):,} tokens, eos {tokenizer.eos_token!r}")
-    target = args.local_dir or args.model
-    hint = f" --revision {args.revision}" if args.revision and not args.local_dir else ""
+    target = args.output_dir or args.model
+    hint = f" --revision {args.revision}" if args.revision and not args.output_dir else ""
     make_args = f' ARGS="{hint.strip()}"' if hint else ""
     print(
         f"use it with: make eval MODEL={target}{make_args}   |   tinystories generate --model {target}{hint}"

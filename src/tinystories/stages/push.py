@@ -9,21 +9,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinystories.core import ConfigError
+from tinystories.core.arguments import ModelRef
 from tinystories.core.config import parse_args
 from tinystories.hub.staging import push_folder
 
 
 @dataclass
-class PushArguments:
-    model: str = field(
-        default=None, metadata={"help": "folder to upload (a trained model dir or a dataset dir)"}
-    )
+class PushArguments(ModelRef):
+    """--model: the folder to upload (a trained model dir or a dataset dir); --revision: the branch to push to
+    (created if missing)."""
+
     repo: str = field(default=None, metadata={"help": "target Hub repo id, `user/name`"})
     repo_type: str = field(
         default="model", metadata={"help": "model, dataset, or space (an evaluate metric module)"}
     )
     private: bool = field(default=False, metadata={"help": "create the repo private"})
-    revision: str | None = field(default=None, metadata={"help": "branch to push to (created if missing)"})
     commit_message: str | None = field(default=None, metadata={"help": "commit message"})
     dry_run: bool = field(
         default=False, metadata={"help": "only stage the exact upload folder and print its path"}

@@ -33,10 +33,11 @@ class SFTScriptArguments(FinetuneArguments):
 
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (SFTScriptArguments, TinyStoriesSFTConfig, FinetuneModelConfig)
+DEFAULTS = {"data": DEFAULT_INSTRUCT_DATA, "output_dir": "outputs/sft"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, training_args, model_config = parse_args(ARGUMENTS, argv)
+    args, training_args, model_config = parse_args(ARGUMENTS, argv, DEFAULTS)
     setup_logging()
     run(args, training_args, model_config)
     return 0

@@ -23,6 +23,13 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from tinystories.core.arguments import (
+    DataSource,
+    InferenceArguments,
+    OutputArguments,
+    SamplingArguments,
+    TokenizerSource,
+)
 from tinystories.core.config import parse_args, setup_logging
 from tinystories.data.loading import load_eval_texts
 from tinystories.evaluation.generation import load_prompt_set
@@ -52,7 +59,11 @@ logger = logging.getLogger("tinystories.sweep")
 
 
 @dataclass
-class SweepArguments:
+class SweepArguments(DataSource, TokenizerSource, InferenceArguments, SamplingArguments, OutputArguments):
+    """--data, --text_column, --tokenizer: set the pretraining recipe's (default: the recipe's own);
+    --output_dir: one folder per cell inside; --device, --precision and the sampling flags: how cells are
+    evaluated."""
+
     train_config: str = field(
         default="recipes/pretrain/33M.yaml",
         metadata={"help": "the pretraining recipe every cell starts from"},
@@ -63,8 +74,6 @@ class SweepArguments:
     train_args: list[str] = field(
         default_factory=list, metadata={"help": "key=value pretraining overrides for every cell"}
     )
-    data: str | None = field(default=None, metadata={"help": "training data (the recipe's dataset_name)"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (the recipe's tokenizer_name)"})
     architectures: list[str] = field(
         default_factory=lambda: ["gpt_neo"],
         metadata={"help": "gpt_neo and/or llama (Llama blocks of matched non-embedding parameters)"},
@@ -75,14 +84,11 @@ class SweepArguments:
     train_tokens: list[int] = field(
         default_factory=list, metadata={"help": "token budgets (replace --max_steps: steps = tokens / step)"}
     )
-    output_dir: str = field(default="outputs/sweep", metadata={"help": "one folder per cell inside"})
     eval_samples: int | None = field(default=1000, metadata={"help": "held-out stories scored per cell"})
     eval_batch_size: int = 16
-    device: str = field(default="auto", metadata={"help": "where cells are evaluated"})
     prompts: str = field(default="paper", metadata={"help": "judge prompts: paper, project or a JSONL"})
     num_prompts: int | None = None
     num_completions: int = 1
-    max_new_tokens: int = 200
 
 
 def non_embedding_count(cell_dir: Path) -> int:
@@ -114,10 +120,11 @@ def run_cell(cell: Cell, argv: list[str], texts, prompts, eval_args, judge_args)
 
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (SweepArguments, JudgeArguments)
+DEFAULTS = {"data": None, "text_column": None, "output_dir": "outputs/sweep"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, judge_args = parse_args(ARGUMENTS, argv)
+    args, judge_args = parse_args(ARGUMENTS, argv, DEFAULTS)
     setup_logging()
     judge_args.validate()  # a missing key fails now, not after the first cell trained
 
@@ -127,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         resolve_recipe(args.train_config),
         *override_flags(args.train_overrides, args.train_args),
     ]
-    base += [*(["--dataset_name", args.data] if args.data else [])]
-    base += [*(["--tokenizer_name", args.tokenizer] if args.tokenizer else [])]
+    for flag in ("data", "text_column", "tokenizer"):
+        base += [f"--{flag}", getattr(args, flag)] if getattr(args, flag) else []
     _, data_args, train = parse_args((ModelArguments, DataArguments, PretrainConfig), base)
     configure_batch(train)
     per_step = train.per_device_train_batch_size * train.world_size * train.gradient_accumulation_steps
@@ -146,19 +153,23 @@ def main(argv: list[str] | None = None) -> int:
 
     # the stories every training run held out (or its eval data), scored by `tinystories eval`'s path
     texts = load_eval_texts(
-        data_args.eval_dataset_name or data_args.dataset_name,
+        data_args.eval_data or data_args.data,
         "validation",
-        None if data_args.eval_dataset_name else data_args.validation_fraction,
+        None if data_args.eval_data else data_args.validation_fraction,
         train.seed,
         data_args.text_column,
         args.eval_samples,
     )
     prompts = load_prompt_set(args.prompts, args.num_prompts) if judge_args.enabled else None
     eval_args = EvalArguments(
-        data=data_args.dataset_name,
+        data=data_args.data,
         seed=train.seed,
         batch_size=args.eval_batch_size,
         device=args.device,
+        precision=args.precision,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
         prompts=args.prompts,
         generate=judge_args.enabled,
         num_prompts=args.num_prompts,

@@ -14,6 +14,7 @@ from transformers import set_seed
 
 from tinystories.core.config import parse_args, setup_logging
 from tinystories.data.packing import PackedCollator
+from tinystories.data.tokenizer import DEFAULT_TOKENIZER
 from tinystories.models.sizes import count_non_embedding_params
 from tinystories.training.pretraining import (
     DataArguments,
@@ -35,10 +36,11 @@ logger = logging.getLogger("tinystories.stages.train")
 
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (ModelArguments, DataArguments, PretrainConfig)
+DEFAULTS = {"output_dir": "outputs/pretrain", "tokenizer": DEFAULT_TOKENIZER}
 
 
 def main(argv: list[str] | None = None) -> int:
-    model_args, data_args, args = parse_args(ARGUMENTS, argv)
+    model_args, data_args, args = parse_args(ARGUMENTS, argv, DEFAULTS)
     setup_logging()
     validate(model_args, data_args, args)
     configure_batch(args)
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     run_info = run_record(
         "pretrain",
         trainer,
-        datasets=[data_args.dataset_name],
+        datasets=[data_args.data],
         tokenizer=tokenizer_label(data_args, tokenizer),
         context_length=data_args.block_size,
         hparams={"block_size": data_args.block_size},

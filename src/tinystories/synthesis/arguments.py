@@ -7,6 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinystories.core import ConfigError
+from tinystories.core.arguments import (
+    BatchArguments,
+    DataSource,
+    ModelRef,
+    OutputArguments,
+    SeedArguments,
+    SplitArguments,
+)
 from tinystories.synthesis.backends import SamplingConfig
 from tinystories.synthesis.prompts import Vocabulary
 
@@ -17,22 +25,26 @@ ON_TRUNCATED = ("drop", "keep")
 
 
 @dataclass
-class SynthesisArguments:
-    # --- job
-    output_dir: str = field(
-        default="outputs/data/tinystories", metadata={"help": "where shards and the merged dataset go"}
+class SynthesisArguments(
+    ModelRef, DataSource, SplitArguments, BatchArguments, SeedArguments, OutputArguments
+):
+    """--output_dir: where shards and the merged dataset go; --seed: the prompt seed (record i's words and
+    features depend only on (seed, i)); --model: the LLM that writes (served model name, Hub id or local
+    dir); --data (+ --split, --text_column): a story corpus to make Instruct records from
+    (DATA=): Words, Random sentence and Features derived from each story; --backend stories: no LLM, an LLM
+    backend: the Summary."""
+
+    data: str | None = field(
+        default=None,
+        metadata={"help": "a story corpus to make Instruct records from (default: none, an LLM writes)"},
     )
+    # --- job
     mode: str = field(
         default="stories", metadata={"help": "'stories' (TinyStories) or 'instruct' (TinyStories-Instruct)"}
     )
     num_stories: int = field(
         default=1000,
-        metadata={
-            "help": "records in the whole job (all shards together); with --source_data 0 = every story"
-        },
-    )
-    seed: int = field(
-        default=42, metadata={"help": "prompt seed: record i's words/features depend only on (seed, i)"}
+        metadata={"help": "records in the whole job (all shards together); with --data 0 = every story"},
     )
     num_shards: int = field(
         default=1, metadata={"help": "split the job across this many machines / array tasks"}
@@ -69,18 +81,6 @@ class SynthesisArguments:
     instruct_keep_probability: float = field(
         default=0.75, metadata={"help": "Instruct: chance each instruction field is kept"}
     )
-    # --- Instruct records from an existing story corpus (synthesis/from_stories.py)
-    source_data: str | None = field(
-        default=None,
-        metadata={
-            "help": "Instruct from these stories (Hub id, .txt/.jsonl/.parquet, dir; DATA=): Words, Random "
-            "sentence, Features derived from each story; --backend stories: no LLM, an LLM backend: the Summary"
-        },
-    )
-    source_split: str = field(
-        default="train", metadata={"help": "split of --source_data (a file: all of it)"}
-    )
-    source_text_column: str = field(default="text", metadata={"help": "story column of --source_data"})
     # --- what is kept of a completion
     on_truncated: str = field(
         default="drop",
@@ -94,10 +94,9 @@ class SynthesisArguments:
         default="openai",
         metadata={
             "help": "openai (any OpenAI-compatible server), transformers, vllm, template, "
-            "stories (no model: Instruct records from --source_data)"
+            "stories (no model: Instruct records from --data)"
         },
     )
-    model: str | None = field(default=None, metadata={"help": "served model name / Hub id / local dir"})
     base_url: str | None = field(
         default=None,
         metadata={
@@ -136,9 +135,6 @@ class SynthesisArguments:
             "help": "vllm backend: JSON of extra vllm.LLM(...) arguments, e.g. '{\"tensor_parallel_size\": 8}'"
         },
     )
-    batch_size: int = field(
-        default=32, metadata={"help": "transformers / vllm / template: prompts per batch"}
-    )
 
     def sampling(self) -> SamplingConfig:
         extra = {}
@@ -169,13 +165,18 @@ class SynthesisArguments:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.num_stories < (0 if self.source_data else 1):
-            raise ConfigError(f"num_stories must be >= 1 (0 with --source_data: all), got {self.num_stories}")
+        if self.num_stories < (0 if self.data else 1):
+            raise ConfigError(f"num_stories must be >= 1 (0 with --data: all), got {self.num_stories}")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
             raise ConfigError(
                 f"shard_index must be in [0, num_shards): got shard_index={self.shard_index}, num_shards={self.num_shards}"
             )
         self._validate_source()
+        if self.revision:
+            raise ConfigError(
+                "--revision: the synthesis backends load --model as given; download that revision first "
+                "(tinystories pull --model M --revision R --output_dir DIR) and pass --model DIR"
+            )
         if self.on_truncated not in ON_TRUNCATED:
             raise ConfigError(f"on_truncated must be one of {ON_TRUNCATED}, got {self.on_truncated!r}")
         if self.backend in LLM_BACKENDS and not self.model and not self.merge_only:
@@ -192,13 +193,11 @@ class SynthesisArguments:
         self.engine_kwargs()
 
     def _validate_source(self) -> None:
-        if self.backend == "stories" and not self.source_data:
+        if self.backend == "stories" and not self.data:
+            raise ConfigError("backend 'stories' makes Instruct records from a corpus: pass --data (DATA=)")
+        if self.data and (self.mode != "instruct" or self.backend == "template"):
             raise ConfigError(
-                "backend 'stories' makes Instruct records from a corpus: pass --source_data (DATA=)"
-            )
-        if self.source_data and (self.mode != "instruct" or self.backend == "template"):
-            raise ConfigError(
-                "--source_data makes TinyStories-Instruct records: use --mode instruct with --backend stories "
+                "--data makes TinyStories-Instruct records: use --mode instruct with --backend stories "
                 f"(no LLM) or an LLM backend for the summaries (got mode {self.mode!r}, backend {self.backend!r})"
             )
 

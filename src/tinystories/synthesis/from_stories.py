@@ -1,8 +1,8 @@
 """TinyStories-Instruct records from an existing story corpus: the stories are kept, the instructions derived.
 
-`--source_data` is any corpus `tinystories.data` reads (a `.txt` with `<|endoftext|>` between stories,
+`--data` is any corpus `tinystories.data` reads (a `.txt` with `<|endoftext|>` between stories,
 `.jsonl`/`.json`/`.parquet` with a `text` column, a `save_to_disk` dir, a `tinystories data` output, a Hub id;
-`--source_split` of a Hub dataset). Record `i` is story `i`; its instructions depend only on `(seed, i)`:
+`--split` of a Hub dataset). Record `i` is story `i`; its instructions depend only on `(seed, i)`:
 
 - `Words:` one verb, one noun and one adjective of the project's word lists (`data_generation/`) that the
   story uses, in the lists' base form (`ran` in the story gives `run`; the rule is `tinystories.data.wordforms`,
@@ -93,14 +93,14 @@ class StorySpec(PromptSpec):
 
 
 class StorySource:
-    """The stories of `--source_data` (`--source_split`, `--source_text_column`), read by index."""
+    """The stories of `--data` (`--split`, `--text_column`), read by index."""
 
     def __init__(self, data: str, split: str = "train", text_column: str = "text"):
         dataset = load_split(data, split)
         if text_column not in dataset.column_names:
             raise ConfigError(
                 f"{data!r} has no {text_column!r} column (columns: {dataset.column_names}): "
-                "pass --source_text_column <name>"
+                "pass --text_column <name>"
             )
         self.data, self.split = data, split
         self.dataset = dataset.select_columns([text_column])

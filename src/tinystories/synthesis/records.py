@@ -144,7 +144,7 @@ class RecordBuilder:
             "words": spec.words,
             "features": spec.features,
             "instruction_fields": None,
-            "generation_prompt": spec.prompt or None,  # None: a corpus story (`--source_data`)
+            "generation_prompt": spec.prompt or None,  # None: a corpus story (`--data`)
             "summary_prompt": None,
             "preambles": preambles,
             "backend": self.backend.name,

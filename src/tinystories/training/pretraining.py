@@ -11,20 +11,21 @@ from dataclasses import dataclass, field
 from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, PreTrainedModel, TrainingArguments
 
 from tinystories.core import ConfigError
-from tinystories.core.runtime import export_mixed_precision, resolve_precision
+from tinystories.core.arguments import AttentionArguments, TrainingData, VocabularyArguments, check_min
 from tinystories.data.loading import load_stories
 from tinystories.data.packing import PackStats, pack_dataset
 from tinystories.data.tokenizer import DEFAULT_TOKENIZER, prepare_tokenizer
 from tinystories.models.loading import check_attn_implementation, install_attention, load_model
 from tinystories.models.losses import use_fused_cross_entropy
 from tinystories.models.sizes import ARCHITECTURES, SIZES, build_config, size_names
-from tinystories.training.optimizers import MuonArguments, check_muon
+from tinystories.training.arguments import TrainingRunArguments
+from tinystories.training.optimizers import check_muon
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(AttentionArguments):
     size: str | None = field(default="33M", metadata={"help": f"released size: {size_names()}"})
     architecture: str = field(
         default="gpt_neo",
@@ -38,14 +39,13 @@ class ModelArguments:
     num_heads: int | None = field(
         default=None, metadata={"help": "attention heads (released: 16; fewer, wider heads suit tiny widths)"}
     )
-    model_name_or_path: str | None = field(
+    base_model: str | None = field(
         default=None,
-        metadata={"help": "continue pretraining from a checkpoint (Hub id or dir) instead of a new model"},
+        metadata={"help": "continue pretraining from this checkpoint (Hub id or dir) instead of a new model"},
     )
     max_position_embeddings: int | None = field(
         default=None, metadata={"help": "position table size; default: block_size (the trained context)"}
     )
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa (default), flex (GPU) or eager"})
     fused_cross_entropy: bool = field(
         default=True,
         metadata={"help": "chunked LM-head + cross-entropy: never materialises the (tokens, vocab) logits"},
@@ -59,35 +59,25 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    dataset_name: str = field(default="roneneldan/TinyStories", metadata={"help": "Hub id or local path"})
-    dataset_config_name: str | None = None
-    dataset_revision: str | None = None
-    eval_dataset_name: str | None = field(
-        default=None, metadata={"help": "separate eval data (else validation split)"}
-    )
-    text_column: str = "text"
-    validation_fraction: float = field(
-        default=0.1, metadata={"help": "held out of local data without a split"}
-    )
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
+class DataArguments(TrainingData, VocabularyArguments):
+    """--data, --eval_data, --tokenizer, --text_column, held-out and sample limits (`TrainingData`), the
+    vocabulary (`VocabularyArguments`), and how stories become training sequences."""
+
     block_size: int = field(default=512, metadata={"help": "tokens per training sequence (paper: 512)"})
-    preprocessing_num_workers: int | None = None
-    tokenizer_name: str = field(default=DEFAULT_TOKENIZER, metadata={"help": "Hub id or local dir"})
-    vocab_size: int | None = field(
-        default=None, metadata={"help": "trim to the K most frequent tokens (paper: 10000), or the BPE size"}
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "processes that tokenize the data (default: one)"}
     )
-    train_tokenizer: bool = field(
-        default=False, metadata={"help": "train an own byte-level BPE of --vocab_size"}
-    )
+
+    def check(self):
+        check_min("block_size", self.block_size, 2)
+        check_min("preprocessing_num_workers", self.preprocessing_num_workers, 1)
 
 
 @dataclass
-class PretrainConfig(MuonArguments, TrainingArguments):
-    """TrainingArguments with the paper's defaults (33M card) and a few recipe conveniences."""
+class PretrainConfig(TrainingRunArguments, TrainingArguments):
+    """TrainingArguments with the paper's defaults (33M card); run, precision and batch options:
+    `TrainingRunArguments` (shared with fine-tuning)."""
 
-    output_dir: str = "outputs/pretrain"
     learning_rate: float = 5e-4
     weight_decay: float = 0.1
     adam_beta1: float = 0.9
@@ -104,52 +94,10 @@ class PretrainConfig(MuonArguments, TrainingArguments):
     save_total_limit: int | None = 3
     report_to: None | str | list[str] = "tensorboard"  # noqa: RUF036 (HfArgumentParser needs None first)
     include_num_input_tokens_seen: str = "all"  # packed blocks hold no padding (and pad == eos)
-    # DDP: every parameter gets a gradient (no unused-parameter search), and the attention `bias` buffers
-    # (constant masks, 16 MB for a released checkpoint) are not broadcast every forward
-    ddp_find_unused_parameters: bool | None = False
-    ddp_broadcast_buffers: bool | None = False
-    # the other ranks wait at a barrier while the main process downloads and tokenizes the data (2.12M
-    # stories the first time): 3 hours instead of 30 minutes (or pre-tokenize: --prepare_only true)
-    ddp_timeout: int = 10800
-    global_batch_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "sequences per optimizer step across all processes; sets gradient_accumulation_steps"
-        },
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "replace a finished run in output_dir"}
-    )
-    max_minutes: float | None = field(
-        default=None,
-        metadata={
-            "help": "stop after this many minutes of training (then evaluate, save, card as at max_steps)"
-        },
-    )
-    precision: str = field(
-        default="auto",
-        metadata={
-            "help": "auto (bf16 on a native-bf16 GPU, fp16 on an older CUDA GPU, else fp32), bf16, fp16, fp32"
-        },
-    )
-    data_cache_shared: bool = field(
-        default=True,
-        metadata={
-            "help": "the datasets cache is shared by all nodes: only the global main process tokenizes "
-            "(false: node-local caches, one tokenization per node)"
-        },
-    )
     prepare_only: bool = field(
         default=False,
         metadata={"help": "download and tokenize the data into the cache, then exit (run once, unlaunched)"},
     )
-
-    def __post_init__(self):
-        self.resolve_muon()  # `--optim muon`: the Trainer is told AdamW, `create_optimizer` builds Muon + AdamW
-        if not (self.bf16 or self.fp16):  # explicit --bf16/--fp16 win over --precision
-            self.bf16, self.fp16 = resolve_precision(self.precision, use_cpu=bool(self.use_cpu))
-        export_mixed_precision(self.bf16, self.fp16)
-        super().__post_init__()
 
 
 def configure_batch(args: TrainingArguments) -> None:
@@ -180,8 +128,8 @@ def configure_batch(args: TrainingArguments) -> None:
 
 
 def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer) -> PreTrainedModel:
-    if model_args.model_name_or_path:
-        model = load_model(model_args.model_name_or_path, attn_implementation=model_args.attn_implementation)
+    if model_args.base_model:
+        model = load_model(model_args.base_model, attn_implementation=model_args.attn_implementation)
     else:
         config = new_config(model_args, data_args, tokenizer)
         # the class itself, not `from_config`: under ZeRO-3 `from_config` builds inside `deepspeed.zero.Init`,
@@ -208,7 +156,7 @@ def new_config(model_args: ModelArguments, data_args: DataArguments, tokenizer):
 
 def validate(model_args: ModelArguments, data_args: DataArguments, args: PretrainConfig) -> None:
     """Everything that can be checked before data is read or a model is built."""
-    if model_args.size is not None and model_args.size not in SIZES and not model_args.model_name_or_path:
+    if model_args.size is not None and model_args.size not in SIZES and not model_args.base_model:
         raise ConfigError(f"unknown size {model_args.size!r}: valid sizes are {size_names()}")
     check_attn_implementation(model_args.attn_implementation)
     if model_args.architecture not in ARCHITECTURES:
@@ -221,28 +169,24 @@ def validate(model_args: ModelArguments, data_args: DataArguments, args: Pretrai
     if limit and data_args.block_size > limit:
         raise ConfigError(f"block_size {data_args.block_size} exceeds max_position_embeddings {limit}")
     check_muon(args)
-    if args.max_minutes is not None and args.max_minutes <= 0:
-        raise ConfigError(
-            f"--max_minutes {args.max_minutes}: give a positive number of minutes, or leave it unset"
-        )
 
 
 def prepare_data(data_args: DataArguments, args: PretrainConfig):
     """(tokenizer, train blocks, eval blocks or None, train stats, eval stats): stories → tokenizer → packing."""
     stories = load_stories(
-        data_args.dataset_name,
+        data_args.data,
         validation_fraction=data_args.validation_fraction,
         seed=args.seed,
         text_column=data_args.text_column,
-        eval_data=data_args.eval_dataset_name,
-        revision=data_args.dataset_revision,
-        config_name=data_args.dataset_config_name,
+        eval_data=data_args.eval_data,
+        revision=data_args.data_revision,
+        config_name=data_args.data_config,
         max_train_samples=data_args.max_train_samples,
         max_eval_samples=data_args.max_eval_samples,
         num_proc=data_args.preprocessing_num_workers,
     )
     tokenizer = prepare_tokenizer(
-        data_args.tokenizer_name,
+        data_args.tokenizer or DEFAULT_TOKENIZER,
         stories["train"],
         args.output_dir,
         vocab_size=data_args.vocab_size,
@@ -279,8 +223,8 @@ def tokenizer_label(data_args: DataArguments, tokenizer) -> str:
     if data_args.train_tokenizer:
         return f"own byte-level BPE of {len(tokenizer)} tokens"
     if data_args.vocab_size:
-        return f"{data_args.tokenizer_name} trimmed to {len(tokenizer)}"
-    return data_args.tokenizer_name
+        return f"{data_args.tokenizer or DEFAULT_TOKENIZER} trimmed to {len(tokenizer)}"
+    return data_args.tokenizer or DEFAULT_TOKENIZER
 
 
 __all__ = ["DataArguments", "ModelArguments", "PackStats", "PretrainConfig", "build_model", "prepare_data"]

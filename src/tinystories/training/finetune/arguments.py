@@ -10,9 +10,15 @@ import torch
 from trl import ModelConfig, SFTConfig
 
 from tinystories.core import TRAINED_CONTEXT, ConfigError
-from tinystories.core.runtime import PRECISIONS, export_mixed_precision, resolve_precision
+from tinystories.core.arguments import (
+    AttentionArguments,
+    TrainingData,
+    check_choice,
+    check_fraction,
+    check_min,
+)
 from tinystories.models.sizes import BLOCK_LINEARS
-from tinystories.training.optimizers import MuonArguments
+from tinystories.training.arguments import TrainingRunArguments
 
 logger = logging.getLogger(__name__)
 
@@ -25,63 +31,40 @@ DATA_FORMATS = ("auto", "instruct", "stories")
 
 # --------------------------------------------------------------------------------------------- configs
 @dataclass
-class FinetuneArguments:
-    """Base model, data and card options of `tinystories sft` and `tinystories lora`."""
+class FinetuneArguments(TrainingData):
+    """Base model, data and card options of `tinystories sft` and `tinystories lora` (--data, --eval_data,
+    --tokenizer (default: the base model's own), --text_column, held-out and sample limits: `TrainingData`)."""
 
     base_model: str = field(
         default=DEFAULT_BASE, metadata={"help": "Hub id or local dir of the model to fine-tune (BASE=)"}
     )
     base_revision: str | None = field(default=None, metadata={"help": "Hub revision of the base model"})
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "tokenizer Hub id or dir (default: the base model's own)"}
-    )
-    data: str = field(
-        default=DEFAULT_INSTRUCT_DATA,
-        metadata={"help": "Hub dataset id or local .txt/.jsonl/.json/.parquet/save_to_disk path (DATA=)"},
-    )
     data_format: str = field(
         default="instruct",
         metadata={
             "help": "instruct (loss on the story after the instructions), stories (plain text), or auto"
         },
     )
-    eval_data: str | None = field(
-        default=None,
-        metadata={"help": "separate eval data (default: the data's validation split or a held-out part)"},
-    )
-    data_revision: str | None = field(default=None, metadata={"help": "Hub revision of the dataset"})
-    text_column: str = field(default="text", metadata={"help": "column holding the formatted examples"})
-    validation_fraction: float = field(
-        default=0.1, metadata={"help": "held out for eval when the data has no validation split"}
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "use only the first N train examples"}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "use only the first N eval examples"}
-    )
     feature_min_share: float = field(
         default=0.0,
         metadata={
             "help": "repeat training examples whose Features: line holds a rarer feature until each feature "
-            "is in about this share of them (MoralValue is in 3.5% of TinyStories; 0: no repeats)"
+            "is in about this share of them (0: no repeats)"
         },
     )
     feature_absent_min_share: float = field(
         default=0.0,
         metadata={
             "help": "repeat training examples whose Features: line names other features but not F until, for "
-            "every F, such lines are about this share of them: a prompt asking for MoralValue is then seen "
-            "without Dialogue often enough to mean 'no dialogue' (in the quickstart's records 93% of the "
-            "Features: lines list Dialogue; 0: no repeats)"
+            "every F, such lines are about this share of them, so that a feature left out of the line is "
+            "seen often enough to mean 'not this feature' (0: no repeats)"
         },
     )
     feature_alone_min_share: float = field(
         default=0.0,
         metadata={
             "help": "repeat training examples whose Features: line names F alone until, for every F, such lines "
-            "are about this share of them: the evaluation asks for one feature at a time, and in the quickstart's "
-            "records MoralValue alone is 16 lines (0: no repeats)"
+            "are about this share of them: the evaluation asks for one feature at a time (0: no repeats)"
         },
     )
     drop_long_examples: bool = field(
@@ -121,16 +104,23 @@ class FinetuneArguments:
         },
     )
 
+    def check(self):
+        check_choice("data_format", self.data_format, DATA_FORMATS)
+        for flag in ("feature_min_share", "feature_absent_min_share", "feature_alone_min_share"):
+            check_fraction(flag, getattr(self, flag), open_low=False)
+        check_min("num_samples", self.num_samples, 0)
+        check_min("sample_max_new_tokens", self.sample_max_new_tokens, 1)
+        check_min("loss_chunk_size", self.loss_chunk_size, 1)
+
 
 @dataclass
-class FinetuneModelConfig(ModelConfig):
+class FinetuneModelConfig(AttentionArguments, ModelConfig):
     """TRL's `ModelConfig` with GPT-Neo defaults: the project's SDPA attention, LoRA on all six projections.
 
     `--use_peft true` turns SFT into LoRA (`use_dora`, `use_rslora`, `lora_modules_to_save` ... as in TRL);
     `--load_in_4bit true` loads the frozen base in 4-bit (QLoRA: bitsandbytes and a CUDA GPU).
     """
 
-    attn_implementation: str | None = field(default="sdpa", metadata={"help": "sdpa, flex or eager"})
     lora_target_modules: list[str] | None = field(
         default_factory=lambda: ["auto"],
         metadata={
@@ -145,15 +135,12 @@ class FinetuneModelConfig(ModelConfig):
 
 
 @dataclass
-class TinyStoriesSFTConfig(MuonArguments, SFTConfig):
-    """TRL's `SFTConfig` with recipe defaults: 512-token context, wrapped packing, precision from the hardware.
-
-    TRL turns bf16 on whenever fp16 is off, also on a CPU. Here `precision: auto` (the default) follows
-    `tinystories.core.runtime.resolve_precision`; `bf16`/`fp16` set explicitly win. `--optim muon` as in
-    pretraining (a full fine-tune only).
+class TinyStoriesSFTConfig(TrainingRunArguments, SFTConfig):
+    """TRL's `SFTConfig` with recipe defaults: 512-token context, wrapped packing; run, precision and batch
+    options as in pretraining (`TrainingRunArguments`: TRL turns bf16 on whenever fp16 is off, also on a CPU;
+    here `--precision auto` follows `core.runtime.resolve_precision`). `--optim muon` is a full fine-tune only.
     """
 
-    output_dir: str | None = field(default="outputs/sft", metadata={"help": "where the run is saved"})
     max_length: int | None = field(default=TRAINED_CONTEXT, metadata={"help": "tokens per training sequence"})
     packing_strategy: str = field(
         default="wrapped", metadata={"help": "'wrapped' (GPT-Neo cannot pack padding-free)"}
@@ -166,38 +153,29 @@ class TinyStoriesSFTConfig(MuonArguments, SFTConfig):
     include_num_input_tokens_seen: str = field(
         default="non_padding", metadata={"help": "count trained tokens (for tokens/s and the card)"}
     )
-    precision: str = field(
+
+
+# ------------------------------------------------------------------------------ LoRA's defaults (`tinystories lora`)
+@dataclass
+class LoraScriptArguments(FinetuneArguments):
+    data_format: str = field(
         default="auto",
         metadata={
-            "help": "auto (bf16 on a bf16 GPU, fp16 on an older CUDA GPU, fp32 on CPU/MPS), bf16, fp16, fp32"
+            "help": "instruct (loss on the story after the instructions), stories (plain text), or auto"
         },
     )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "replace a finished run in output_dir"}
-    )
-    global_batch_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "examples per optimizer step across all processes; sets gradient_accumulation_steps"
-        },
-    )
-    data_cache_shared: bool = field(
-        default=True,
-        metadata={"help": "the datasets cache is shared by all nodes (false: node-local caches)"},
-    )
-    # DDP: every trainable parameter gets a gradient; the constant attention-mask buffers are not broadcast
-    ddp_find_unused_parameters: bool | None = False
-    ddp_broadcast_buffers: bool | None = False
-    ddp_timeout: int = 10800  # the other ranks wait while the main process prepares the data
 
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}: use {', '.join(PRECISIONS)}")
-        if self.bf16 is None and not self.fp16:
-            self.bf16, self.fp16 = resolve_precision(self.precision, use_cpu=bool(self.use_cpu))
-        export_mixed_precision(bool(self.bf16), bool(self.fp16))
-        self.resolve_muon()
-        super().__post_init__()
+
+@dataclass
+class LoraModelConfig(FinetuneModelConfig):
+    use_peft: bool = field(default=True, metadata={"help": "train a LoRA adapter (false: full fine-tuning)"})
+
+
+@dataclass
+class TinyStoriesLoraConfig(TinyStoriesSFTConfig):
+    learning_rate: float = field(
+        default=1e-3, metadata={"help": "LoRA tolerates a larger lr than full fine-tuning"}
+    )
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -232,8 +210,11 @@ def validate_model_config(model_config: FinetuneModelConfig, args: FinetuneArgum
     """PEFT / quantization settings that cannot run here, named before any data is read."""
     if args.data_format not in DATA_FORMATS:
         raise ConfigError(f"--data_format {args.data_format!r}: use one of {', '.join(DATA_FORMATS)}")
-    if model_config.model_name_or_path:  # TRL's name for the base model
-        args.base_model = model_config.model_name_or_path
+    if model_config.model_name_or_path and model_config.model_name_or_path != args.base_model:
+        raise ConfigError(  # TRL's name for the base model: the CLI routes it to --base_model
+            f"model_name_or_path {model_config.model_name_or_path!r} and --base_model {args.base_model!r} name two "
+            "models: pass the model to fine-tune as --base_model only"
+        )
     if model_config.use_peft:
         if model_config.lora_r < 1 or model_config.lora_alpha <= 0:
             raise ConfigError(

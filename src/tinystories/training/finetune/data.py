@@ -162,6 +162,7 @@ def prepare_data(
         text_column=args.text_column,
         eval_data=args.eval_data,
         revision=args.data_revision,
+        config_name=args.data_config,
         max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples,
     )

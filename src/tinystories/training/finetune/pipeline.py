@@ -87,7 +87,7 @@ def run(args: FinetuneArguments, training_args: SFTConfig, model_config: Finetun
         model_name=args.model_name,
         base_model=args.base_model,
         datasets=[args.data, args.eval_data],
-        tokenizer=args.tokenizer_name or args.base_model,
+        tokenizer=args.tokenizer or args.base_model,
         context_length=context,
         hparams={
             "max_length": training_args.max_length,

@@ -21,14 +21,14 @@ from tinystories.training.finetune.arguments import (
     FinetuneModelConfig,
     validate_training_args,
 )
-from tinystories.training.trainer import BitsPerByteTrainer, TokensPerSecondCallback
+from tinystories.training.trainer import BitsPerByteTrainer, TimeLimitCallback, TokensPerSecondCallback
 
 logger = logging.getLogger(__name__)
 
 
 def load_base_tokenizer(args: FinetuneArguments):
-    """The base model's tokenizer (or `--tokenizer_name`); it must have an EOS token, where stories end."""
-    tokenizer = load_tokenizer(args.tokenizer_name or args.base_model, revision=args.base_revision)
+    """The base model's tokenizer (or `--tokenizer`); it must have an EOS token, where stories end."""
+    tokenizer = load_tokenizer(args.tokenizer or args.base_model, revision=args.base_revision)
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no eos_token: stories could not end; use the GPT-Neo tokenizer")
     return tokenizer
@@ -58,7 +58,7 @@ def load_base(args: FinetuneArguments, model_config: FinetuneModelConfig, tokeni
     if model.config.vocab_size < len(tokenizer):
         raise ConfigError(
             f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}: "
-            "pass the tokenizer the base model was trained with (--tokenizer_name)"
+            "pass the tokenizer the base model was trained with (--tokenizer)"
         )
     return model, tokenizer
 
@@ -119,7 +119,8 @@ def build_trainer(
         train_dataset=data["train"],
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        callbacks=[TokensPerSecondCallback()],
+        callbacks=[TokensPerSecondCallback()]
+        + ([TimeLimitCallback(training_args.max_minutes)] if training_args.max_minutes else []),
         eval_text_stats=eval_text_stats(eval_set, tokenizer),
         fused_loss=fused_loss,
         **kwargs,
