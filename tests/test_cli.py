@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from tinystories import cli
-from tinystories.core import ConfigError
-from tinystories.core import config
+from tinystories.core import ConfigError, config
 from tinystories.core.config import ALIASES, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
