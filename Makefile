@@ -216,3 +216,11 @@ gpu-check:
 
 clean:
 	rm -rf outputs/quickstart outputs/bench
+
+# The docs site (mkdocs.yml, docs/): built with --strict (a broken link or a page missing from the nav fails).
+.PHONY: docs docs-serve
+docs: install
+	@test -x $(VENV)/bin/mkdocs || $(PY) -m pip install -q -e ".[docs]"; NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: install
+	@test -x $(VENV)/bin/mkdocs || $(PY) -m pip install -q -e ".[docs]"; NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000
