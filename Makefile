@@ -11,14 +11,12 @@ TS      := $(PY) -m tinystories.cli
 SIZES   := $(sort $(basename $(notdir $(filter-out recipes/pretrain/quickstart.yaml,$(wildcard recipes/pretrain/*.yaml)))))
 
 SIZE ?= 33M
-ARCH ?=
 DATA_RECIPE ?= tinystories
 SFT_RECIPE ?= sft-33M
 LORA_RECIPE ?= 33M
 SWEEP ?= quickstart
-# ACCELERATE: a file in accelerate_configs/ (default: picked from the GPUs torch sees); NUM_GPUS: processes on
-# this machine; LAUNCH_ARGS reach `accelerate launch` (multi-node: --machine_rank 1 --main_process_ip node-0);
-# CPU_ARGS: the CPU launcher's step overrides (CPU_ARGS= keeps the recipe's; ARGS still win)
+# ACCELERATE: accelerate_configs/<name> (default: from the GPUs torch sees); NUM_GPUS; LAUNCH_ARGS for `accelerate
+# launch` (multi-node); CPU_ARGS: a CPU run's step (CPU_ARGS= keeps the recipe's; ARGS still win)
 CPU_ARGS ?= --per_device_train_batch_size 8 --global_batch_size 8 --eval_steps 50 --save_steps 50 \
 	--max_eval_samples 200 --dataloader_num_workers 0
 LAUNCH = $(PY) -m tinystories.core.launch --accelerate "$(ACCELERATE)" --num_gpus "$(NUM_GPUS)" \
@@ -29,7 +27,7 @@ opt = $(if $(2),$(1) $(2))# `--flag value` when the value is set
 DATA_FLAGS = $(call opt,--data,$(DATA)) $(call opt,--tokenizer,$(TOKENIZER)) $(call opt,--output_dir,$(OUTPUT_DIR))
 
 .PHONY: help install test test-distributed test-slow lint format quickstart check-size train tokenizer sft lora \
-	generate demo web-demo eval analyze sweep data dedup push pull export gguf-tools bench gpu-check clean
+	generate demo web-demo eval analyze sweep data dedup push pull export gguf-tools bench gpu-check docs docs-serve clean
 
 help:
 	@echo "make install | quickstart | test | test-distributed | test-slow | train SIZE=<$(subst $() ,|,$(SIZES))> [ARCH=llama] | sft | lora | eval | analyze | sweep SWEEP=<quickstart|paper> | data | dedup | demo MODEL=... | web-demo MODEL=... | push | pull | export MODEL=... | bench | gpu-check [WHEELS=dir] [PY=python3]"
@@ -84,13 +82,11 @@ lora: install
 generate: install
 	$(TS) generate --model $(or $(MODEL),roneneldan/TinyStories-33M) $(ARGS)
 
-# The Gradio demo on 127.0.0.1 (demo/space/app.py: the Space that `make push MODEL=<hub id> REPO=<user>/<space>
-# ARGS="--space true"` publishes). MODEL: a Hub id or a local model dir; ARGS="--port 7861".
+# the Gradio app on 127.0.0.1 (demo/space/app.py: a Space as is, `make push ... ARGS="--space true"`)
 demo: install
 	$(PY) demo/space/app.py --model $(or $(MODEL),roneneldan/TinyStories-33M) $(ARGS)
 
-# The offline browser demo (demo/web: transformers.js + ONNX Runtime Web) on 127.0.0.1; MODEL: a `make export`
-# folder, or a model dir / Hub id (exported first). ARGS="--port 8001 --quantize int8".
+# the offline browser page (demo/web: transformers.js) on 127.0.0.1; MODEL: an export, a model dir or a Hub id
 web-demo: install
 	$(PY) demo/web/build.py --model "$(MODEL)" $(ARGS)
 
@@ -122,9 +118,8 @@ pull: install
 export: install
 	$(TS) export $(call opt,--model,$(MODEL)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
 
-# llama.cpp's converter and runtime for `tinystories export --format gguf` (Llama-architecture runs): the
-# llama-cpp-python source distribution from PyPI holds convert_hf_to_gguf.py (+ conversion/, gguf-py/), unpacked
-# into tools/llama.cpp/; the `gguf` extra builds llama-cpp-python (cmake + a C++ compiler, minutes on 2 cores).
+# llama.cpp's converter (from the llama-cpp-python sdist, into tools/llama.cpp/) and runtime (the `gguf` extra:
+# cmake + a C++ compiler, minutes) for `tinystories export --format gguf` of Llama-architecture runs
 LLAMA_CPP_PYTHON = $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 
 gguf-tools: install
@@ -148,3 +143,10 @@ gpu-check:
 
 clean:
 	rm -rf outputs/quickstart outputs/bench
+
+# the docs site (mkdocs.yml, docs/): --strict fails on a broken link or a page missing from the nav
+DOCS = test -x $(VENV)/bin/mkdocs || $(PY) -m pip install -q -e ".[docs]"; NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
+docs: install
+	@$(DOCS) build --strict --site-dir site
+docs-serve: install
+	@$(DOCS) serve --strict --dev-addr 127.0.0.1:8000

@@ -11,7 +11,7 @@ Sections, each under its own time budget; one that fails or runs out of time rec
   + PEFT) on a fresh 33M base, then QLoRA (needs bitsandbytes): steps/s and peak memory;
 * **multi_gpu** (>= 2 GPUs): tokens/s per GPU, 1 process vs N under `accelerate launch` (DDP, ZeRO-2).
 
-Writes `benchmarks/gpu/<gpu-name>.json` and `.md` (tables for the GPU section of benchmarks/README.md).
+Writes `benchmarks/gpu/<gpu-name>.json` and `.md` (tables for a results page: CONTRIBUTING.md).
 Without a visible CUDA GPU it stops at once (exit code 2), before importing torch or installing anything:
 this module is the light part (arguments, preflight, the section runner, the report); the sections, and with
 them torch and the rest of the measuring stack, are in `benchmarks/gpu_sections.py`, imported in one place,

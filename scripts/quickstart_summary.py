@@ -33,7 +33,7 @@ def main(root: str, mode: str) -> None:
     if mode == "real" and (sft.get("rate") or 0) < 0.5:
         print(
             "words used: a model trained for minutes on a CPU does not follow `Words:` yet (it cannot copy from its "
-            "context); see 'Instruction following at CPU scale' in README.md"
+            "context); see docs/results/words-following.md"
         )
 
 

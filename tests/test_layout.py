@@ -58,7 +58,7 @@ def test_every_subcommand_has_a_module_of_its_name(stage):
 def test_tests_follow_the_packages():
     """A test file is named after the package (or top-level folder) it tests: test_<package>[_<module>].py."""
     packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
-    packages |= {"benchmarks", "scripts", "demo"}
+    packages |= {"benchmarks", "scripts", "demo", "docs"}
     project = {"test_layout.py", "test_install.py", "test_cli.py"}  # the repository itself and its CLI
     tests = PACKAGE.parents[1] / "tests"
     stray = [

@@ -103,7 +103,7 @@ def _attention_by_chunks(query, key, value, window: int | None, dropout_p: float
     Queries [s, e) attend to keys [k0, e), k0 = 0 for a global layer and max(0, s − window + 1) for a local one,
     under a cached boolean band mask (the first chunk, where no window can bite, is plain `is_causal`). The CPU
     kernels compute every block of a banded T × T problem, so a local layer attended by chunks of its window
-    does ~1.7× less work at T = 2W: a default 1M step (3 × 512 tokens) 0.79× as long (`benchmarks/README.md`).
+    does ~1.7× less work at T = 2W: a default 1M step (3 × 512 tokens) 0.79× as long (`docs/results/training-speed.md`).
     Global layers are left to one `is_causal` call: chunking them measured no steady gain end to end.
     """
     q_len, outs = query.shape[-2], []

@@ -33,7 +33,7 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 IGNORE_INDEX = -100
-# Rows (tokens) per chunk by device: on a CPU small chunks stay in cache (256 measured best, benchmarks/README.md);
+# Rows (tokens) per chunk by device: on a CPU small chunks stay in cache (256 measured best on 2 CPU cores);
 # on a GPU each chunk re-reads the fp32 (V, H) weight-gradient accumulator, so a few thousand rows amortise it
 # (an 80 x 512 micro-batch is 10 chunks, not 160) and keep the GEMMs wide. A (4096, 50304) fp32 chunk is 0.8 GB.
 CHUNK_SIZES = {"cuda": 4096}
