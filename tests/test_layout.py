@@ -59,7 +59,11 @@ def test_tests_follow_the_packages():
     """A test file is named after the package (or top-level folder) it tests: test_<package>[_<module>].py."""
     packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
     packages |= {"benchmarks", "scripts", "demo"}
-    project = {"test_layout.py", "test_install.py"}  # the repository itself
+    project = {
+        "test_layout.py",
+        "test_install.py",
+        "test_user_errors.py",
+    }  # the repository; the CLI as users meet it
     tests = PACKAGE.parents[1] / "tests"
     stray = [
         p.name

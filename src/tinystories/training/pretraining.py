@@ -13,7 +13,7 @@ from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, PreTrainedModel, TrainingA
 from tinystories.core import ConfigError
 from tinystories.core.runtime import export_mixed_precision, resolve_precision
 from tinystories.data.loading import load_stories
-from tinystories.data.packing import PackStats, pack_dataset
+from tinystories.data.packing import PackStats, cap_blocks, pack_dataset
 from tinystories.data.tokenizer import DEFAULT_TOKENIZER, prepare_tokenizer
 from tinystories.models.loading import check_attn_implementation, install_attention, load_model
 from tinystories.models.losses import use_fused_cross_entropy
@@ -72,6 +72,18 @@ class DataArguments:
     )
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    max_eval_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "evaluate on at most this many tokens (whole blocks): a very long story is cut there"
+        },
+    )
+    on_decode_error: str = field(
+        default="fail",
+        metadata={
+            "help": "a .txt story with bytes that are not UTF-8: fail (naming file and byte), skip, replace"
+        },
+    )
     block_size: int = field(default=512, metadata={"help": "tokens per training sequence (paper: 512)"})
     preprocessing_num_workers: int | None = None
     tokenizer_name: str = field(default=DEFAULT_TOKENIZER, metadata={"help": "Hub id or local dir"})
@@ -221,6 +233,8 @@ def validate(model_args: ModelArguments, data_args: DataArguments, args: Pretrai
     if limit and data_args.block_size > limit:
         raise ConfigError(f"block_size {data_args.block_size} exceeds max_position_embeddings {limit}")
     check_muon(args)
+    if data_args.max_eval_tokens is not None and data_args.max_eval_tokens < 1:
+        raise ConfigError(f"--max_eval_tokens {data_args.max_eval_tokens}: give a positive number of tokens")
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise ConfigError(
             f"--max_minutes {args.max_minutes}: give a positive number of minutes, or leave it unset"
@@ -240,6 +254,7 @@ def prepare_data(data_args: DataArguments, args: PretrainConfig):
         max_train_samples=data_args.max_train_samples,
         max_eval_samples=data_args.max_eval_samples,
         num_proc=data_args.preprocessing_num_workers,
+        on_decode_error=data_args.on_decode_error,
     )
     tokenizer = prepare_tokenizer(
         data_args.tokenizer_name,
@@ -258,6 +273,7 @@ def prepare_data(data_args: DataArguments, args: PretrainConfig):
     )
     train_set, train_stats = pack_dataset(stories["train"], tokenizer, **pack)
     eval_set, eval_stats = pack_dataset(stories["validation"], tokenizer, **pack)
+    eval_set = cap_blocks(eval_set, eval_stats, data_args.max_eval_tokens)
     if len(train_set) == 0:
         raise ConfigError(
             f"the training data holds {train_stats.tokens} tokens, less than one block of {data_args.block_size}: "
