@@ -124,12 +124,13 @@ def test_other_settings_on_a_finished_run_are_refused(capsys, corpus, finished_r
 
 
 def test_another_model_shape_is_refused_before_the_data(capsys, corpus, finished_run, tmp_path):
-    refused(
+    message = refused(
         capsys,
         *train_argv(corpus, finished_run, "--hidden_size", "64"),
-        names=("--hidden_size 32 -> 64",),
+        names=("--hidden_size 32 -> 64", "--overwrite_output_dir true"),
         unchanged=(finished_run,),
     )
+    assert "--resume_from_checkpoint" not in message  # its checkpoint cannot go on as another shape
     # an interrupted run (checkpoint, no final weights): resumed only with its model and data settings
     interrupted = tmp_path / "interrupted"
     shutil.copytree(finished_run, interrupted)

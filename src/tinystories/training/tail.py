@@ -135,7 +135,9 @@ def _refuse_finished(output_dir: Path, settings: dict | None, recorded: dict | N
     where, step = str(output_dir), _finished_step(output_dir)
     if changes == []:
         raise RunDone(f"{where!r} already holds this finished run{step}: nothing to do")
-    last = get_last_checkpoint(where)
+    # going on from the checkpoint is offered only when its model and data settings are the ones asked for
+    model_or_data = settings_diff(recorded, settings, RESUME_GROUPS) if changes else []
+    last = None if model_or_data else get_last_checkpoint(where)
     differs = f" with other settings ({'; '.join(changes)})" if changes else ""
     go_on = (
         f"to train it on on purpose, pass --resume_from_checkpoint {last} (and a larger --max_steps); "
