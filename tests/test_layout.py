@@ -59,7 +59,8 @@ def test_tests_follow_the_packages():
     """A test file is named after the package (or top-level folder) it tests: test_<package>[_<module>].py."""
     packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
     packages |= {"benchmarks", "scripts", "demo", "docs"}
-    project = {"test_layout.py", "test_install.py", "test_cli.py"}  # the repository itself and its CLI
+    # the repository itself; the CLI as users meet it
+    project = {"test_layout.py", "test_install.py", "test_cli.py", "test_user_errors.py"}
     tests = PACKAGE.parents[1] / "tests"
     stray = [
         p.name

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from tinystories.core import ConfigError
+from tinystories.core import ConfigError, RunDone
 
 
 class Stage(NamedTuple):
@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:  # bad input: the message names the fix, a traceback adds nothing
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunDone as done:  # the same command again on a finished run
+        print(f"done: {done}")
+        return 0
     return int(result or 0)
 
 

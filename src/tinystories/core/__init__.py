@@ -37,6 +37,10 @@ class ConfigError(ValueError):
     """A recipe or command line that cannot be run; the message names the fix."""
 
 
+class RunDone(Exception):  # not an error: the CLI prints its message and exits 0
+    """The output folder already holds this very run, finished: nothing to do."""
+
+
 def offline_hint() -> str:
     """Appended to Hub errors: the usual reason a download fails on a configured machine."""
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"

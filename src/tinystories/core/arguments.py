@@ -167,8 +167,15 @@ class TrainingData(DataSource, TokenizerSource):
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "use only the first N eval examples"}
     )
+    on_decode_error: str = field(
+        default="fail",
+        metadata={
+            "help": "a .txt story with bytes that are not UTF-8: fail (naming file and byte), skip, replace"
+        },
+    )
 
     def check(self):
+        check_choice("on_decode_error", self.on_decode_error, ("fail", "skip", "replace"))
         check_fraction("validation_fraction", self.validation_fraction)
         check_min("max_train_samples", self.max_train_samples, 1)
         check_min("max_eval_samples", self.max_eval_samples, 1)

@@ -103,8 +103,21 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} not found: pass --config with an existing YAML file")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with path.open(encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:  # a tag (!!python/...), bad indentation, a tab: one line, not a traceback
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ConfigError(
+            f"recipe {str(path)!r}{where}: {problem}. A recipe holds plain `key: value` lines (no YAML tags "
+            "such as !!python/...): fix that line"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"recipe {str(path)!r} is not UTF-8 text (byte {err.start}): save it as UTF-8"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping of key: value")
     return data

@@ -10,12 +10,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tinystories.core import LOCAL_SUFFIXES
+from tinystories.core import LOCAL_SUFFIXES, ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; outputs are not locked there
+    fcntl = None
 
 CARD_INFO_FILE = "card_info.json"
+LOCK_FILE = ".tinystories.lock"  # in an output folder while a stage writes it (never uploaded: `*.lock`)
 PULL_INFO_FILE = "pull_info.json"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -112,3 +121,92 @@ def display_path(path: str | os.PathLike, root: str | os.PathLike | None = None)
 def data_name(data: str) -> str:
     """What result files record as the data: the Hub id as given, else a path relative to here or a basename."""
     return display_path(data) if _exists(data) else data
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def _relation(output: Path, source: Path) -> str | None:
+    if output == source:
+        return "is"
+    if source in output.parents:
+        return "lies inside"
+    if output in source.parents:
+        return "contains"
+    return None
+
+
+def check_output_dir(
+    output: str | os.PathLike,
+    inputs: Mapping[str, str | os.PathLike | list | tuple | None],
+    flag: str = "--output_dir",
+    inside_ok: bool = False,
+) -> None:
+    """Refuse an output folder that is, contains or lies inside a local input, before anything is written.
+
+    `inputs` maps each input's flag to its value(s); Hub ids and missing paths are skipped (the loaders say
+    what is wrong with those). `inside_ok`: the stage writes a subfolder its input never reads
+    (`export`'s default `<model>/onnx-export`).
+    """
+    out = Path(output).expanduser().resolve()
+    for name, values in inputs.items():
+        for value in values if isinstance(values, list | tuple) else [values]:
+            if not value or not _exists(str(value)):
+                continue
+            relation = _relation(out, Path(value).expanduser().resolve())
+            if relation is None or (relation == "lies inside" and inside_ok):
+                continue
+            raise ConfigError(
+                f"{flag} {str(output)!r} {relation} the input {name} {str(value)!r}: the outputs would mix with "
+                f"(or replace) what it reads. Choose an {flag} outside it, e.g. outputs/<new name>"
+            )
+
+
+@contextmanager
+def output_lock(
+    folder: str | os.PathLike, flag: str = "--output_dir", name: str = LOCK_FILE, beside: bool = False
+) -> Iterator[Path]:
+    """Hold an exclusive lock on `folder` (created if missing) while a stage writes it.
+
+    An advisory `flock` on `<folder>/.tinystories.lock` (`beside`: `<parent>/.<folder name>.lock`, for a folder
+    that must hold nothing else, such as an upload): a second writer is refused at once with the pid and host
+    of the first; the kernel drops the lock when its process ends, so a killed run leaves none behind.
+    """
+    folder = Path(folder)
+    if beside and fcntl is not None:  # the folder itself is left to the stage to create
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(folder.parent / f".{folder.name}.lock", flag, folder):
+            yield folder
+        return
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield folder
+        return
+    try:
+        with _locked(folder / name, flag, folder):
+            yield folder
+    finally:
+        if created and [p.name for p in folder.iterdir()] == [name]:  # failed before writing: leave no trace
+            (folder / name).unlink()
+            folder.rmdir()
+
+
+@contextmanager
+def _locked(path: Path, flag: str, folder: Path) -> Iterator[None]:
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ConfigError(
+                f"{flag} {str(folder)!r} is being written by another run ({holder}): wait for it to finish, "
+                f"or choose another {flag}"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import datasets
 from datasets import Dataset, DatasetDict
+from datasets.exceptions import DatasetGenerationError
 from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
 
 from tinystories.core import LOCAL_SUFFIXES, ConfigError, offline_hint
@@ -67,34 +68,101 @@ class LoadStats:
 
 
 # --------------------------------------------------------------------------------------------- loading
-def iter_txt_stories(path: str | os.PathLike) -> Iterator[str]:
-    """Stream stories from an official-format `.txt` (stories separated by `<|endoftext|>`)."""
-    buffer: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if STORY_SEPARATOR in line:
-                parts = line.split(STORY_SEPARATOR)
-                buffer.append(parts[0])
-                yield "".join(buffer)
-                yield from parts[1:-1]
-                buffer = [parts[-1]]
-            else:
-                buffer.append(line)
-    tail = "".join(buffer)
+DECODE_ERROR_MODES = ("fail", "skip", "replace")
+_SEPARATOR_BYTES = STORY_SEPARATOR.encode()
+
+
+def _raw_stories(f) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, bytes) of every story of a binary `.txt` stream, split at `<|endoftext|>`."""
+    buffer: list[bytes] = []
+    start = 0
+    for line in f:
+        if _SEPARATOR_BYTES not in line:
+            buffer.append(line)
+            continue
+        *done, rest = line.split(_SEPARATOR_BYTES)
+        for part in done:
+            chunk = b"".join([*buffer, part])
+            yield start, chunk
+            start += len(chunk) + len(_SEPARATOR_BYTES)
+            buffer = []
+        buffer = [rest]
+    tail = b"".join(buffer)
     if tail.strip():  # whitespace after the last separator is not a story
-        yield tail
+        yield start, tail
 
 
-def _txt_generator(paths: list[str], stamps: list[tuple[int, float]]):  # stamps invalidate the cache
+def _decode(chunk: bytes, path, index: int, start: int, on_decode_error: str) -> tuple[str | None, bool]:
+    """(the story, or None when skipped; whether it held bytes that are not UTF-8)."""
+    try:
+        text, bad = chunk.decode("utf-8"), False
+    except UnicodeDecodeError as err:
+        if on_decode_error == "fail":
+            raise ConfigError(
+                f"data file {str(path)!r}: story {index + 1} (from byte {start}) is not valid UTF-8 at byte "
+                f"{start + err.start} of the file ({err.reason}): fix the file, or pass --on_decode_error skip "
+                "(leave such stories out) or --on_decode_error replace (bad bytes become U+FFFD)"
+            ) from None
+        if on_decode_error == "skip":
+            return None, True
+        text, bad = chunk.decode("utf-8", errors="replace"), True
+    return text.replace("\r\n", "\n").replace("\r", "\n"), bad  # as text mode reads it
+
+
+def iter_txt_stories(path: str | os.PathLike, on_decode_error: str = "fail") -> Iterator[str]:
+    """Stream stories from an official-format `.txt` (stories separated by `<|endoftext|>`).
+
+    Bytes that are not UTF-8 fail with the file, story and byte offset (`on_decode_error="fail"`), leave
+    their story out (`"skip"`) or become U+FFFD (`"replace"`); skipped and replaced stories are counted in a
+    warning. A file without a non-blank story is an error that names it.
+    """
+    stories = bad = 0
+    with open(path, "rb") as f:
+        for index, (start, chunk) in enumerate(_raw_stories(f)):
+            text, undecodable = _decode(chunk, path, index, start, on_decode_error)
+            bad += undecodable
+            if text is None:
+                continue
+            stories += bool(text.strip())
+            yield text
+    if bad:
+        done = "left out" if on_decode_error == "skip" else "read with U+FFFD for the bad bytes"
+        logger.warning("%s: %d stories with bytes that are not UTF-8 %s", path, bad, done)
+    if not stories:
+        raise ConfigError(
+            f"data file {str(path)!r} holds no non-empty stories: only white space (and {STORY_SEPARATOR} "
+            f"separators). {DATA_FIX}"
+        )
+
+
+def _txt_generator(paths: list[str], stamps: list[tuple[int, float]], on_decode_error: str = "fail"):
+    # stamps (size, mtime) and the decode mode are part of the cache key
     for path in paths:
-        for story in iter_txt_stories(path):
+        n = 0
+        for story in iter_txt_stories(path, on_decode_error):
+            n += 1
             yield {"text": story.strip()}
+        if n == 1 and os.path.getsize(path) > 1000:
+            logger.warning(
+                "%s holds no %s separator: it is read as one story. Put %s between stories (the release "
+                "format), or use .jsonl with a 'text' column",
+                path,
+                STORY_SEPARATOR,
+                STORY_SEPARATOR,
+            )
 
 
-def _load_txt(paths: list[Path]) -> Dataset:
+def _load_txt(paths: list[Path], on_decode_error: str = "fail") -> Dataset:
     files = [str(p) for p in paths]
     stamps = [(p.stat().st_size, p.stat().st_mtime) for p in paths]
-    return Dataset.from_generator(_txt_generator, gen_kwargs={"paths": files, "stamps": stamps})
+    kwargs = {"paths": files, "stamps": stamps, "on_decode_error": on_decode_error}
+    try:
+        return Dataset.from_generator(_txt_generator, gen_kwargs=kwargs)
+    except DatasetGenerationError as err:  # our own ConfigError, raised inside the generator
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise
 
 
 def _local_files(path: Path) -> list[Path]:
@@ -106,17 +174,17 @@ def _local_files(path: Path) -> list[Path]:
     return files
 
 
-def _load_local(path: Path) -> Dataset | DatasetDict:
+def _load_local(path: Path, on_decode_error: str = "fail") -> Dataset | DatasetDict:
     if path.is_dir() and is_synthesis_output(path):  # a `tinystories data` job: its merged records
         return load_generated(path)
     if path.is_dir() and (path / "dataset_dict.json").is_file():
         return datasets.load_from_disk(str(path))
     if path.is_dir() and (path / "state.json").is_file():
         return datasets.load_from_disk(str(path))
-    return _load_files(_local_files(path), str(path))
+    return _load_files(_local_files(path), str(path), on_decode_error)
 
 
-def _load_files(files: list[Path], name: str) -> Dataset:
+def _load_files(files: list[Path], name: str, on_decode_error: str = "fail") -> Dataset:
     """Data files of one format (a local dataset, or one split's files downloaded from the Hub) as one Dataset."""
     suffixes = {p.suffix for p in files}
     if len(suffixes) > 1:
@@ -128,7 +196,7 @@ def _load_files(files: list[Path], name: str) -> Dataset:
         if f.stat().st_size == 0:
             raise ConfigError(f"data file {str(f)!r} is empty: {DATA_FIX}")
     if suffix in TEXT_SUFFIXES:
-        return _load_txt(files)
+        return _load_txt(files, on_decode_error)
     builder = "json" if suffix in JSON_SUFFIXES else "parquet"
     try:
         return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
@@ -191,7 +259,11 @@ def hub_data_files(repo_id: str, revision: str | None = None) -> dict[str, list[
 
 
 def _load_hub(
-    name: str, revision: str | None, config_name: str | None, splits: Sequence[str] | None = None
+    name: str,
+    revision: str | None,
+    config_name: str | None,
+    splits: Sequence[str] | None = None,
+    on_decode_error: str = "fail",
 ) -> DatasetDict:
     """The `splits` of a Hub dataset (all when None): only their files are downloaded, read like local files."""
     files = hub_data_files(name, revision) if config_name is None else None
@@ -213,7 +285,7 @@ def _load_hub(
             f"could not load dataset {name!r} from the Hugging Face Hub{offline_hint()}: "
             f"{type(err).__name__}: {err}. Without Hub access, {DATA_FIX}."
         ) from err
-    return DatasetDict({s: _load_files(paths, name) for s, paths in fetched.items()})
+    return DatasetDict({s: _load_files(paths, name, on_decode_error) for s, paths in fetched.items()})
 
 
 def load_raw(
@@ -221,25 +293,31 @@ def load_raw(
     revision: str | None = None,
     config_name: str | None = None,
     splits: Sequence[str] | None = None,
+    on_decode_error: str = "fail",
 ) -> Dataset | DatasetDict:
     """A Dataset (local files) or DatasetDict (Hub / save_to_disk dict) from any accepted source.
 
-    `splits` limits what is read of a Hub dataset (those it has of them; default all).
+    `splits` limits what is read of a Hub dataset (those it has of them; default all); `on_decode_error`
+    (fail, skip, replace) is what a `.txt` story with bytes that are not UTF-8 does.
     """
     if not data:
         raise ConfigError(f"no data given: {DATA_FIX}")
+    if on_decode_error not in DECODE_ERROR_MODES:
+        raise ConfigError(
+            f"--on_decode_error {on_decode_error!r}: use one of {', '.join(DECODE_ERROR_MODES)}"
+        )
     path = Path(data).expanduser()
     if path.exists():
-        return _load_local(path)
+        return _load_local(path, on_decode_error)
     if looks_like_path(data):
         raise ConfigError(f"data path {data!r} does not exist: {DATA_FIX}")
-    return _load_hub(data, revision, config_name, splits)
+    return _load_hub(data, revision, config_name, splits, on_decode_error)
 
 
 def _split_or_whole(
-    data: str, split: str, revision: str | None, config_name: str | None
+    data: str, split: str, revision: str | None, config_name: str | None, on_decode_error: str = "fail"
 ) -> tuple[Dataset, bool]:
-    raw = load_raw(data, revision, config_name, splits=(split,))
+    raw = load_raw(data, revision, config_name, splits=(split,), on_decode_error=on_decode_error)
     if isinstance(raw, Dataset):
         return raw, True
     if split not in raw:
@@ -250,12 +328,16 @@ def _split_or_whole(
 
 
 def load_split(
-    data: str, split: str = "train", revision: str | None = None, config_name: str | None = None
+    data: str,
+    split: str = "train",
+    revision: str | None = None,
+    config_name: str | None = None,
+    on_decode_error: str = "fail",
 ) -> Dataset:
     """One split of any source with every column: the named split of a Hub dataset (only its files are
     downloaded; `.txt` releases split at `<|endoftext|>`) or of a saved DatasetDict; a source without splits
     (a file, a folder of files, a `tinystories data` output) whole."""
-    return _split_or_whole(data, split, revision, config_name)[0]
+    return _split_or_whole(data, split, revision, config_name, on_decode_error)[0]
 
 
 def _clean(ds: Dataset, text_column: str, num_proc: int | None) -> tuple[Dataset, int]:
@@ -284,7 +366,15 @@ def hold_out(train: Dataset, validation_fraction: float, seed: int, name: str) -
     if not 0 < validation_fraction < 1:
         raise ConfigError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     if len(train) < 2:
-        raise ConfigError(f"dataset {name!r} has {len(train)} story: too few to hold out a validation split")
+        hint = (
+            f": a .txt file needs {STORY_SEPARATOR} between stories, and without one it is read as one story"
+            if str(name).endswith(TEXT_SUFFIXES)
+            else ""
+        )
+        raise ConfigError(
+            f"dataset {name!r} has {len(train)} story: too few to hold out a validation split{hint}; add "
+            "stories, or pass a separate --eval_dataset_name"
+        )
     split = train.train_test_split(test_size=validation_fraction, seed=seed, shuffle=True)
     return split["train"], split["test"]
 
@@ -301,9 +391,10 @@ def load_stories(
     max_eval_samples: int | None = None,
     num_proc: int | None = None,
     return_stats: bool = False,
+    on_decode_error: str = "fail",
 ) -> DatasetDict | tuple[DatasetDict, LoadStats]:
     """`DatasetDict(train=..., validation=...)` with non-empty stories in `text_column`."""
-    raw = load_raw(data, revision, config_name, splits=("train", "validation", "test"))
+    raw = load_raw(data, revision, config_name, ("train", "validation", "test"), on_decode_error)
     dropped = 0
     if isinstance(raw, DatasetDict):
         if "train" not in raw:
@@ -318,7 +409,7 @@ def load_stories(
         raise ConfigError(f"dataset {data!r} holds no non-empty stories: {DATA_FIX}")
 
     if eval_data:
-        extra = load_raw(eval_data, splits=("validation", "train"))
+        extra = load_raw(eval_data, splits=("validation", "train"), on_decode_error=on_decode_error)
         validation = extra.get("validation", extra.get("train")) if isinstance(extra, DatasetDict) else extra
     if validation is not None:
         validation, dropped_val = _clean(validation, text_column, num_proc)

@@ -86,6 +86,8 @@ class PackStats:
     blocks: int
     packed_tokens: int
     dropped_tokens: int
+    long_stories: int = 0  # stories longer than one block: windowed over several blocks
+    capped_tokens: int = 0  # packed tokens left out by a token cap (`--max_eval_tokens`)
 
     @property
     def bytes_per_token(self) -> float:
@@ -117,8 +119,21 @@ def pack_dataset(
         blocks=len(packed),
         packed_tokens=len(packed) * block_size,
         dropped_tokens=n_tokens - len(packed) * block_size,
+        long_stories=int(pc.sum(pc.greater(table.column("num_tokens"), block_size)).as_py() or 0),
     )
     return packed, stats
+
+
+def cap_blocks(packed: Dataset, stats: PackStats, max_tokens: int | None) -> Dataset:
+    """The first blocks holding at most `max_tokens` tokens (at least one block); counted in `stats`."""
+    if not max_tokens or len(packed) == 0:
+        return packed
+    block_size = stats.packed_tokens // max(stats.blocks, 1)
+    keep = max(1, max_tokens // block_size)
+    if keep >= len(packed):
+        return packed
+    stats.capped_tokens = (len(packed) - keep) * block_size
+    return packed.select(range(keep))
 
 
 class PackedCollator:

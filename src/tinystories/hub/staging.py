@@ -27,7 +27,9 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from tinystories.core import ConfigError
+from tinystories.core.paths import check_output_dir, output_lock
 from tinystories.hub import cards
+from tinystories.hub.scrub import host_names, scrub_text
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ EXCLUDE = (
     "scaler.pt",
     "rng_state*.pth",
     "training_args.bin",
+    "run_settings.json",  # the full argument set of a run, for its own reruns (`training.tail`)
     "global_step*",
     "latest",
     "zero_to_fp32.py",
@@ -106,6 +109,16 @@ def _check_folder(folder: Path, repo_type: str) -> None:
         raise ConfigError(f"{str(folder)!r} is empty")
 
 
+def _empty_folder(stage: Path) -> None:
+    """An empty `stage` folder: what a previous staging left is removed."""
+    stage.mkdir(parents=True, exist_ok=True)
+    for child in stage.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def _local_prefixes(folder: Path) -> list[str]:
     prefixes = {str(folder.resolve()), str(Path.cwd().resolve()), str(Path.home())}
     return sorted((p for p in prefixes if len(p) > 1), key=len, reverse=True)
@@ -123,9 +136,7 @@ def _clean_text_file(path: Path, rel: Path, folder: Path, token: str | None) -> 
     original = text
     for prefix in _local_prefixes(folder):
         text = text.replace(prefix + os.sep, "").replace(prefix, ".")
-    leftovers = cards.find_local_paths(text)
-    for p in leftovers:
-        text = text.replace(p, Path(p).name)
+    text = scrub_text(text)  # any other absolute path (whatever its root) and the host name
     if text != original:
         path.write_text(text, encoding="utf-8")
 
@@ -174,11 +185,8 @@ def stage_folder(
     folder = Path(folder)
     _check_folder(folder, repo_type)
     stage = Path(stage_dir) if stage_dir else default_stage_dir(repo_id)
-    if stage.resolve() == folder.resolve() or folder.resolve() in stage.resolve().parents:
-        raise ConfigError(f"STAGE_DIR {str(stage)!r} must not be the model folder or inside it")
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
+    check_output_dir(stage, {"MODEL (--model)": str(folder)}, flag="STAGE_DIR (--stage_dir)")
+    _empty_folder(stage)
     token = _get_token()
     dataset_source = _find_saved_dataset(folder) if repo_type == "dataset" else None
     adapter = (folder / "adapter_config.json").is_file()
@@ -282,7 +290,7 @@ def _check_binary_file(path: Path, rel: Path, folder: Path, token: str | None) -
     data = path.read_bytes()
     if token and token.encode() in data:
         raise ConfigError(f"{rel} contains your Hub token: refusing to stage or upload it; remove the file")
-    if any(prefix.encode() in data for prefix in _local_prefixes(folder)):
+    if any(name.encode() in data for name in [*_local_prefixes(folder), *host_names()]):
         logger.warning("leaving %s out of the upload: it records local paths", rel)
         path.unlink()
 
@@ -373,9 +381,7 @@ def stage_space(model_id: str, repo_id: str, stage_dir: str | os.PathLike | None
     _split_repo(repo_id)
     source = _check_space_source(model_id)
     stage = Path(stage_dir) if stage_dir else default_stage_dir(repo_id)
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
+    _empty_folder(stage)
     app = (source / "app.py").read_text(encoding="utf-8")
     default = _APP_MODEL.search(app).group(1)
     (stage / "app.py").write_text(_APP_MODEL.sub(f'DEFAULT_MODEL = "{model_id}"', app), encoding="utf-8")
@@ -415,6 +421,19 @@ def push_folder(
             f"repo_type must be 'model', 'dataset' or 'space' (metric modules), got {repo_type!r}"
         )
     _split_repo(repo_id)
+    stage = Path(stage_dir) if stage_dir else default_stage_dir(repo_id)
+    if not space:
+        _check_folder(Path(folder), repo_type)
+        check_output_dir(stage, {"MODEL (--model)": str(folder)}, flag="STAGE_DIR (--stage_dir)")
+    with output_lock(stage, flag="STAGE_DIR (--stage_dir)", beside=True):  # one push stages and uploads it
+        return _stage_and_upload(
+            folder, repo_id, private, revision, commit_message, dry_run, stage, repo_type, space
+        )
+
+
+def _stage_and_upload(
+    folder, repo_id, private, revision, commit_message, dry_run, stage_dir, repo_type, space
+) -> str:
     if space:
         repo_type = "space"
         _check_space_source(str(folder))
@@ -426,7 +445,6 @@ def push_folder(
         token = _check_token_and_repo(api, repo_id, private, revision, repo_type)
         stage = stage_space(str(folder), repo_id, stage_dir)
     else:
-        _check_folder(Path(folder), repo_type)
         if dry_run:
             return str(stage_folder(folder, repo_id, stage_dir, repo_type))
         api = HfApi()

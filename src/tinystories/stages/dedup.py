@@ -28,7 +28,7 @@ from tinystories.core.arguments import (
     SplitArguments,
 )
 from tinystories.core.config import parse_args
-from tinystories.core.paths import display_path
+from tinystories.core.paths import check_output_dir, display_path, output_lock
 from tinystories.data.loading import load_split
 from tinystories.dedup.decontamination import read_eval_prompts
 from tinystories.dedup.pipeline import DedupResult, deduplicate
@@ -136,10 +136,19 @@ def _write_outputs(ds: Dataset, column: str, result: DedupResult, out: Path, wri
 
 
 def run(args: DedupArguments) -> dict[str, Any]:
-    """Deduplicate `args.data` into `args.output_dir`; returns the `dedup_stats.json` dict."""
+    """Deduplicate `args.data` into `args.output_dir`; returns the `dedup_stats.json` dict.
+
+    OUT may not be, contain or lie inside IN (or a prompt file), and one dedup at a time writes it."""
     args.validate()
     eval_paths = _eval_prompt_files(args)
     prompts = read_eval_prompts(eval_paths) if (args.decontaminate and eval_paths) else []
+    inputs = {"--data (IN)": args.data, "--decontaminate_against": eval_paths}
+    check_output_dir(args.output_dir, inputs, flag="--output_dir (OUT)")
+    with output_lock(args.output_dir, flag="--output_dir (OUT)"):
+        return _run(args, eval_paths, prompts)
+
+
+def _run(args: DedupArguments, eval_paths: list[str] | None, prompts: list) -> dict[str, Any]:
     t0 = time.perf_counter()
     ds = load_input(args.data, args.split)
     t_load = time.perf_counter() - t0

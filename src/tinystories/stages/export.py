@@ -24,7 +24,7 @@ from pathlib import Path
 from tinystories.core import ConfigError
 from tinystories.core.arguments import ModelSource, OutputArguments
 from tinystories.core.config import parse_args, setup_logging
-from tinystories.core.paths import public_name
+from tinystories.core.paths import check_output_dir, output_lock, public_name
 from tinystories.data.tokenizer import load_tokenizer
 from tinystories.models.export.gguf import GGUF_INFO_FILE, GGUF_TYPES, export_gguf, find_converter
 from tinystories.models.export.graph import DEFAULT_OPSET
@@ -91,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.gguf_type not in GGUF_TYPES:
             raise ConfigError(f"--gguf_type {args.gguf_type!r}: use one of {', '.join(GGUF_TYPES)}")
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.model)
+    # the default <model dir>/onnx-export is a subfolder the model's loading never reads
+    check_output_dir(output_dir, {"--model": args.model, "--tokenizer": args.tokenizer}, inside_ok=True)
+    with output_lock(output_dir):
+        return _export(args, output_dir)
 
+
+def _export(args: ExportArguments, output_dir: Path) -> int:
     tokenizer_name, tokenizer_revision = _tokenizer_source(args)
     tokenizer = load_tokenizer(tokenizer_name, revision=tokenizer_revision)
     print(f"[export] loading {public_name(args.model)} ...", flush=True)

@@ -44,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     validate(model_args, data_args, args)
     configure_batch(args)
-    resume, tail = prepare_run(args, samples="stories", num_samples=2, sample_max_new_tokens=120)
+    resume, tail = prepare_run(
+        args,
+        {"model": model_args, "data": data_args},
+        samples="stories",
+        num_samples=2,
+        sample_max_new_tokens=120,
+    )
     set_seed(args.seed)
 
     # one tokenization per shared cache: the global main process first, the others then read its cache

@@ -27,6 +27,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from tinystories.core import ConfigError
+from tinystories.core.paths import check_output_dir, output_lock
 from tinystories.data.shards import (
     cleaning_counts,
     collect_shards,
@@ -274,8 +275,19 @@ def merge(args: SynthesisArguments) -> dict[str, Any]:
     return stats
 
 
+MERGE_LOCK_FILE = ".merge.lock"
+
+
 def run(args: SynthesisArguments) -> dict[str, Any]:
     args.validate()
+    inputs = {
+        "--data": args.data,
+        "--features_file": args.features_file,
+        "--story_template": args.story_template,
+        "--summary_template": args.summary_template,
+        "--data_generation_dir": args.data_generation_dir,
+    }
+    check_output_dir(args.output_dir, inputs)
     result: dict[str, Any] = {}
     if not args.merge_only:
         result["shard"] = run_shard(args)
@@ -286,5 +298,8 @@ def run(args: SynthesisArguments) -> dict[str, Any]:
         ]
         all_done = len(summaries) == args.num_shards and all(s["missing"] == 0 for s in summaries)
         if args.merge_only or all_done:
-            result["merge"] = merge(args)
+            with output_lock(
+                args.output_dir, name=MERGE_LOCK_FILE
+            ):  # shards write under shards/, each locked
+                result["merge"] = merge(args)
     return result

@@ -13,7 +13,7 @@ from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, PreTrainedModel, TrainingA
 from tinystories.core import ConfigError
 from tinystories.core.arguments import AttentionArguments, TrainingData, VocabularyArguments, check_min
 from tinystories.data.loading import load_stories
-from tinystories.data.packing import PackStats, pack_dataset
+from tinystories.data.packing import PackStats, cap_blocks, pack_dataset
 from tinystories.data.tokenizer import DEFAULT_TOKENIZER, prepare_tokenizer
 from tinystories.models.loading import check_attn_implementation, install_attention, load_model
 from tinystories.models.losses import use_fused_cross_entropy
@@ -63,6 +63,12 @@ class DataArguments(TrainingData, VocabularyArguments):
     """--data, --eval_data, --tokenizer, --text_column, held-out and sample limits (`TrainingData`), the
     vocabulary (`VocabularyArguments`), and how stories become training sequences."""
 
+    max_eval_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "evaluate on at most this many tokens (whole blocks): a very long story is cut there"
+        },
+    )
     block_size: int = field(default=512, metadata={"help": "tokens per training sequence (paper: 512)"})
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "processes that tokenize the data (default: one)"}
@@ -71,6 +77,9 @@ class DataArguments(TrainingData, VocabularyArguments):
     def check(self):
         check_min("block_size", self.block_size, 2)
         check_min("preprocessing_num_workers", self.preprocessing_num_workers, 1)
+        check_min(
+            "max_eval_tokens", self.max_eval_tokens, 1, "give a positive number of tokens, or leave it unset"
+        )
 
 
 @dataclass
@@ -184,6 +193,7 @@ def prepare_data(data_args: DataArguments, args: PretrainConfig):
         max_train_samples=data_args.max_train_samples,
         max_eval_samples=data_args.max_eval_samples,
         num_proc=data_args.preprocessing_num_workers,
+        on_decode_error=data_args.on_decode_error,
     )
     tokenizer = prepare_tokenizer(
         data_args.tokenizer or DEFAULT_TOKENIZER,
@@ -202,6 +212,7 @@ def prepare_data(data_args: DataArguments, args: PretrainConfig):
     )
     train_set, train_stats = pack_dataset(stories["train"], tokenizer, **pack)
     eval_set, eval_stats = pack_dataset(stories["validation"], tokenizer, **pack)
+    eval_set = cap_blocks(eval_set, eval_stats, data_args.max_eval_tokens)
     if len(train_set) == 0:
         raise ConfigError(
             f"the training data holds {train_stats.tokens} tokens, less than one block of {data_args.block_size}: "

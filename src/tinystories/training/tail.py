@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from transformers import GenerationConfig, Trainer, TrainingArguments
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
-from tinystories.core import TRAINED_CONTEXT, ConfigError
+from tinystories.core import TRAINED_CONTEXT, ConfigError, RunDone
 from tinystories.core.plots import save_loss_curve
 from tinystories.core.runtime import DeviceFacts, check_one_process_per_gpu, describe_devices, precision_name
 from tinystories.evaluation.generation import sample_generations
@@ -55,34 +55,142 @@ class Tail:
     attn_implementation: str = "sdpa"
 
 
-def resolve_resume(output_dir: str | Path, resume_from_checkpoint: str | None, overwrite: bool) -> str | None:
+RUN_SETTINGS_FILE = "run_settings.json"  # what a run was started with: compared when the command runs again
+# settings that change where a run logs, reports or pushes, or how fast it loads, not what it trains
+EXECUTION_KEYS = frozenset(
+    {
+        "output_dir", "logging_dir", "overwrite_output_dir", "resume_from_checkpoint", "push_to_hub",
+        "hub_model_id", "hub_private_repo", "hub_strategy", "hub_token", "hub_always_push", "hub_revision",
+        "report_to", "run_name", "disable_tqdm", "local_rank", "dataloader_num_workers",
+        "preprocessing_num_workers", "prepare_only", "data_cache_shared", "ddp_timeout",
+    }
+)  # fmt: skip
+RESUME_GROUPS = (
+    "model",
+    "data",
+)  # a checkpoint resumes only under the model and data settings it was trained with
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_settings(args: TrainingArguments, **groups: Any) -> dict[str, dict[str, Any]]:
+    """{"model": ..., "data": ..., "training": ...}: a run's settings as JSON, without the execution-only keys.
+
+    `groups` are the stage's other argument dataclasses by role (`model=`, `data=`)."""
+    values = {name: asdict(obj) for name, obj in groups.items() if obj is not None}
+    values["training"] = args.to_dict()
+    return {
+        name: {k: v for k, v in _plain(group).items() if k not in EXECUTION_KEYS}
+        for name, group in values.items()
+    }
+
+
+def read_run_settings(folder: str | Path) -> dict[str, dict[str, Any]] | None:
+    path = Path(folder) / RUN_SETTINGS_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_run_settings(folder: str | Path, settings: dict[str, dict[str, Any]]) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / RUN_SETTINGS_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def settings_diff(old: dict, new: dict, groups: tuple[str, ...] | None = None) -> list[str]:
+    """`key old -> new` for every setting of `groups` (default: all) that differs between two runs."""
+    changes = []
+    for group in groups or sorted(set(old) | set(new)):
+        before, after = old.get(group) or {}, new.get(group) or {}
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key):
+                changes.append(f"--{key} {before.get(key)!r} -> {after.get(key)!r}")
+    return changes
+
+
+def _finished_step(output_dir: Path) -> str:
+    try:
+        return f" (step {json.loads((output_dir / 'trainer_state.json').read_text())['global_step']})"
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def _check_resumable(checkpoint: str | Path, settings: dict | None, recorded: dict | None) -> None:
+    """A checkpoint resumes only under the model and data settings it was trained with: refuse before any data."""
+    changes = settings_diff(recorded, settings, RESUME_GROUPS) if settings and recorded else []
+    if changes:
+        raise ConfigError(
+            f"checkpoint {str(checkpoint)!r} was trained with other model/data settings: {'; '.join(changes)}. "
+            "Resume it with its own settings, or start a new run: another --output_dir, or "
+            "--overwrite_output_dir true to replace it"
+        )
+
+
+def _refuse_finished(output_dir: Path, settings: dict | None, recorded: dict | None) -> None:
+    """A finished run in `output_dir`: the same command again is done (`RunDone`); any other is refused."""
+    changes = settings_diff(recorded, settings) if settings and recorded else None
+    where, step = str(output_dir), _finished_step(output_dir)
+    if changes == []:
+        raise RunDone(f"{where!r} already holds this finished run{step}: nothing to do")
+    # going on from the checkpoint is offered only when its model and data settings are the ones asked for
+    model_or_data = settings_diff(recorded, settings, RESUME_GROUPS) if changes else []
+    last = None if model_or_data else get_last_checkpoint(where)
+    differs = f" with other settings ({'; '.join(changes)})" if changes else ""
+    go_on = (
+        f"to train it on on purpose, pass --resume_from_checkpoint {last} (and a larger --max_steps); "
+        if last
+        else ""
+    )
+    raise ConfigError(
+        f"{where!r} already holds a finished model{step}{differs}; a rerun never replaces it silently: {go_on}"
+        "to start over, pass --overwrite_output_dir true; or choose another OUTPUT_DIR (--output_dir)"
+    )
+
+
+def resolve_resume(
+    output_dir: str | Path,
+    resume_from_checkpoint: str | None,
+    overwrite: bool,
+    settings: dict[str, dict[str, Any]] | None = None,
+) -> str | None:
     """The checkpoint to resume from: the given one, else the newest in `output_dir`, else None.
 
-    A finished run in `output_dir` (final weights, no checkpoint) is never overwritten silently.
+    A finished run in `output_dir` (final weights) is never overwritten silently: the same settings again
+    raise `RunDone`, others a `ConfigError` saying how to go on or start over. A checkpoint is resumed only
+    under the model and data settings recorded when its run started (`run_settings.json`).
     """
     if resume_from_checkpoint:
-        if not Path(resume_from_checkpoint).is_dir():
+        checkpoint = Path(resume_from_checkpoint)
+        if not checkpoint.is_dir():
             raise ConfigError(
                 f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint directory"
             )
+        recorded = read_run_settings(checkpoint) or read_run_settings(checkpoint.parent)
+        _check_resumable(checkpoint, settings, recorded)
         return resume_from_checkpoint
     output_dir = Path(output_dir)
     if not output_dir.is_dir() or overwrite:
         return None
+    recorded = read_run_settings(output_dir)
+    if any((output_dir / f).is_file() for f in WEIGHT_FILES):
+        _refuse_finished(output_dir, settings, recorded)
     last = get_last_checkpoint(str(output_dir))
     if last is not None:
+        _check_resumable(last, settings, recorded)
         logger.warning("resuming from the newest checkpoint in %s: %s", output_dir, last)
-        return last
-    if any((output_dir / f).is_file() for f in WEIGHT_FILES):
-        raise ConfigError(
-            f"{str(output_dir)!r} already holds a finished model and no checkpoint to resume: choose another "
-            "OUTPUT_DIR (or --output_dir), or pass --overwrite_output_dir true to replace it"
-        )
-    return None
+    return last
 
 
-def prepare_run(args: TrainingArguments, **tail_fields: Any) -> tuple[str | None, Tail]:
+def prepare_run(
+    args: TrainingArguments, settings: dict[str, Any] | None = None, **tail_fields: Any
+) -> tuple[str | None, Tail]:
     """(checkpoint to resume from, the tail's settings), decided before any data is read.
+
+    `settings`: the stage's other argument dataclasses by role (`{"model": ..., "data": ...}`); with the
+    training arguments they are recorded in `run_settings.json` and checked when the run is started again.
 
     A push is checked now (token, namespace), so a missing token fails in seconds, not after training;
     the Trainer's own push is turned off: the tail pushes the finished folder (weights, card, metrics) once.
@@ -95,8 +203,11 @@ def prepare_run(args: TrainingArguments, **tail_fields: Any) -> tuple[str | None
     push = bool(args.push_to_hub)
     if push:
         check_push_ready(args.hub_model_id)
+    recorded = run_settings(args, **(settings or {}))
     args.push_to_hub = False
-    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, recorded)
+    if args.process_index == 0:
+        write_run_settings(args.output_dir, recorded)
     tail = Tail(
         push=push, hub_model_id=args.hub_model_id, hub_private=bool(args.hub_private_repo), **tail_fields
     )

@@ -163,6 +163,7 @@ def prepare_data(
         eval_data=args.eval_data,
         revision=args.data_revision,
         config_name=args.data_config,
+        on_decode_error=args.on_decode_error,
         max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples,
     )

@@ -47,6 +47,7 @@ def run(args: FinetuneArguments, training_args: SFTConfig, model_config: Finetun
     peft, context = model_config.use_peft, min(training_args.max_length, TRAINED_CONTEXT)
     resume, tail = prepare_run(
         training_args,
+        {"model": model_config, "data": args},
         num_samples=args.num_samples,
         sample_max_new_tokens=args.sample_max_new_tokens,
         context=context,
