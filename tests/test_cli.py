@@ -104,6 +104,7 @@ def _recipes():
 @pytest.mark.parametrize("stage,path", list(_recipes()))
 def test_every_recipe_parses_with_the_new_names(stage, path, caplog, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(config, "_warned", set())
     module = cli._import_stage(stage)
     with caplog.at_level(logging.WARNING, logger="tinystories.core.config"):
         parsed = parse_args(
