@@ -180,7 +180,7 @@ push: install
 	$(TS) push --model $(MODEL) --repo $(REPO) $(if $(filter 1 true yes,$(DRY_RUN)),--dry_run true) $(call opt,--stage_dir,$(STAGE_DIR)) $(ARGS)
 
 pull: install
-	$(TS) pull --model $(or $(MODEL),roneneldan/TinyStories-33M) $(call opt,--revision,$(REVISION)) $(call opt,--local_dir,$(OUTPUT_DIR)) $(ARGS)
+	$(TS) pull --model $(or $(MODEL),roneneldan/TinyStories-33M) $(call opt,--revision,$(REVISION)) $(call opt,--tokenizer,$(TOKENIZER)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
 
 export: install
 	$(TS) export $(call opt,--model,$(MODEL)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
