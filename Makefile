@@ -113,7 +113,7 @@ push: install
 
 pull: install
 	$(TS) pull --model $(or $(MODEL),roneneldan/TinyStories-33M) $(call opt,--revision,$(REVISION)) \
-		$(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
+		$(call opt,--tokenizer,$(TOKENIZER)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
 
 export: install
 	$(TS) export $(call opt,--model,$(MODEL)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)

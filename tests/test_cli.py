@@ -40,7 +40,7 @@ STAGE_CONCEPTS = {
     "analyze": {"data", "model", "tokenizer", "output_dir", "precision", "seed", "text_column"},
     "sweep": {"data", "tokenizer", "output_dir", "precision", "text_column"},
     "push": {"model"},
-    "pull": {"model", "output_dir"},
+    "pull": {"model", "tokenizer", "output_dir"},
     "export": {"model", "tokenizer", "output_dir"},
     "bench": {"output_dir"},
 }

@@ -394,7 +394,7 @@ def test_staged_push_loads_by_repo_id_through_an_offline_cache(trained, tmp_path
     folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert (folder / "model.safetensors").is_file() and "alice--TinyStories-tiny" in str(folder)
     local = tmp_path / "pulled"
-    assert pull.pull("alice/TinyStories-tiny", local_dir=str(local)) == local
+    assert pull.pull("alice/TinyStories-tiny", output_dir=str(local)) == local
     assert json.loads((local / "pull_info.json").read_text())["repo_id"] == "alice/TinyStories-tiny"
     assert (local / "model.safetensors").is_file() and not (local / "trainer_state.json").exists()
     assert cards.resolve_hub_id(local) == "alice/TinyStories-tiny"

@@ -133,7 +133,7 @@ def test_pull_converts_main_once_and_stages_load_the_id_offline(
     )
 
     local = tmp_path / "pulled"
-    assert pull.main(["--model", REPO_ID, "--local_dir", str(local)]) == 0
+    assert pull.main(["--model", REPO_ID, "--output_dir", str(local)]) == 0
     assert sorted(p.name for p in local.iterdir()) == sorted(
         ["config.json", "model.safetensors", "README.md", "pull_info.json", *TOKENIZER_FILES]
     )

@@ -57,6 +57,24 @@ def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER, revision: str | None =
     return tokenizer
 
 
+def story_boundary_ids(tokenizer, generation_config=None) -> tuple[int, int]:
+    """(start, end): the token each story follows and the token that ends it, as the model's family was trained.
+
+    GPT-Neo (bos = eos = <|endoftext|>) and SimpleStories (EOS only) put EOS between stories: (EOS, EOS). Llama 2
+    style models start a story with BOS and end it with EOS: (BOS, EOS). llama2.c's data starts every story with
+    BOS and never has EOS, so a story ends where the next one's BOS is: (BOS, BOS). A converted llama2.c model
+    says so by listing BOS among its generation config's `eos_token_id` (`tinystories pull` writes [1, 2]).
+    """
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    if eos is None:
+        raise ConfigError("the tokenizer has no eos_token: pass a --tokenizer that marks the end of a story")
+    start = bos if bos is not None else eos
+    stops = getattr(generation_config, "eos_token_id", None)
+    stops = [stops] if isinstance(stops, int) else list(stops or [])
+    end = bos if bos is not None and bos != eos and bos in stops else eos
+    return start, end
+
+
 # ------------------------------------------------------------------------------------------- trimming
 def token_counts(token_id_batches: Iterable[Iterable[int]], vocab_size: int) -> np.ndarray:
     counts = np.zeros(vocab_size, dtype=np.int64)

@@ -25,6 +25,7 @@ from transformers import GenerationConfig, set_seed
 
 from tinystories.core import EVAL_PROMPTS_FILE, ConfigError
 from tinystories.data.instruct import build_prompt
+from tinystories.data.tokenizer import story_boundary_ids
 from tinystories.hub.cards import SAMPLE_PROMPTS
 from tinystories.models.loading import context_limit
 
@@ -34,10 +35,13 @@ PAPER_PROMPTS_REPO = "roneneldan/TinyStories"  # a dataset repo
 PAPER_PROMPTS_FILE = "Evaluation prompts.yaml"  # a YAML list of the paper's 44 story beginnings
 
 
-def _generation_config(tokenizer, max_length: int, temperature, top_k, top_p, num_return_sequences: int = 1):
+def _generation_config(
+    tokenizer, max_length: int, temperature, top_k, top_p, num_return_sequences: int = 1, stop_ids=None
+):
     """A complete generation config: the checkpoint's own (max_length, top_k, ...) must not override it.
 
     `max_length` (prompt + new tokens) rather than `max_new_tokens`, which would clash with a stored max_length.
+    `stop_ids`: the tokens that end a story (default the tokenizer's EOS).
     """
     eos_id = tokenizer.eos_token_id
     do_sample = temperature is not None and temperature > 0
@@ -48,7 +52,7 @@ def _generation_config(tokenizer, max_length: int, temperature, top_k, top_p, nu
         max_length=max_length,
         do_sample=do_sample,
         num_return_sequences=num_return_sequences,
-        eos_token_id=eos_id,
+        eos_token_id=stop_ids or eos_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id,
         **sampling,
     )
@@ -77,6 +81,21 @@ def generate_story(
     return stories if num_return_sequences > 1 else stories[0]
 
 
+def _prompt_ids(model, tokenizer, prompts: list[str]) -> tuple[list[list[int]], list[int]]:
+    """Each prompt's ids (after the family's story-start token where it has its own BOS; an empty prompt is that
+    token alone) and the ids that end a story."""
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError("the tokenizer has no eos_token: generation could not stop at the end of a story")
+    start, end = story_boundary_ids(tokenizer, getattr(model, "generation_config", None))
+    prefix = [start] if start != eos_id else []
+    ids = [
+        prefix + (tokenizer(p, add_special_tokens=False)["input_ids"] if p else []) or [start]
+        for p in prompts
+    ]
+    return ids, sorted({end, eos_id})
+
+
 @torch.no_grad()
 def generate_batch(
     model,
@@ -94,12 +113,12 @@ def generate_batch(
     The prompts are padded on the left (the attention mask hides the padding and positions start at each
     prompt's first token), so a batch samples what the prompts would one at a time, up to float rounding and
     the random stream. New tokens are capped so that the longest prompt plus its continuation fit in the
-    trained context. An empty prompt starts from <|endoftext|>, the separator the model saw before each story.
+    trained context. An empty prompt starts from the token the model saw before each story (<|endoftext|> for
+    GPT-Neo); a family that starts every story with its own BOS (llama2.c, Llama 2) gets it before every prompt.
+    A story stops at its family's end-of-story token (`story_boundary_ids`: BOS for llama2.c) or at EOS.
     """
     eos_id = tokenizer.eos_token_id
-    if eos_id is None:
-        raise ValueError("the tokenizer has no eos_token: generation could not stop at the end of a story")
-    ids = [(tokenizer(p, add_special_tokens=False)["input_ids"] if p else []) or [eos_id] for p in prompts]
+    ids, stops = _prompt_ids(model, tokenizer, prompts)
     width, limit = max(len(i) for i in ids), context_limit(model)
     room = limit - width
     if room <= 0:
@@ -124,14 +143,16 @@ def generate_batch(
             top_k,
             top_p,
             num_return_sequences,
+            stops,
         ),
     )
     if was_training:
         model.train()
     stories = []
     for row in output[:, width:].tolist():
-        if eos_id in row:  # stop at the first EOS; what follows is padding
-            row = row[: row.index(eos_id)]
+        ends = [row.index(t) for t in stops if t in row]
+        if ends:  # stop at the first end of story; what follows is padding
+            row = row[: min(ends)]
         stories.append(tokenizer.decode(row, skip_special_tokens=True))
     n = num_return_sequences  # generate returns each prompt's sequences next to each other
     return [stories[k * n : (k + 1) * n] for k in range(len(prompts))]

@@ -6,12 +6,15 @@ with a trimmed 10K vocabulary and one with the full 50K GPT-Neo vocabulary are c
 
     bpb = sum_t NLL_t [nats] / (ln 2 * number of UTF-8 bytes of the text)
 
-The sum runs over every predicted token of the text, including the EOS appended after each story
-when the model was trained to predict it; the byte count is that of the raw text (the EOS token
-adds no bytes). The training loop, `tinystories eval` and the `metrics/bits_per_byte` evaluate module share
+The sum runs over every predicted token of the text, including the token that ends each story as the
+model's family was trained to predict it (`data.tokenizer.story_boundary_ids`: EOS for GPT-Neo and
+SimpleStories, BOS for llama2.c, whose stories each start with BOS and have no EOS); the byte count is
+that of the raw UTF-8 text, the same whatever the tokenizer (no dummy-prefix space, no special token
+adds bytes). The training loop, `tinystories eval` and the `metrics/bits_per_byte` evaluate module share
 these definitions: `bits_per_byte` is the only place the formula is written, `num_utf8_bytes` the only byte
-counter, and `score_texts` the one held-out scorer (per story, EOS before it as context and after it as a
-target, within the trained context; long stories in overlapping windows).
+counter, and `score_texts` the one held-out scorer (per story, the family's story-start token before it as
+context and its end-of-story token after it as a target, within the trained context; long stories in
+overlapping windows).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tqdm.auto import tqdm
 
 from tinystories.core import ConfigError
 from tinystories.data.packing import num_utf8_bytes
+from tinystories.data.tokenizer import story_boundary_ids
 
 LN2 = math.log(2.0)
 
@@ -73,15 +77,15 @@ def _windows(seq: list[int], max_length: int, stride: int) -> list[tuple[list[in
 Window = tuple[int, list[int], int]  # (text index, token ids, first scored position)
 
 
-def story_windows(tokenizer, texts: list[str], max_length: int, stride: int, vocab: int) -> list[Window]:
-    """Every text as `[EOS, *story, EOS]`, cut into windows of at most `max_length` tokens."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ConfigError("the tokenizer has no eos_token: pass a --tokenizer with <|endoftext|>")
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+def story_windows(
+    tokenizer, texts: list[str], max_length: int, stride: int, vocab: int, generation_config=None
+) -> list[Window]:
+    """Every text as `[start, *story, end]` (`story_boundary_ids`: `[EOS, *story, EOS]` for GPT-Neo, `[BOS,
+    *story, BOS]` for llama2.c), cut into windows of at most `max_length` tokens."""
+    start, end = story_boundary_ids(tokenizer, generation_config)
     windows: list[Window] = []
     for i, ids in enumerate(tokenizer(texts, add_special_tokens=False)["input_ids"]):
-        seq = [bos, *ids, eos]
+        seq = [start, *ids, end]
         if max(seq) >= vocab:
             raise ConfigError(
                 f"token id {max(seq)} >= the model's vocabulary {vocab}: pass the model's own --tokenizer"
@@ -127,7 +131,9 @@ def score_texts(
     if not 0 < stride <= max_length - 1:
         raise ConfigError(f"stride must be in [1, max_length - 1 = {max_length - 1}], got {stride}")
     vocab = model.get_input_embeddings().num_embeddings
-    windows = story_windows(tokenizer, texts, max_length, stride, vocab)
+    windows = story_windows(
+        tokenizer, texts, max_length, stride, vocab, getattr(model, "generation_config", None)
+    )
     order = sorted(range(len(windows)), key=lambda j: -len(windows[j][1]))  # similar lengths share a batch
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     device = next(model.parameters()).device

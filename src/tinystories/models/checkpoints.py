@@ -49,7 +49,7 @@ TOKENIZER_FILES = [
     "merges.txt",
     "*.jinja",
 ]
-# what a pull keeps (and copies into --local_dir): never a pickle, never repository code
+# what a pull keeps (and copies into --output_dir): never a pickle, never repository code
 ALLOW_PATTERNS = [
     "*.safetensors",
     "*.safetensors.index.json",

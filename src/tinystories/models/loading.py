@@ -128,10 +128,12 @@ def load_model(
 
 
 def context_limit(model_or_config) -> int:
-    """Tokens a model may see at once: the trained context (512), or less if its config says so.
+    """Tokens a model may see at once: the context it was trained at.
 
-    The released checkpoints store 2048 positions but were trained at 512 and degrade past it.
+    GPT-Neo: 512, or less if its config says so (the released checkpoints store 2048 positions but were trained at
+    512 and degrade past it). Other families store the context they were trained at (a converted llama2.c model:
+    its `seq_len`, 256 for stories15M, 1024 for stories110M; SimpleStories: 512).
     """
     config = getattr(model_or_config, "config", model_or_config)
-    stored = getattr(config, "max_position_embeddings", None) or TRAINED_CONTEXT
-    return min(TRAINED_CONTEXT, int(stored))
+    stored = int(getattr(config, "max_position_embeddings", None) or TRAINED_CONTEXT)
+    return min(TRAINED_CONTEXT, stored) if getattr(config, "model_type", "gpt_neo") == "gpt_neo" else stored

@@ -1,8 +1,11 @@
-"""`tinystories pull`: download a released checkpoint (e.g. `roneneldan/TinyStories-33M`) from the Hub.
+"""`tinystories pull`: download a released checkpoint (e.g. `roneneldan/TinyStories-33M`) from the Hub, or
+convert a llama2.c checkpoint into a transformers Llama folder.
 
     tinystories pull --model roneneldan/TinyStories-33M                 # into the HF cache
     tinystories pull --model roneneldan/TinyStories-33M --output_dir outputs/pulled/TinyStories-33M
     tinystories pull --model roneneldan/TinyStories-33M --revision <branch, tag, commit or refs/pr/<n>>
+    tinystories pull --model stories260K.bin --tokenizer tok512.bin --output_dir outputs/pulled/stories260K
+    tinystories pull --model karpathy/tinyllamas/stories260K            # the Hub folder, through the HF cache
 
 Weights, configs, tokenizer files and the card go into the HF cache; no repository code runs (no
 `trust_remote_code`). Safetensors are used where the revision has them. The released repos keep only
@@ -13,10 +16,19 @@ the Hub's conversion PRs `refs/pr/<n>`) gets `main`'s. After a pull every stage 
 (`--model roneneldan/TinyStories-33M`, plus `--revision` when one was pulled), also with `HF_HUB_OFFLINE=1`.
 `--output_dir` adds a plain copy (safetensors, config, tokenizer, card, `pull_info.json`; never a pickle) that
 every stage accepts as a local model dir.
+
+A llama2.c checkpoint (`--model` a `.bin` of any export version, a `train.py` `.pt`, or `owner/repo/<name>` such
+as `karpathy/tinyllamas/stories260K` / `karpathy/tinyllamas/stories15M.pt`) becomes a `LlamaForCausalLM` folder
+(`tinystories.models.llama2c`): safetensors, the head tied or not as stored, `max_position_embeddings` = the
+context it was trained at, a `generation_config.json` that stops at BOS (llama2.c's stories end where the next
+one's BOS is), and the tokenizer (`--tokenizer` a `tok*.bin` or sentencepiece `.model`; default the `tok*` file
+beside the checkpoint) as a transformers fast tokenizer encoding exactly as llama2.c's `run.c`
+(`tinystories.data.llama2c_tokenizer`). Default folder: `outputs/pulled/<name>`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -25,18 +37,22 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from tinystories.core import TRAINED_CONTEXT
-from tinystories.core.arguments import ModelRef, OutputArguments
+from tinystories.core import TRAINED_CONTEXT, ConfigError
+from tinystories.core.arguments import ModelSource, OutputArguments
 from tinystories.core.config import parse_args
 from tinystories.core.paths import PULL_INFO_FILE
+from tinystories.data.llama2c_tokenizer import TOKENIZER_FIX, load_llama2c_tokenizer, save_llama2c_tokenizer
 from tinystories.data.tokenizer import load_tokenizer
 from tinystories.models.checkpoints import ALLOW_PATTERNS, fetch_checkpoint
+from tinystories.models.llama2c import fetch_llama2c, is_llama2c_source, read_checkpoint, to_transformers
 
 
 @dataclass
-class PullArguments(ModelRef, OutputArguments):
-    """--model: a Hub model id; --revision: branch, tag, commit or refs/pr/<n>; --output_dir: also copy the files
-    here (safetensors, config, tokenizer)."""
+class PullArguments(ModelSource, OutputArguments):
+    """--model: a Hub model id, or a llama2.c .bin/.pt (a path or owner/repo/<name> on the Hub); --revision:
+    branch, tag, commit or refs/pr/<n>; --tokenizer: a llama2.c model's tokenizer, tok*.bin or sentencepiece
+    .model (default: the one beside it); --output_dir: also copy the files here (safetensors, config,
+    tokenizer), or the folder of a llama2.c conversion."""
 
     verify: bool = field(default=True, metadata={"help": "load the config and tokenizer after downloading"})
 
@@ -51,18 +67,42 @@ def copy_snapshot(snapshot: Path, local_dir: Path) -> None:
             shutil.copyfile(src, local_dir / rel)
 
 
-def pull(repo_id: str, revision: str | None = None, local_dir: str | None = None) -> Path:
+def pull(repo_id: str, revision: str | None = None, output_dir: str | None = None) -> Path:
     """Download `repo_id@revision` into the HF cache (pickled weights converted once to safetensors there).
 
-    Returns the cache's snapshot folder, or `local_dir` holding a plain copy of it.
+    Returns the cache's snapshot folder, or `output_dir` holding a plain copy of it.
     """
     snapshot = fetch_checkpoint(repo_id, revision)
-    if not local_dir:
+    if not output_dir:
         return snapshot
-    folder = Path(local_dir)
+    folder = Path(output_dir)
     copy_snapshot(snapshot, folder)
     commit = snapshot.name if snapshot.parent.name == "snapshots" else None
     info = {"repo_id": repo_id, "revision": revision or "main", "commit": commit}
+    (folder / PULL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return folder
+
+
+def convert_llama2c(source: str, tokenizer: str | None = None, output_dir: str | None = None) -> Path:
+    """A llama2.c checkpoint (+ its tokenizer) as a transformers Llama folder; returns the folder."""
+    model_file, tokenizer_file = fetch_llama2c(source, tokenizer)
+    if tokenizer_file is None:
+        raise ConfigError(f"no tok*.bin / tok*.model beside {model_file.name} ({source}): {TOKENIZER_FIX}")
+    args, weights = read_checkpoint(model_file)
+    tok = load_llama2c_tokenizer(
+        tokenizer_file, args.vocab_size, args.seq_len
+    )  # checked before anything is written
+    model = to_transformers(args, weights)
+    folder = Path(output_dir or Path("outputs") / "pulled" / model_file.stem)
+    model.save_pretrained(folder)  # model.safetensors, config.json, generation_config.json
+    save_llama2c_tokenizer(tok, folder, tokenizer_file.name)
+    info = {
+        "source": source,
+        "format": f"llama2.c {'.pt' if model_file.suffix == '.pt' else f'.bin version {args.version}'}",
+        "checkpoint_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
+        "tokenizer": str(tokenizer or tokenizer_file.name),
+        "tokenizer_sha256": hashlib.sha256(tokenizer_file.read_bytes()).hexdigest(),
+    }
     (folder / PULL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return folder
 
@@ -79,7 +119,7 @@ def describe(folder: Path) -> str:
     ]
     stored = config.get("max_position_embeddings")
     line = ", ".join(parts)
-    if stored and stored > TRAINED_CONTEXT:
+    if stored and stored > TRAINED_CONTEXT and config.get("model_type") == "gpt_neo":
         line += (
             f"\nnote: config stores {stored} positions but the TinyStories models were trained at {TRAINED_CONTEXT}; "
             f"eval and generate stay within {TRAINED_CONTEXT}"
@@ -94,7 +134,14 @@ DEFAULTS = {"model": "roneneldan/TinyStories-33M"}
 
 def main(argv: list[str] | None = None) -> int:
     (args,) = parse_args(ARGUMENTS, argv, DEFAULTS)
-    folder = pull(args.model, args.revision, args.output_dir)
+    llama2c = is_llama2c_source(args.model)
+    if args.tokenizer and not llama2c:
+        raise ConfigError("--tokenizer is for a llama2.c checkpoint (.bin/.pt); a Hub repo brings its own")
+    if llama2c:
+        folder = convert_llama2c(args.model, args.tokenizer, args.output_dir)
+        args.output_dir = str(folder)
+    else:
+        folder = pull(args.model, args.revision, args.output_dir)
     print(f"pulled {args.model}{'@' + args.revision if args.revision else ''}: {describe(folder)}")
     if args.verify:
         AutoConfig.from_pretrained(folder, trust_remote_code=False)
