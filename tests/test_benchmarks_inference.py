@@ -34,7 +34,7 @@ def trained_dir(tmp_path_factory, sample_txt):
     logits stand apart, as a real model's do (a random model's nearly tie, and int8 may then flip one)."""
     run = tmp_path_factory.mktemp("inference") / "run"
     argv = [
-        "--dataset_name", str(sample_txt), "--output_dir", str(run), "--max_steps", "60",
+        "--data", str(sample_txt), "--output_dir", str(run), "--max_steps", "60",
         "--train_tokenizer", "true", "--vocab_size", "512", "--hidden_size", "32", "--num_layers", "2",
         "--block_size", "64", "--max_train_samples", "600", "--per_device_train_batch_size", "8",
         "--global_batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "6e-3",

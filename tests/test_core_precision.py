@@ -76,7 +76,7 @@ def test_data_is_prepared_once_by_the_global_main_process(tmp_path, sample_txt, 
 
     monkeypatch.setattr(PretrainConfig, "main_process_first", first)
     out = tmp_path / "run"
-    argv = ["--dataset_name", str(sample_txt), "--output_dir", str(out), "--max_train_samples", "200"]
+    argv = ["--data", str(sample_txt), "--output_dir", str(out), "--max_train_samples", "200"]
     argv += ["--train_tokenizer", "true", "--vocab_size", "300", "--hidden_size", "32", "--num_layers", "2"]
     argv += ["--block_size", "64", "--use_cpu", "true", "--report_to", "none", "--prepare_only", "true"]
     assert train.main(argv) == 0

@@ -202,7 +202,7 @@ def test_int8_bits_per_byte_within_2_percent_of_fp32(tmp_path, sample_txt, steps
     scored on the stories that run held out: int8 within 2% of fp32, fp32 ONNX equal to PyTorch."""
     run = tmp_path / "run"
     argv = [
-        "--dataset_name", str(sample_txt), "--output_dir", str(run), "--max_steps", str(steps),
+        "--data", str(sample_txt), "--output_dir", str(run), "--max_steps", str(steps),
         "--train_tokenizer", "true", "--vocab_size", "512", "--hidden_size", "32", "--num_layers", "2",
         "--block_size", "64", "--max_train_samples", "600", "--per_device_train_batch_size", "8", "--global_batch_size", "8",
         "--gradient_accumulation_steps", "1", "--learning_rate", "6e-3", "--max_eval_samples", "40",

@@ -23,7 +23,7 @@ TINY = [
 
 
 def run(sample_txt, out, *extra):
-    argv = ["--dataset_name", str(sample_txt), "--output_dir", str(out), *TINY, *extra]
+    argv = ["--data", str(sample_txt), "--output_dir", str(out), *TINY, *extra]
     assert pretrain.main(argv) == 0
     return json.loads((out / "trainer_state.json").read_text())["log_history"]
 
@@ -107,17 +107,13 @@ def test_finished_run_is_not_overwritten(tmp_path, sample_txt):
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"weights")
     with pytest.raises(ConfigError, match="already holds a finished model"):
-        pretrain.main(
-            ["--dataset_name", str(sample_txt), "--output_dir", str(out), *TINY, "--max_steps", "1"]
-        )
+        pretrain.main(["--data", str(sample_txt), "--output_dir", str(out), *TINY, "--max_steps", "1"])
     assert (out / "model.safetensors").read_bytes() == b"weights"
 
 
 def test_bad_input_fails_fast(tmp_path, sample_txt, monkeypatch):
     with pytest.raises(ConfigError, match="unknown size '5M'.*1M, 3M, 8M, 28M, 33M, 1L-21M, 2L-33M"):
-        pretrain.main(
-            ["--size", "5M", "--dataset_name", str(sample_txt), "--output_dir", str(tmp_path / "x")]
-        )
+        pretrain.main(["--size", "5M", "--data", str(sample_txt), "--output_dir", str(tmp_path / "x")])
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("size: 1M\nlearning_rat: 0.001\n")
     with pytest.raises(ConfigError, match="learning_rat.*did you mean learning_rate"):
@@ -127,7 +123,7 @@ def test_bad_input_fails_fast(tmp_path, sample_txt, monkeypatch):
             [
                 "--size",
                 "1M",
-                "--dataset_name",
+                "--data",
                 str(tmp_path / "nope.txt"),
                 "--output_dir",
                 str(tmp_path / "y"),
@@ -136,7 +132,7 @@ def test_bad_input_fails_fast(tmp_path, sample_txt, monkeypatch):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with pytest.raises(ConfigError, match="is empty"):
-        pretrain.main(["--size", "1M", "--dataset_name", str(empty), "--output_dir", str(tmp_path / "z")])
+        pretrain.main(["--size", "1M", "--data", str(empty), "--output_dir", str(tmp_path / "z")])
     # a push at the end of training is checked before any data is read
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
@@ -149,7 +145,7 @@ def test_bad_input_fails_fast(tmp_path, sample_txt, monkeypatch):
             [
                 "--size",
                 "1M",
-                "--dataset_name",
+                "--data",
                 str(tmp_path / "nope.txt"),
                 "--push_to_hub",
                 "true",

@@ -79,7 +79,7 @@ def _train(out, sample_txt, launcher: list[str], per_device: int) -> list[dict]:
         "-m",
         "tinystories.cli",
         "train",
-        "--dataset_name",
+        "--data",
         str(sample_txt),
         "--output_dir",
         str(out),
@@ -148,7 +148,7 @@ def test_max_minutes_two_processes_stop_at_the_same_step(tmp_path, sample_txt, r
     out = tmp_path / "boxed"
     cmd = [*_accelerate(repo_root, "cpu_ddp.yaml"), "-m", "tinystories.cli", "train", *COMMON]
     cmd += [
-        "--dataset_name", str(sample_txt), "--output_dir", str(out), "--per_device_train_batch_size", "4",
+        "--data", str(sample_txt), "--output_dir", str(out), "--per_device_train_batch_size", "4",
         "--max_steps", "100000", "--eval_steps", "100000", "--save_steps", "100000", "--max_minutes", "0.05",
         "--ddp_timeout", "120",  # a collective that hangs fails in 2 minutes, naming itself
     ]  # fmt: skip

@@ -53,7 +53,7 @@ def _start(stage: str, argv: list[str], trackio_dir: Path, log: Path) -> subproc
 def runs(tmp_path_factory, sample_txt, gpt_neo_tokenizer_dir, stories) -> dict[str, tuple[Path, Path]]:
     """{"train" | "lora": (trackio dir, output dir)}: a tiny pretraining run and a tiny LoRA run, in parallel."""
     root = tmp_path_factory.mktemp("trackio")
-    pretrain = ["--dataset_name", str(sample_txt), "--output_dir", str(root / "run"), *TINY_PRETRAIN]
+    pretrain = ["--data", str(sample_txt), "--output_dir", str(root / "run"), *TINY_PRETRAIN]
     pretrain += ["--project", "tinystories-test", "--run_name", "pretrain-1M"]
     base = make_tiny_model_dir(root / "base", gpt_neo_tokenizer_dir)
     data = root / "stories.txt"

@@ -73,7 +73,7 @@ def build_parser(dataclass_types: Sequence[type], defaults: dict[str, Any] | Non
     known = _known_keys(parser)
     for action in parser._actions:
         if action.help:  # argparse %-formats help: a literal "3.5% of" would crash --help
-            action.help = re.sub(r"%(?!\()", "%%", action.help)
+            action.help = re.sub(r"%%|%\(|%", lambda m: "%%" if m.group() == "%" else m.group(), action.help)
         if ALIASES.get(action.dest) in known:
             action.help = argparse.SUPPRESS
     return parser
