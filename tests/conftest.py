@@ -23,6 +23,17 @@ SAMPLE_TXT = SHARED_DATA / "tinystories" / "TinyStories-train.sample.txt"
 GPT_NEO_TOKENIZER = SHARED_DATA / "tokenizer-gpt-neo"
 
 
+@pytest.fixture(autouse=True)
+def _restore_accelerate_environment():
+    """Training configs export the resolved precision (ACCELERATE_MIXED_PRECISION) into os.environ, as they must
+    for `accelerate`; a test must not hand its precision to the next test's subprocesses."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("ACCELERATE_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("ACCELERATE_") and k not in saved]:
+        del os.environ[key]
+    os.environ.update(saved)
+
+
 def read_sample_stories(n: int | None = None) -> list[str]:
     text = SAMPLE_TXT.read_text(encoding="utf-8")
     stories = [s.strip() for s in text.split("<|endoftext|>") if s.strip()]
