@@ -267,7 +267,7 @@ def leaderboard_table(board: dict[str, Any]) -> str:
         "# Tiny story models on one split",
         "",
         f"{where}: {split.get('num_stories', '–')} stories, {_number(split.get('num_bytes'), ',')} UTF-8 bytes"
-        + (f" (the first {split['max_samples']})" if split.get("max_samples") else ""),
+        + (" (the first --max_samples)" if split.get("num_stories") == split.get("max_samples") else ""),
         "",
         "| model | family | architecture | tokenizer | params | non-emb. params | context | loss | bits/byte "
         "| dark stories | error |",
@@ -315,6 +315,7 @@ def plot_bpb_vs_params(rows: list[dict], path: Path) -> Path:
                 name.rsplit("/", 1)[-1], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points"
             )
     ax.set_xscale("log")
+    ax.margins(x=0.2, y=0.1)  # room for the names
     ax.set_xlabel("non-embedding parameters")
     ax.set_ylabel("bits per byte (lower is better)")
     ax.set_title("held-out bits per byte against model size")
