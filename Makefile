@@ -1,8 +1,6 @@
-# TinyStories recipes. Every target depends on `install`, so a fresh clone needs no separate step. The
-# decisions (launcher, devices, CPU-sized steps, refusals) are Python: src/tinystories/core/launch.py.
+# TinyStories recipes; every target depends on `install`. Decisions are Python (src/tinystories/core/launch.py).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-
 # another interpreter (3.11-3.13) in its own venv: make install PYTHON=python3.12 VENV=.venv312
 VENV    ?= .venv
 PYTHON  ?= python3
@@ -15,8 +13,7 @@ DATA_RECIPE ?= tinystories
 SFT_RECIPE ?= sft-33M
 LORA_RECIPE ?= 33M
 SWEEP ?= quickstart
-# ACCELERATE: accelerate_configs/<name> (default: from the GPUs torch sees); NUM_GPUS; LAUNCH_ARGS for `accelerate
-# launch` (multi-node); CPU_ARGS: a CPU run's step (CPU_ARGS= keeps the recipe's; ARGS still win)
+# ACCELERATE (accelerate_configs/<name>; default from the GPUs), NUM_GPUS, LAUNCH_ARGS (multi-node), CPU_ARGS (ARGS win)
 CPU_ARGS ?= --per_device_train_batch_size 8 --global_batch_size 8 --eval_steps 50 --save_steps 50 \
 	--max_eval_samples 200 --dataloader_num_workers 0
 LAUNCH = $(PY) -m tinystories.core.launch --accelerate "$(ACCELERATE)" --num_gpus "$(NUM_GPUS)" \
@@ -27,10 +24,10 @@ opt = $(if $(2),$(1) $(2))# `--flag value` when the value is set
 DATA_FLAGS = $(call opt,--data,$(DATA)) $(call opt,--tokenizer,$(TOKENIZER)) $(call opt,--output_dir,$(OUTPUT_DIR))
 
 .PHONY: help install test test-distributed test-slow lint format quickstart check-size train tokenizer sft lora \
-	generate demo web-demo eval analyze sweep data dedup push pull export gguf-tools bench gpu-check docs docs-serve clean
+	generate demo web-demo eval leaderboard analyze sweep data dedup push pull export gguf-tools bench gpu-check docs docs-serve clean
 
 help:
-	@echo "make install | quickstart | test | test-distributed | test-slow | train SIZE=<$(subst $() ,|,$(SIZES))> [ARCH=llama] | sft | lora | eval | analyze | sweep SWEEP=<quickstart|paper> | data | dedup | demo MODEL=... | web-demo MODEL=... | push | pull | export MODEL=... | bench | gpu-check [WHEELS=dir] [PY=python3]"
+	@echo "make install | quickstart | test | test-distributed | test-slow | train SIZE=<$(subst $() ,|,$(SIZES))> [ARCH=llama] | sft | lora | eval | leaderboard | analyze | sweep SWEEP=<quickstart|paper> | data | dedup | demo MODEL=... | web-demo MODEL=... | push | pull | export MODEL=... | bench | gpu-check [WHEELS=dir] [PY=python3]"
 	@echo "variables: SIZE ARCH DATA TOKENIZER MODEL BASE OUTPUT_DIR ACCELERATE NUM_GPUS ARGS IN OUT REPO DRY_RUN STAGE_DIR SWEEP"
 
 install: $(VENV)/.installed
@@ -41,7 +38,7 @@ $(VENV)/.installed: pyproject.toml
 	DS_BUILD_OPS=0 $(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# the test pyramid: unit + single-process integration | 2-process DDP / ZeRO | browser, GGUF, real LLM
+# tests: unit + single-process | 2-process DDP / ZeRO | browser, GGUF, real LLM
 test: install
 	$(PY) -m pytest -m "not slow and not distributed" $(ARGS)
 
@@ -82,7 +79,7 @@ lora: install
 generate: install
 	$(TS) generate --model $(or $(MODEL),roneneldan/TinyStories-33M) $(ARGS)
 
-# the Gradio app on 127.0.0.1 (demo/space/app.py: a Space as is, `make push ... ARGS="--space true"`)
+# the Gradio app on 127.0.0.1 (demo/space/app.py: a Space as is)
 demo: install
 	$(PY) demo/space/app.py --model $(or $(MODEL),roneneldan/TinyStories-33M) $(ARGS)
 
@@ -92,6 +89,9 @@ web-demo: install
 
 eval: install
 	$(TS) eval $(call opt,--model,$(MODEL)) $(DATA_FLAGS) $(ARGS)
+
+leaderboard: install
+	$(TS) leaderboard --config recipes/eval/leaderboard.yaml $(call opt,--model,$(MODEL)) $(DATA_FLAGS) $(ARGS)
 
 analyze: install
 	$(TS) analyze $(call opt,--model,$(MODEL)) $(DATA_FLAGS) $(ARGS)
@@ -118,8 +118,7 @@ pull: install
 export: install
 	$(TS) export $(call opt,--model,$(MODEL)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
 
-# llama.cpp's converter (from the llama-cpp-python sdist, into tools/llama.cpp/) and runtime (the `gguf` extra:
-# cmake + a C++ compiler, minutes) for `tinystories export --format gguf` of Llama-architecture runs
+# llama.cpp's converter (llama-cpp-python sdist → tools/llama.cpp/) + runtime (`gguf` extra, a C++ build) for GGUF
 LLAMA_CPP_PYTHON = $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 
 gguf-tools: install
@@ -134,8 +133,7 @@ gguf-tools: install
 bench: install
 	$(PY) -m benchmarks.bench $(ARGS)
 
-# A GPU measured in < 8 min (benchmarks/gpu_check.py → benchmarks/gpu/), with no `install` (a bare GPU machine has
-# no registry): PYTHON_GPU= or PY= (a CUDA torch), else .venv's, else python3; WHEELS=<dir> installs from there.
+# A GPU in < 8 min (benchmarks/gpu_check.py), no `install`: PYTHON_GPU= or PY= (a CUDA torch); WHEELS=<dir> to install
 GPU_PY = $(or $(PYTHON_GPU),$(if $(filter command line,$(origin PY)),$(PY)),$(wildcard $(VENV)/bin/python),python3)
 
 gpu-check:

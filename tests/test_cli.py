@@ -37,6 +37,7 @@ STAGE_CONCEPTS = {
     "lora": {"data", "tokenizer", "base_model", "output_dir", "precision", "seed", "text_column"},
     "generate": {"model", "tokenizer", "precision", "seed"},
     "eval": {"data", "model", "tokenizer", "output_dir", "precision", "seed", "text_column"},
+    "leaderboard": {"data", "model", "output_dir", "precision", "seed", "text_column"},
     "analyze": {"data", "model", "tokenizer", "output_dir", "precision", "seed", "text_column"},
     "sweep": {"data", "tokenizer", "output_dir", "precision", "text_column"},
     "push": {"model"},
@@ -91,13 +92,20 @@ def test_no_field_is_declared_in_more_than_two_argument_classes():
     assert not repeated, f"declared in more than two argument classes: {repeated}"
 
 
+def _owner(path: Path, folder: str) -> str:
+    """The stage a recipe is parsed by: the stage it is named after (dedup.yaml, leaderboard.yaml) when that stage
+    reads this folder, else the folder's first stage (recipes/data/: data, recipes/eval/: eval)."""
+    if path.stem in cli.STAGES and cli.STAGES[path.stem].recipes == folder:
+        return path.stem
+    return next(stage for stage, spec in cli.STAGES.items() if spec.recipes == folder)
+
+
 def _recipes():
     for stage, spec in cli.STAGES.items():
         if spec.recipes is None:
             continue
         for path in sorted((ROOT / "recipes" / spec.recipes).glob("*.yaml")):
-            owner = "dedup" if path.name == "dedup.yaml" else "data" if spec.recipes == "data" else stage
-            if owner == stage:
+            if _owner(path, spec.recipes) == stage:
                 yield pytest.param(stage, path, id=f"{stage}:{path.name}")
 
 

@@ -63,6 +63,12 @@ STAGES: dict[str, Stage] = {
         "tinystories.stages.eval",
         "held-out loss, perplexity, bits per byte, completions, LLM judge",
     ),
+    "leaderboard": Stage(
+        "leaderboard",
+        "eval",
+        "tinystories.stages.leaderboard",
+        "every public tiny story model plus local runs on one split, in bits per byte",
+    ),
     "analyze": Stage(
         "analyze",
         None,

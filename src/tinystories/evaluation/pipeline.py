@@ -47,6 +47,7 @@ from tinystories.evaluation.reports import (
 )
 from tinystories.hub.cards import update_model_card
 from tinystories.models.loading import context_limit, load_model
+from tinystories.models.sizes import count_non_embedding_params
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +209,19 @@ def _instruct_eval(
     return result
 
 
+def model_shape(model, tokenizer) -> dict[str, Any]:
+    """What makes models of different families comparable: class, vocabulary, non-embedding parameters."""
+    backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    return {
+        "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
+        "vocab_size": model.get_input_embeddings().num_embeddings,
+        "num_non_embedding_parameters": count_non_embedding_params(model),
+        "tied_head": bool(getattr(model.config, "tie_word_embeddings", False)),
+        "tokenizer_type": type(backend).__name__ if backend is not None else type(tokenizer).__name__,
+        "tokenizer_size": len(tokenizer),
+    }
+
+
 def evaluate_model(
     name: str,
     texts: EvalTexts | None,
@@ -239,6 +253,7 @@ def evaluate_model(
         "dataset": data_name(args.data),
         "max_length": max_length,
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        **model_shape(model, tokenizer),
         "precision": args.precision,
     }
     existing = read_results(out_dir)

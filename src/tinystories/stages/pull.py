@@ -28,7 +28,6 @@ beside the checkpoint) as a transformers fast tokenizer encoding exactly as llam
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -41,10 +40,10 @@ from tinystories.core import TRAINED_CONTEXT, ConfigError
 from tinystories.core.arguments import ModelSource, OutputArguments
 from tinystories.core.config import parse_args
 from tinystories.core.paths import PULL_INFO_FILE
-from tinystories.data.llama2c_tokenizer import TOKENIZER_FIX, load_llama2c_tokenizer, save_llama2c_tokenizer
 from tinystories.data.tokenizer import load_tokenizer
+from tinystories.hub.conversion import convert_llama2c
 from tinystories.models.checkpoints import ALLOW_PATTERNS, fetch_checkpoint
-from tinystories.models.llama2c import fetch_llama2c, is_llama2c_source, read_checkpoint, to_transformers
+from tinystories.models.llama2c import is_llama2c_source
 
 
 @dataclass
@@ -79,30 +78,6 @@ def pull(repo_id: str, revision: str | None = None, output_dir: str | None = Non
     copy_snapshot(snapshot, folder)
     commit = snapshot.name if snapshot.parent.name == "snapshots" else None
     info = {"repo_id": repo_id, "revision": revision or "main", "commit": commit}
-    (folder / PULL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    return folder
-
-
-def convert_llama2c(source: str, tokenizer: str | None = None, output_dir: str | None = None) -> Path:
-    """A llama2.c checkpoint (+ its tokenizer) as a transformers Llama folder; returns the folder."""
-    model_file, tokenizer_file = fetch_llama2c(source, tokenizer)
-    if tokenizer_file is None:
-        raise ConfigError(f"no tok*.bin / tok*.model beside {model_file.name} ({source}): {TOKENIZER_FIX}")
-    args, weights = read_checkpoint(model_file)
-    tok = load_llama2c_tokenizer(
-        tokenizer_file, args.vocab_size, args.seq_len
-    )  # checked before anything is written
-    model = to_transformers(args, weights)
-    folder = Path(output_dir or Path("outputs") / "pulled" / model_file.stem)
-    model.save_pretrained(folder)  # model.safetensors, config.json, generation_config.json
-    save_llama2c_tokenizer(tok, folder, tokenizer_file.name)
-    info = {
-        "source": source,
-        "format": f"llama2.c {'.pt' if model_file.suffix == '.pt' else f'.bin version {args.version}'}",
-        "checkpoint_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
-        "tokenizer": str(tokenizer or tokenizer_file.name),
-        "tokenizer_sha256": hashlib.sha256(tokenizer_file.read_bytes()).hexdigest(),
-    }
     (folder / PULL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return folder
 
