@@ -52,6 +52,7 @@ from tinystories.core.arguments import (
     OutputArguments,
     SeedArguments,
     TokenizerSource,
+    check_min,
 )
 from tinystories.core.config import parse_args
 from tinystories.core.paths import looks_like_path
@@ -123,6 +124,15 @@ class BenchArguments(DataSource, TokenizerSource, BatchArguments, SeedArguments,
     inference_new_tokens: int = field(default=128, metadata={"help": "inference suite: new tokens per run"})
     inference_repeats: int = field(default=3, metadata={"help": "inference suite: timed runs (median)"})
 
+    def check(self):
+        for flag in ("steps", "dedup_stories", "finetune_steps", "finetune_batch_size", "num_proc"):
+            check_min(flag, getattr(self, flag), 1)
+        for flag in ("chunk_size", "inference_new_tokens", "inference_repeats"):
+            check_min(flag, getattr(self, flag), 1)
+        check_min("warmup_steps", self.warmup_steps, 0)
+        for flag in ("block_size", "finetune_max_length", "finetune_vocab_size"):
+            check_min(flag, getattr(self, flag), 2)
+
 
 # --------------------------------------------------------------------------------------------- data
 def _check_inputs(args: BenchArguments) -> list[str]:
@@ -168,9 +178,9 @@ def _check_inputs(args: BenchArguments) -> list[str]:
 
 def prepare_tokens(args: BenchArguments, tokenizer) -> dict:
     """The token stream both paths train on: stock rows (one story each) and packed blocks, same tokens."""
-    raw = load_stories(args.data, seed=args.seed, text_column=args.text_column)[
-        "train"
-    ]  # what pretraining trains on (same loader)
+    raw = load_stories(
+        args.data, seed=args.seed, text_column=args.text_column, on_decode_error=args.on_decode_error
+    )["train"]  # what pretraining trains on (same loader)
     want = args.steps * args.batch_size
     if len(raw) < want:
         raise ConfigError(

@@ -370,7 +370,7 @@ def test_judge_arguments_validate():
         judge.JudgeArguments(judge_base_url="http://127.0.0.1:1/v1").validate()
     with pytest.raises(ConfigError, match="needs both --judge_base_url and --judge_model"):
         judge.JudgeArguments(judge_model="m").validate()
-    with pytest.raises(ConfigError, match="judge_concurrency >= 1"):
+    with pytest.raises(ConfigError, match="--judge_concurrency 0: must be at least 1"):
         judge.JudgeArguments(
             judge_base_url="http://127.0.0.1:1/v1", judge_model="m", judge_concurrency=0
         ).validate()

@@ -66,5 +66,5 @@ def test_gguf_export_refuses_gpt_neo_and_bad_types(tmp_path, gpt_neo_tokenizer_d
         export_stage.main(["--model", str(gpt_neo), "--format", "gguf"])
     with pytest.raises(ConfigError, match="q8_0"):
         export_stage.main(["--model", str(gpt_neo), "--format", "gguf", "--gguf_type", "q4"])
-    with pytest.raises(ConfigError, match="onnx or gguf"):
+    with pytest.raises(ConfigError, match="--format .tflite.: unknown value; use one of onnx, gguf"):
         export_stage.main(["--model", str(gpt_neo), "--format", "tflite"])

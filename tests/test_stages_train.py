@@ -140,13 +140,15 @@ def test_bad_input_fails_fast(tmp_path, sample_txt, monkeypatch):
 
     monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
     monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
-    with pytest.raises(ConfigError, match="no Hugging Face token found"):
+    with pytest.raises(ConfigError, match="no Hugging Face token found"):  # before the stories are read
         pretrain.main(
             [
                 "--size",
                 "1M",
                 "--data",
-                str(tmp_path / "nope.txt"),
+                str(sample_txt),
+                "--output_dir",
+                str(tmp_path / "w"),
                 "--push_to_hub",
                 "true",
                 "--hub_model_id",

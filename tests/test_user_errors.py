@@ -341,3 +341,232 @@ def test_staged_upload_holds_no_local_path_or_host(capsys, tiny_model_dir, tmp_p
         for leak in ("/lustre", "/nfs/", "/fsx", "/gpfs", "bob/", "C:\\", "file://", HOST, "gpu-node-17"):
             assert leak not in text, (name, leak)
     json.loads(texts["notes.json"]), json.loads(texts["card_info.json"])  # still JSON
+
+
+# ------------------------------------------------------------- 6. every bad input refused before work starts
+@pytest.fixture(scope="module")
+def short_model(tmp_path_factory, gpt_neo_tokenizer_dir):
+    """The tiny GPT-Neo trained (so to speak) at a 16-token context: a capped story is 15 tokens, fast."""
+    from tiny import make_tiny_model_dir
+
+    folder = tmp_path_factory.mktemp("short") / "m16"
+    return make_tiny_model_dir(folder, gpt_neo_tokenizer_dir, max_positions=16, window_size=8)
+
+
+def test_export_of_a_missing_model_names_the_model(capsys, tmp_path):
+    missing = tmp_path / "runs" / "never-trained"
+    message = refused(capsys, "export", "--model", missing, names=("--model", str(missing), "Hub id"))
+    assert "tokenizer" not in message  # it was blamed before
+    assert not missing.exists() and not (tmp_path / "outputs").exists()
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    message = refused(capsys, "export", "--model", empty, names=(str(empty), "config.json", "MODEL="))
+    assert "tokenizer" not in message and not (empty / "onnx-export").exists()
+
+
+def test_generate_refuses_unknown_features_and_empty_words(capsys, tiny_model_dir):
+    refused(
+        capsys, "generate", "--model", tiny_model_dir, "--features", "Dialogue", "NotAFeature",
+        names=("--features NotAFeature", "unknown feature", "Dialogue", "Twist", "MoralValue", "Conflict"),
+        unchanged=(tiny_model_dir,),
+    )  # fmt: skip
+    for words in (",", " "):
+        refused(
+            capsys, "generate", "--model", tiny_model_dir, "--words", words,
+            names=("--words", "holds no word", "--words dog ball happy"),
+        )  # fmt: skip
+    refused(
+        capsys, "generate", "--model", tiny_model_dir, "--features", ",", names=("--features", "no feature")
+    )
+
+
+def test_more_new_tokens_than_the_context_are_capped_with_one_warning(
+    capsys, caplog, short_model, tmp_path, monkeypatch
+):
+    from tinystories.evaluation import generation
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "is capped at" in r.getMessage()]
+
+    monkeypatch.setattr(generation, "_capped", set())
+    argv = ["generate", "--model", short_model, "--prompt", "Once", "--max_new_tokens", "100000"]
+    code, out, seconds = run_cli(capsys, *argv)
+    assert (
+        code == 0
+        and seconds < SECONDS
+        and warnings()
+        == [
+            "--max_new_tokens 100000 is capped at 15 new tokens: the prompt (1 token(s)) and the story must fit in the "
+            "16-token context the model was trained at (past it, quality falls apart); pass --max_new_tokens 15 or "
+            "less to silence this"
+        ]
+    ), out
+    # eval (a new command: nothing said yet): three prompts in three batches, one warning
+    caplog.clear()
+    monkeypatch.setattr(generation, "_capped", set())
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Once", "Tom had", "A big cat")))
+    argv = ["eval", "--model", short_model, "--skip_loss", "true", "--prompts", prompts]
+    argv += ["--generation_batch_size", "1", "--instruct_eval", "false", "--write_card", "false"]
+    code, out, _ = run_cli(capsys, *argv, "--output_dir", tmp_path / "e", "--max_new_tokens", "100000")
+    assert code == 0 and len(warnings()) == 1, out
+    caplog.clear()
+    monkeypatch.setattr(generation, "_capped", set())
+    code, out, _ = run_cli(capsys, *argv, "--output_dir", tmp_path / "f", "--max_new_tokens", "10")
+    assert code == 0 and not warnings(), out
+
+
+MISSING = "{tmp}/no/such/stories.txt"
+NO_MODEL = "{tmp}/folder-without-config"
+# (stage, argv, words the one-line message must hold): the flag, the value, the rule or the fix
+BAD_INPUTS = [
+    ("data", ["--num_shards", "0"], ["--num_shards 0", "at least 1"]),
+    ("data", ["--top_p", "1.5"], ["--top_p 1.5", "(0, 1]"]),
+    ("data", ["--backend", "stories", "--mode", "instruct", "--data", MISSING], ["--data", MISSING, "Hub dataset id"]),
+    ("data", ["--request_timeout", "0"], ["--request_timeout 0", "greater than 0"]),
+    ("dedup", ["--data", "{data}", "--threshold", "1.5"], ["--threshold 1.5", "(0, 1]"]),
+    ("dedup", ["--data", "{data}", "--num_perm", "1"], ["--num_perm 1", "at least 2"]),
+    ("dedup", ["--data", MISSING], ["--data", MISSING, "does not exist"]),
+    ("dedup", ["--data", "{data}", "--decontaminate_against", MISSING], ["--decontaminate_against", MISSING]),
+    ("tokenizer", ["--data", "{data}", "--vocab_size", "1"], ["--vocab_size 1", "at least 2"]),
+    ("tokenizer", ["--data", MISSING], ["--data", MISSING]),
+    ("train", ["--hidden_size", "0"], ["--hidden_size 0", "at least 1"]),
+    ("train", ["--adam_beta2", "1.5"], ["--adam_beta2 1.5", "[0, 1)"]),
+    ("train", ["--seed", "-1"], ["--seed -1", "4294967295"]),
+    ("train", ["--data", MISSING], ["--data", MISSING, "DATA="]),
+    ("train", ["--base_model", NO_MODEL + "/missing"], ["--base_model", "does not exist"]),
+    ("train", ["--config", "{tmp}/recipe.yaml"], ["recipe", "recipe.yaml", "--config"]),
+    ("sft", ["--use_peft", "true", "--lora_r", "0"], ["--lora_r 0", "--lora_r 16"]),
+    ("sft", ["--base_model", MISSING], ["--base_model", MISSING, "BASE="]),
+    ("sft", ["--max_length", "8"], ["--max_length 8", "at least 16"]),
+    ("lora", ["--lora_dropout", "1.5"], ["--lora_dropout 1.5", "[0, 1)"]),
+    ("lora", ["--eval_data", MISSING], ["--eval_data", MISSING]),
+    ("generate", ["--temperature", "-1"], ["--temperature -1", "greedy"]),
+    ("generate", ["--model", MISSING], ["--model", MISSING, "MODEL="]),
+    ("generate", ["--model", NO_MODEL], ["folder-without-config", "config.json", "MODEL="]),
+    ("generate", ["--model", "{model}", "--tokenizer", MISSING], ["--tokenizer", MISSING]),
+    ("eval", ["--data", MISSING], ["--data", MISSING]),
+    ("eval", ["--model", NO_MODEL, "--skip_loss", "true", "--generate", "false"], ["folder-without-config", "config.json"]),
+    ("eval", ["--judge_timeout", "0"], ["--judge_timeout 0", "greater than 0"]),
+    ("eval", ["--max_eval_tokens", "0"], ["--max_eval_tokens 0", "at least 1"]),
+    ("eval", ["--on_decode_error", "ignore"], ["--on_decode_error 'ignore'", "fail, skip, replace"]),
+    ("eval", ["--compare_base", MISSING], ["--compare_base", MISSING]),
+    ("analyze", ["--data", MISSING], ["--data", MISSING]),
+    ("analyze", ["--top_neurons", "0"], ["--top_neurons 0", "at least 1"]),
+    ("sweep", ["--hidden_sizes", "64", "-8"], ["--hidden_sizes -8", "--hidden_sizes 64 128"]),
+    ("sweep", ["--train_config", "{tmp}/grid.yaml"], ["grid.yaml", "--train_config"]),
+    ("push", ["--model", MISSING, "--repo", "alice/m", "--dry_run", "true"], ["--model", MISSING]),
+    ("pull", ["--model", "{tmp}/stories260K.bin"], ["--model", "stories260K.bin"]),
+    ("export", ["--model", "{model}", "--opset", "3"], ["--opset 3", "from 14 to 23"]),
+    ("bench", ["--steps", "0"], ["--steps 0", "at least 1"]),
+    ("bench", ["--data", MISSING], ["--data", MISSING]),
+]  # fmt: skip
+OUTPUT_STAGES = {
+    "data",
+    "dedup",
+    "tokenizer",
+    "train",
+    "sft",
+    "lora",
+    "eval",
+    "analyze",
+    "sweep",
+    "export",
+    "bench",
+}
+
+
+@pytest.mark.parametrize(
+    "stage,argv,words",
+    BAD_INPUTS,
+    ids=[f"{s}:{[a for a in argv if a.startswith('--')][-1]}" for s, argv, _ in BAD_INPUTS],
+)
+def test_bad_inputs_are_refused_before_work(
+    capsys, stage, argv, words, tiny_model_dir, corpus, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # bench runs from the checkout
+    (tmp_path / "folder-without-config").mkdir()
+    values = {"tmp": str(tmp_path), "data": str(corpus["data"]), "model": str(tiny_model_dir)}
+    out = tmp_path / "out"
+    extra = ["--output_dir", str(out)] if stage in OUTPUT_STAGES else []
+    extra += ["--use_cpu", "true"] if stage in ("train", "sft", "lora") else []
+    argv = [a.format(**values) for a in argv] + extra
+    message = refused(
+        capsys, stage, *argv, names=tuple(w.format(**values) for w in words),
+        unchanged=(tiny_model_dir, corpus["data"]),
+    )  # fmt: skip
+    assert "Traceback" not in message and not out.exists()
+
+
+def test_eval_caps_tokens_and_reads_bad_bytes_as_asked(capsys, short_model, corpus, stories, tmp_path):
+    long_story = tmp_path / "long.txt"  # one very long story first: the cap cuts it, the rest is left out
+    long_story.write_text(" ".join(stories[:30]) + "\n<|endoftext|>\n" + stories[31], encoding="utf-8")
+    argv = [
+        "eval",
+        "--model",
+        short_model,
+        "--data",
+        long_story,
+        "--generate",
+        "false",
+        "--write_card",
+        "false",
+    ]
+    code, out, seconds = run_cli(capsys, *argv, "--output_dir", tmp_path / "e", "--max_eval_tokens", "300")
+    assert code == 0, out
+    results = json.loads((tmp_path / "e" / "eval_results.json").read_text())
+    assert (
+        results["max_eval_tokens"] == 300 and results["num_stories"] == 1 and results["capped_stories"] == 2
+    )
+    assert 290 <= results["num_tokens"] <= 310 and results["capped_tokens"] > 3000, results
+    assert seconds < SECONDS
+    text = "\n<|endoftext|>\n".join(stories[:6]).encode()
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(text[:700] + b"\xff" + text[700:])
+    argv = ["eval", "--model", short_model, "--data", bad, "--generate", "false", "--write_card", "false"]
+    refused(
+        capsys, *argv, "--output_dir", tmp_path / "b", names=("bad.txt", "byte 700", "--on_decode_error skip"),
+        unchanged=(bad,),
+    )  # fmt: skip
+    assert not (tmp_path / "b" / "eval_results.json").exists()
+    code, out, _ = run_cli(capsys, *argv, "--output_dir", tmp_path / "b", "--on_decode_error", "skip")
+    assert code == 0, out
+    assert json.loads((tmp_path / "b" / "eval_results.json").read_text())["num_stories"] == 5
+
+
+def test_training_output_on_its_data_is_refused_and_locked(capsys, corpus, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    data = folder / "stories.txt"
+    shutil.copy(corpus["data"], data)
+    for out, relation in ((folder, "is the input"), (folder / "run", "lies inside the input")):
+        argv = ["train", DATA, folder, TOKENIZER, corpus["tokenizer"], OUT, out, *TRAIN]
+        refused(capsys, *argv, names=(relation, "--data", "--output_dir"), unchanged=(folder,))
+    argv = [
+        "sft",
+        DATA,
+        data,
+        "--base_model",
+        "roneneldan/TinyStories-33M",
+        OUT,
+        tmp_path,
+        "--use_cpu",
+        "true",
+    ]
+    refused(capsys, *argv, names=("contains the input --data", "stories.txt"), unchanged=(folder,))
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from tinystories.core.paths import output_lock\nimport time\n"
+         f"with output_lock({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        refused(
+            capsys, *train_argv(corpus, out), names=("being written by another run", f"pid {holder.pid}"),
+            unchanged=(out,),
+        )  # fmt: skip
+        assert not (out / "run_settings.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
 
 from tinystories.core import ConfigError
+from tinystories.core.paths import looks_like_path
 
 DEFAULT_DATA = "roneneldan/TinyStories"
+DECODE_ERROR_MODES = ("fail", "skip", "replace")
+SEED_MAX = 2**32 - 1  # numpy's seeds: 0 .. 2**32 - 1
 ATTENTION_KERNELS = ("sdpa", "flex", "eager")
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # the torch dtype names older recipes used for --precision (--dtype)
@@ -55,14 +60,57 @@ def check_fraction(flag: str, value, *, open_low: bool = True, closed_high: bool
         _fail(flag, value, f"must be in {lo}, {hi}", f"pass a share such as --{flag} 0.1")
 
 
+def check_range(flag: str, value, low, high, fix: str = "") -> None:
+    """`low <= value <= high` (None passes)."""
+    if value is None:
+        return
+    if (isinstance(value, float) and math.isnan(value)) or not low <= value <= high:
+        _fail(flag, value, f"must be in [{low}, {high}]", fix or f"pass a --{flag} from {low} to {high}")
+
+
+def check_each_min(flag: str, values, minimum, fix: str = "") -> None:
+    """Every value of a list flag `>= minimum` (None passes)."""
+    for value in values or []:
+        check_min(flag, value, minimum, fix)
+
+
 def check_choice(flag: str, value, choices) -> None:
     if value not in choices:
         _fail(flag, value, "unknown value", f"use one of {', '.join(map(str, choices))}")
 
 
+def check_exists(flag: str, value, fix: str = "") -> None:
+    """A local input that does not exist is refused with its flag and path (a Hub id, an URL or unset passes)."""
+    for item in value if isinstance(value, list | tuple) else [value]:
+        if not item or not isinstance(item, str) or not looks_like_path(item):
+            continue
+        if not Path(item).expanduser().exists():
+            raise ConfigError(
+                f"--{flag} {item!r}: does not exist"
+                + (f" (from {Path.cwd()})" if not Path(item).is_absolute() else "")
+                + f"; {fix or f'check the path, or pass a Hub id as --{flag}'}"
+            )
+
+
+def check_inputs(*parsed) -> None:
+    """Run the `check_paths` of every class each parsed dataclass inherits: local inputs that are not there are
+    refused before any work (`parse_args` calls it; a recipe of a pipeline can name outputs of earlier stages,
+    so reading a recipe alone does not)."""
+    for obj in parsed:
+        for klass in reversed(type(obj).__mro__):
+            check = klass.__dict__.get("check_paths")
+            if check is not None:
+                check(obj)
+
+
 # ------------------------------------------------------------------------------------------- groups
 class ArgumentGroup:
-    """Runs the `check` of every group a dataclass inherits, once, when it is built."""
+    """Runs the `check` of every group a dataclass inherits, once, when it is built (and `check_inputs` their
+    `check_paths`, after parsing)."""
+
+    # --model / --tokenizer may name a file inside a Hub repo (`owner/repo/<file>`, `tinystories pull`): the
+    # stage checks its own local paths
+    HUB_FILES: ClassVar[bool] = False
 
     def __post_init__(self):
         for klass in reversed(type(self).__mro__):
@@ -86,12 +134,21 @@ class SeedArguments(ArgumentGroup):
         metadata={"help": "random seed (held-out split, sampling, hashing: the same seed, the same result)"},
     )
 
+    def check(self):
+        check_range("seed", self.seed, 0, SEED_MAX, f"pass a seed from 0 to {SEED_MAX} (2**32 - 1)")
+
 
 @dataclass
 class TokenizerSource(ArgumentGroup):
     tokenizer: str | None = field(
         default=None, metadata={"help": "tokenizer Hub id or local dir (default: the model's own)"}
     )
+
+    def check_paths(self):
+        if not self.HUB_FILES:
+            check_exists(
+                "tokenizer", self.tokenizer, "pass a local tokenizer folder or a Hub id (TOKENIZER=)"
+            )
 
 
 @dataclass
@@ -103,6 +160,10 @@ class ModelRef(ArgumentGroup):
     revision: str | None = field(
         default=None, metadata={"help": "Hub revision of --model (branch, tag or commit)"}
     )
+
+    def check_paths(self):
+        if not self.HUB_FILES:
+            check_exists("model", self.model, "pass a local model folder or a Hub id (MODEL=)")
 
 
 @dataclass
@@ -117,6 +178,18 @@ class DataSource(ArgumentGroup):
         metadata={"help": "Hub dataset id or local .txt/.jsonl/.json/.parquet/save_to_disk path (DATA=)"},
     )
     text_column: str = field(default="text", metadata={"help": "column holding the text"})
+    on_decode_error: str = field(
+        default="fail",
+        metadata={
+            "help": "a .txt story with bytes that are not UTF-8: fail (naming file and byte), skip, replace"
+        },
+    )
+
+    def check(self):
+        check_choice("on_decode_error", self.on_decode_error, DECODE_ERROR_MODES)
+
+    def check_paths(self):
+        check_exists("data", self.data, "pass a local data file or folder, or a Hub dataset id (DATA=)")
 
 
 @dataclass
@@ -167,18 +240,14 @@ class TrainingData(DataSource, TokenizerSource):
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "use only the first N eval examples"}
     )
-    on_decode_error: str = field(
-        default="fail",
-        metadata={
-            "help": "a .txt story with bytes that are not UTF-8: fail (naming file and byte), skip, replace"
-        },
-    )
 
     def check(self):
-        check_choice("on_decode_error", self.on_decode_error, ("fail", "skip", "replace"))
         check_fraction("validation_fraction", self.validation_fraction)
         check_min("max_train_samples", self.max_train_samples, 1)
         check_min("max_eval_samples", self.max_eval_samples, 1)
+
+    def check_paths(self):
+        check_exists("eval_data", self.eval_data, "pass a local data file or folder, or a Hub dataset id")
 
 
 @dataclass
@@ -262,6 +331,7 @@ class SamplingArguments(ArgumentGroup):
 
 __all__ = [
     "ATTENTION_KERNELS",
+    "DECODE_ERROR_MODES",
     "DEFAULT_DATA",
     "ArgumentGroup",
     "AttentionArguments",
@@ -280,7 +350,11 @@ __all__ = [
     "TrainingData",
     "VocabularyArguments",
     "check_choice",
+    "check_each_min",
+    "check_exists",
     "check_fraction",
+    "check_inputs",
     "check_min",
     "check_positive",
+    "check_range",
 ]

@@ -21,6 +21,7 @@ import yaml
 from trl import TrlParser
 
 from tinystories.core import ConfigError
+from tinystories.core.arguments import check_inputs
 
 __all__ = [
     "ALIASES",
@@ -138,11 +139,15 @@ def check_keys(keys: Sequence[str], known: set[str], where: str) -> None:
 
 
 def parse_args(
-    dataclass_types: Sequence[type], argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    check_paths: bool = True,
 ) -> tuple[Any, ...]:
     """Parse `--config recipe.yaml` + CLI overrides into instances of `dataclass_types`.
 
-    Unknown YAML keys and unknown CLI flags raise `ConfigError` before any work starts.
+    Unknown YAML keys and unknown CLI flags, numbers out of range (each group's `check`) and, with
+    `check_paths`, local inputs that do not exist (`check_inputs`) raise `ConfigError` before any work starts.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(dataclass_types, defaults)
@@ -162,4 +167,7 @@ def parse_args(
     argv = _rename_argv(argv, known)
     flags = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--")]
     check_keys([f.replace("-", "_") for f in flags if f not in ("help",)], known, "command line")
-    return tuple(parser.parse_args_into_dataclasses(args=argv))
+    parsed = tuple(parser.parse_args_into_dataclasses(args=argv))
+    if check_paths:
+        check_inputs(*parsed)
+    return parsed

@@ -27,6 +27,11 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
+
+import yaml
+
+from tinystories.core import DATA_GENERATION_DIR
 
 FIELDS: dict[str, str] = {  # attribute -> line label
     "features": "Features",
@@ -38,6 +43,12 @@ STORY_LABEL = "Story:"
 PROMPT_END = "Story: \n"  # the `Story: ` line; the blank line before the story starts the completion
 STORY_START = "\n"
 _LABEL_TO_FIELD = {label.lower(): name for name, label in FIELDS.items()}
+
+
+@cache
+def feature_names() -> tuple[str, ...]:
+    """The labels of the `Features:` line (`data_generation/features.yaml`; those of roneneldan/TinyStoriesInstruct)."""
+    return tuple(yaml.safe_load((DATA_GENERATION_DIR / "features.yaml").read_text(encoding="utf-8")) or {})
 
 
 @dataclass

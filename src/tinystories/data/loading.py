@@ -17,28 +17,23 @@ stories; the tail of each batch that does not fill a block is dropped and counte
 from __future__ import annotations
 
 import logging
-import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
 from datasets import Dataset, DatasetDict
-from datasets.exceptions import DatasetGenerationError
 from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
 
 from tinystories.core import LOCAL_SUFFIXES, ConfigError, offline_hint
+from tinystories.core.arguments import DECODE_ERROR_MODES, check_choice
 from tinystories.core.paths import looks_like_path
 from tinystories.data.shards import is_synthesis_output, load_generated
+from tinystories.data.txt import DATA_FIX, STORY_SEPARATOR, TEXT_SUFFIXES, load_txt
+from tinystories.data.txt import iter_txt_stories as iter_txt_stories  # the stream reader, where it was
 
 logger = logging.getLogger(__name__)
-
-STORY_SEPARATOR = "<|endoftext|>"
-
-
-TEXT_SUFFIXES = (".txt",)
-
 
 JSON_SUFFIXES = (".jsonl", ".json")
 
@@ -47,12 +42,6 @@ PARQUET_SUFFIXES = (".parquet",)
 
 
 SPLIT_WORDS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
-
-
-DATA_FIX = (
-    "pass DATA=<path> with a .txt (<|endoftext|> between stories), .jsonl/.json or .parquet file "
-    "(a 'text' column), a save_to_disk directory, or a reachable Hub dataset id"
-)
 
 
 @dataclass
@@ -68,103 +57,6 @@ class LoadStats:
 
 
 # --------------------------------------------------------------------------------------------- loading
-DECODE_ERROR_MODES = ("fail", "skip", "replace")
-_SEPARATOR_BYTES = STORY_SEPARATOR.encode()
-
-
-def _raw_stories(f) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, bytes) of every story of a binary `.txt` stream, split at `<|endoftext|>`."""
-    buffer: list[bytes] = []
-    start = 0
-    for line in f:
-        if _SEPARATOR_BYTES not in line:
-            buffer.append(line)
-            continue
-        *done, rest = line.split(_SEPARATOR_BYTES)
-        for part in done:
-            chunk = b"".join([*buffer, part])
-            yield start, chunk
-            start += len(chunk) + len(_SEPARATOR_BYTES)
-            buffer = []
-        buffer = [rest]
-    tail = b"".join(buffer)
-    if tail.strip():  # whitespace after the last separator is not a story
-        yield start, tail
-
-
-def _decode(chunk: bytes, path, index: int, start: int, on_decode_error: str) -> tuple[str | None, bool]:
-    """(the story, or None when skipped; whether it held bytes that are not UTF-8)."""
-    try:
-        text, bad = chunk.decode("utf-8"), False
-    except UnicodeDecodeError as err:
-        if on_decode_error == "fail":
-            raise ConfigError(
-                f"data file {str(path)!r}: story {index + 1} (from byte {start}) is not valid UTF-8 at byte "
-                f"{start + err.start} of the file ({err.reason}): fix the file, or pass --on_decode_error skip "
-                "(leave such stories out) or --on_decode_error replace (bad bytes become U+FFFD)"
-            ) from None
-        if on_decode_error == "skip":
-            return None, True
-        text, bad = chunk.decode("utf-8", errors="replace"), True
-    return text.replace("\r\n", "\n").replace("\r", "\n"), bad  # as text mode reads it
-
-
-def iter_txt_stories(path: str | os.PathLike, on_decode_error: str = "fail") -> Iterator[str]:
-    """Stream stories from an official-format `.txt` (stories separated by `<|endoftext|>`).
-
-    Bytes that are not UTF-8 fail with the file, story and byte offset (`on_decode_error="fail"`), leave
-    their story out (`"skip"`) or become U+FFFD (`"replace"`); skipped and replaced stories are counted in a
-    warning. A file without a non-blank story is an error that names it.
-    """
-    stories = bad = 0
-    with open(path, "rb") as f:
-        for index, (start, chunk) in enumerate(_raw_stories(f)):
-            text, undecodable = _decode(chunk, path, index, start, on_decode_error)
-            bad += undecodable
-            if text is None:
-                continue
-            stories += bool(text.strip())
-            yield text
-    if bad:
-        done = "left out" if on_decode_error == "skip" else "read with U+FFFD for the bad bytes"
-        logger.warning("%s: %d stories with bytes that are not UTF-8 %s", path, bad, done)
-    if not stories:
-        raise ConfigError(
-            f"data file {str(path)!r} holds no non-empty stories: only white space (and {STORY_SEPARATOR} "
-            f"separators). {DATA_FIX}"
-        )
-
-
-def _txt_generator(paths: list[str], stamps: list[tuple[int, float]], on_decode_error: str = "fail"):
-    # stamps (size, mtime) and the decode mode are part of the cache key
-    for path in paths:
-        n = 0
-        for story in iter_txt_stories(path, on_decode_error):
-            n += 1
-            yield {"text": story.strip()}
-        if n == 1 and os.path.getsize(path) > 1000:
-            logger.warning(
-                "%s holds no %s separator: it is read as one story. Put %s between stories (the release "
-                "format), or use .jsonl with a 'text' column",
-                path,
-                STORY_SEPARATOR,
-                STORY_SEPARATOR,
-            )
-
-
-def _load_txt(paths: list[Path], on_decode_error: str = "fail") -> Dataset:
-    files = [str(p) for p in paths]
-    stamps = [(p.stat().st_size, p.stat().st_mtime) for p in paths]
-    kwargs = {"paths": files, "stamps": stamps, "on_decode_error": on_decode_error}
-    try:
-        return Dataset.from_generator(_txt_generator, gen_kwargs=kwargs)
-    except DatasetGenerationError as err:  # our own ConfigError, raised inside the generator
-        cause = err.__cause__ or err.__context__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise
-
-
 def _local_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -196,7 +88,7 @@ def _load_files(files: list[Path], name: str, on_decode_error: str = "fail") -> 
         if f.stat().st_size == 0:
             raise ConfigError(f"data file {str(f)!r} is empty: {DATA_FIX}")
     if suffix in TEXT_SUFFIXES:
-        return _load_txt(files, on_decode_error)
+        return load_txt(files, on_decode_error)
     builder = "json" if suffix in JSON_SUFFIXES else "parquet"
     try:
         return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
@@ -302,10 +194,7 @@ def load_raw(
     """
     if not data:
         raise ConfigError(f"no data given: {DATA_FIX}")
-    if on_decode_error not in DECODE_ERROR_MODES:
-        raise ConfigError(
-            f"--on_decode_error {on_decode_error!r}: use one of {', '.join(DECODE_ERROR_MODES)}"
-        )
+    check_choice("on_decode_error", on_decode_error, DECODE_ERROR_MODES)
     path = Path(data).expanduser()
     if path.exists():
         return _load_local(path, on_decode_error)
@@ -455,6 +344,7 @@ def load_eval_texts(
     seed: int = 42,
     text_column: str = "text",
     max_samples: int | None = None,
+    on_decode_error: str = "fail",
 ) -> EvalTexts:
     """The stories to score, read by the loader training uses (`.txt` Hub releases split at `<|endoftext|>`).
 
@@ -463,7 +353,7 @@ def load_eval_texts(
     held out (the source's own validation split when it has one, as in training); `split="train"` gives the rest.
     """
     if validation_fraction is None:
-        ds, whole = _split_or_whole(data, split, None, None)
+        ds, whole = _split_or_whole(data, split, None, None, on_decode_error)
         ds, _ = _clean(ds, text_column, None)
         selected, fraction = ("whole_file" if whole else "split"), None
         split = "all" if whole else split
@@ -481,6 +371,7 @@ def load_eval_texts(
             max_train_samples=max_samples,
             max_eval_samples=max_samples,
             return_stats=True,
+            on_decode_error=on_decode_error,
         )
         ds, selected, fraction = splits[split], stats.validation_from, validation_fraction
     if max_samples:

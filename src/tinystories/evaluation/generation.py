@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 PAPER_PROMPTS_REPO = "roneneldan/TinyStories"  # a dataset repo
 PAPER_PROMPTS_FILE = "Evaluation prompts.yaml"  # a YAML list of the paper's 44 story beginnings
+_capped: set[tuple[int, int]] = set()  # (max_new_tokens, context) already said to be capped: said once
 
 
 def _generation_config(
@@ -86,7 +87,10 @@ def _prompt_ids(model, tokenizer, prompts: list[str]) -> tuple[list[list[int]], 
     token alone) and the ids that end a story."""
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
-        raise ValueError("the tokenizer has no eos_token: generation could not stop at the end of a story")
+        raise ConfigError(
+            "the tokenizer has no eos_token: generation could not stop at the end of a story; pass a --tokenizer "
+            "with one (the model's own)"
+        )
     start, end = story_boundary_ids(tokenizer, getattr(model, "generation_config", None))
     prefix = [start] if start != eos_id else []
     ids = [
@@ -120,11 +124,7 @@ def generate_batch(
     eos_id = tokenizer.eos_token_id
     ids, stops = _prompt_ids(model, tokenizer, prompts)
     width, limit = max(len(i) for i in ids), context_limit(model)
-    room = limit - width
-    if room <= 0:
-        raise ValueError(
-            f"a prompt is {width} tokens, but the model was trained on {limit}-token contexts: shorten the prompt"
-        )
+    new_tokens = _new_tokens(int(max_new_tokens), width, limit)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     device = next(model.parameters()).device
     input_ids = torch.tensor([[pad_id] * (width - len(i)) + i for i in ids], device=device)
@@ -138,7 +138,7 @@ def generate_batch(
         attention_mask=attention_mask,
         generation_config=_generation_config(
             tokenizer,
-            width + max(1, min(int(max_new_tokens), room)),
+            width + new_tokens,
             temperature,
             top_k,
             top_p,
@@ -156,6 +156,30 @@ def generate_batch(
         stories.append(tokenizer.decode(row, skip_special_tokens=True))
     n = num_return_sequences  # generate returns each prompt's sequences next to each other
     return [stories[k * n : (k + 1) * n] for k in range(len(prompts))]
+
+
+def _new_tokens(max_new_tokens: int, width: int, limit: int) -> int:
+    """New tokens that fit after a `width`-token prompt in the trained context `limit`; when fewer than asked, said
+    once per (--max_new_tokens, context)."""
+    room = limit - width
+    if room <= 0:
+        raise ConfigError(
+            f"a prompt is {width} tokens, but the model was trained on {limit}-token contexts: shorten the prompt "
+            "(--prompt, or the prompts file of --prompts), or use a model trained on a longer context"
+        )
+    if max_new_tokens > room and (max_new_tokens, limit) not in _capped:
+        _capped.add((max_new_tokens, limit))
+        logger.warning(
+            "--max_new_tokens %d is capped at %d new tokens: the prompt (%d token(s)) and the story must fit in "
+            "the %d-token context the model was trained at (past it, quality falls apart); pass --max_new_tokens "
+            "%d or less to silence this",
+            max_new_tokens,
+            room,
+            width,
+            limit,
+            room,
+        )
+    return max(1, min(max_new_tokens, room))
 
 
 def sample_generations(

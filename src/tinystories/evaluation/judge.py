@@ -39,6 +39,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from tinystories.core import ConfigError, openai_client
+from tinystories.core.arguments import ArgumentGroup, check_min, check_positive
 from tinystories.core.openai_client import RequestFailed, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -298,7 +299,7 @@ def aggregate(graded: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @dataclass
-class JudgeArguments:
+class JudgeArguments(ArgumentGroup):
     """The `--judge_*` flags of `tinystories eval` (and the `llm_judge` metric's settings)."""
 
     judge_base_url: str | None = field(
@@ -326,6 +327,14 @@ class JudgeArguments:
         },
     )
 
+    def check(self):
+        check_min("judge_concurrency", self.judge_concurrency, 1)
+        check_min("judge_max_retries", self.judge_max_retries, 0)
+        check_positive("judge_timeout", self.judge_timeout, "pass a positive number of seconds")
+        check_min("judge_max_tokens", self.judge_max_tokens, 1)
+        check_min("judge_temperature", self.judge_temperature, 0, "pass 0 (greedy) or a positive temperature")
+        check_min("judge_backoff", self.judge_backoff, 0)
+
     @property
     def enabled(self) -> bool:
         """Whether a judge was asked for (a URL or a model given)."""
@@ -347,16 +356,12 @@ class JudgeArguments:
         )
 
     def validate(self) -> None:
-        """Fail before any model is loaded: a half-given endpoint, bad limits, a missing key.
+        """Fail before any model is loaded: a half-given endpoint, a missing key (the numbers: `check`).
 
         A judge that is off (neither --judge_base_url nor --judge_model) has nothing to check.
         """
         if not self.enabled:
             return
-        if self.judge_concurrency < 1 or self.judge_max_retries < 0 or self.judge_timeout <= 0:
-            raise ConfigError(
-                "judge_concurrency >= 1, judge_max_retries >= 0 and judge_timeout > 0 are required"
-            )
         self.api_key()  # also: both --judge_base_url and --judge_model
 
     def retry_policy(self) -> RetryPolicy:

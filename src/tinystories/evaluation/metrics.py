@@ -94,6 +94,24 @@ def story_windows(
     return windows
 
 
+def cap_tokens(tokenizer, texts: list[str], max_tokens: int | None) -> tuple[list[str], dict[str, int]]:
+    """The stories in order up to `max_tokens` of their tokens (`--max_eval_tokens`): the story that crosses the cap
+    is cut there (decoded from its first tokens), the ones after it are left out; with what was left out."""
+    if not max_tokens:
+        return texts, {}
+    kept, used, capped_tokens, capped_stories = [], 0, 0, 0
+    for text, ids in zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True):
+        room = max(max_tokens - used, 0)
+        if len(ids) > room:
+            capped_tokens, capped_stories = capped_tokens + len(ids) - room, capped_stories + 1
+            text = tokenizer.decode(ids[:room]) if room else ""
+        used += min(len(ids), room)
+        if text:
+            kept.append(text)
+    stats = {"max_eval_tokens": max_tokens, "capped_tokens": capped_tokens, "capped_stories": capped_stories}
+    return kept, stats
+
+
 def _window_nll(model, windows: list[Window], device) -> tuple[list[float], list[int]]:
     """Summed NLL and number of scored targets of each window of one padded batch."""
     width = max(len(w) for _, w, _ in windows)

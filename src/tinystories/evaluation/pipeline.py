@@ -23,6 +23,7 @@ from tinystories.core.arguments import (
     SamplingArguments,
     SeedArguments,
     check_choice,
+    check_exists,
     check_min,
 )
 from tinystories.core.paths import data_name, public_name, resolve_hub_id
@@ -39,7 +40,7 @@ from tinystories.evaluation.instructions import (
     word_triples,
 )
 from tinystories.evaluation.judge import JudgeArguments, run_judge
-from tinystories.evaluation.metrics import score_texts
+from tinystories.evaluation.metrics import cap_tokens, score_texts
 from tinystories.evaluation.reports import (
     read_results,
     write_jsonl,
@@ -74,6 +75,13 @@ class EvalArguments(
         default=None, metadata={"help": "new tokens per window for long stories (default max_length // 2)"}
     )
     skip_loss: bool = field(default=False, metadata={"help": "skip the held-out loss"})
+    max_eval_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "score at most this many tokens of the stories, in order (the story that crosses it is cut "
+            "there); eval_results.json records what was left out"
+        },
+    )
     # ----- completions
     prompts: str = field(
         default="paper",
@@ -124,12 +132,24 @@ class EvalArguments(
         check_min("instruct_prompts", self.instruct_prompts, 0)
         check_min("feature_prompts", self.feature_prompts, 0)
         check_min("stride", self.stride, 1)
+        check_min(
+            "max_eval_tokens", self.max_eval_tokens, 1, "pass a positive number of tokens, or leave it unset"
+        )
+
+    def check_paths(self):
+        check_exists(
+            "compare_base", self.compare_base, "pass a local model folder or a Hub id, or leave it unset"
+        )
 
 
 def _score(model, tokenizer, texts: EvalTexts, args: EvalArguments, max_length: int, name: str) -> dict:
     start = time.perf_counter()
-    scores = score_texts(model, tokenizer, texts.texts, max_length, args.batch_size, args.stride)
+    stories, capped = cap_tokens(tokenizer, texts.texts, args.max_eval_tokens)
+    if capped.get("capped_tokens"):
+        logger.info("%s: --max_eval_tokens %d left %d tokens (of %d stories) out", name, *capped.values())
+    scores = score_texts(model, tokenizer, stories, max_length, args.batch_size, args.stride)
     scores.pop("nll"), scores.pop("tokens")
+    scores.update(capped)
     scores["eval_seconds"] = round(time.perf_counter() - start, 2)
     logger.info(
         "%s: loss %.4f, bpb %.4f over %d tokens",

@@ -63,14 +63,23 @@ def is_adapter_dir(name_or_path: str) -> bool:
     return path.is_dir() and (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
 
 
-def _load_full(name_or_path: str, revision: str | None, load_attn: str, dtype, **kwargs):
-    """The plain model (stock attention) from a local model dir or a Hub id, safetensors only."""
+def check_model_source(name_or_path: str) -> None:
+    """A local --model that cannot be a model is refused before any work: missing, or a folder that is neither a
+    model (config.json) nor a LoRA adapter (adapter_config.json)."""
     path = Path(name_or_path).expanduser()
     if looks_like_path(name_or_path) and not path.exists():
         raise ConfigError(f"model path {name_or_path!r} does not exist: {MODEL_FIX}")
+    if path.is_dir() and not (path / "config.json").is_file() and not is_adapter_dir(name_or_path):
+        raise ConfigError(
+            f"model folder {name_or_path!r} has no config.json (nor a LoRA adapter's adapter_config.json): {MODEL_FIX}"
+        )
+
+
+def _load_full(name_or_path: str, revision: str | None, load_attn: str, dtype, **kwargs):
+    """The plain model (stock attention) from a local model dir or a Hub id, safetensors only."""
+    path = Path(name_or_path).expanduser()
+    check_model_source(name_or_path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"{name_or_path!r} has no config.json: {MODEL_FIX}")
         folder = ensure_safetensors(path, name_or_path)  # only pytorch_model.bin: converted once, beside it
     else:
         folder = fetch_checkpoint(name_or_path, revision)  # the HF-cache snapshot of that revision

@@ -89,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     device = resolve_device(args.device)
     texts = load_eval_texts(
-        args.data, args.split, args.validation_fraction, args.seed, args.text_column, args.max_samples
+        args.data,
+        args.split,
+        args.validation_fraction,
+        args.seed,
+        args.text_column,
+        args.max_samples,
+        args.on_decode_error,
     )
     model = load_model(
         args.model, attn_implementation="eager", revision=args.revision, dtype=resolve_dtype(args.precision)

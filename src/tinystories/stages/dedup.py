@@ -26,6 +26,10 @@ from tinystories.core.arguments import (
     OutputArguments,
     SeedArguments,
     SplitArguments,
+    check_exists,
+    check_fraction,
+    check_min,
+    check_range,
 )
 from tinystories.core.config import parse_args
 from tinystories.core.paths import check_output_dir, display_path, output_lock
@@ -80,23 +84,29 @@ class DedupArguments(DataSource, SplitArguments, BatchArguments, SeedArguments, 
         metadata={"help": "also write data.txt in the release format (<|endoftext|> between stories)"},
     )
 
+    def check(self):
+        check_min("ngram_size", self.ngram_size, 1)
+        check_min("num_perm", self.num_perm, 2, "pass --num_perm 2 or more (the default: 64)")
+        check_fraction("threshold", self.threshold, closed_high=True)
+        check_range(
+            "num_bands", self.num_bands, 1, self.num_perm, "pass a --num_bands up to --num_perm, or unset"
+        )
+        check_min("decontaminate_ngram", self.decontaminate_ngram, 1)
+        check_fraction("decontaminate_threshold", self.decontaminate_threshold, closed_high=True)
+        check_min("num_proc", self.num_proc, 1)
+
+    def check_paths(self):
+        check_exists("decontaminate_against", self.decontaminate_against, "pass existing prompt files")
+
     def validate(self) -> None:
         if not self.data or not self.output_dir:
             raise ConfigError("dedup needs --data IN and --output_dir OUT (make dedup IN=... OUT=...)")
-        if not 0 < self.threshold <= 1 or not 0 < self.decontaminate_threshold <= 1:
-            raise ConfigError("threshold and decontaminate_threshold must be in (0, 1]")
-        if self.ngram_size < 1 or self.decontaminate_ngram < 1 or self.num_perm < 2 or self.num_proc < 1:
-            raise ConfigError(
-                "ngram_size, decontaminate_ngram >= 1, num_perm >= 2 and num_proc >= 1 are required"
-            )
-        if self.num_bands is not None and not 1 <= self.num_bands <= self.num_perm:
-            raise ConfigError(f"num_bands must be in [1, num_perm={self.num_perm}]")
 
 
-def load_input(source: str, split: str = "train") -> Dataset:
+def load_input(source: str, split: str = "train", on_decode_error: str = "fail") -> Dataset:
     """`split` of any source training reads, by the same loader (a `.txt` Hub release as whole records, not
     lines); a file or folder without splits whole."""
-    return load_split(source, split)
+    return load_split(source, split, on_decode_error=on_decode_error)
 
 
 def _iter_column(ds: Dataset, column: str, batch_size: int = 10_000) -> Iterator[str]:
@@ -150,7 +160,7 @@ def run(args: DedupArguments) -> dict[str, Any]:
 
 def _run(args: DedupArguments, eval_paths: list[str] | None, prompts: list) -> dict[str, Any]:
     t0 = time.perf_counter()
-    ds = load_input(args.data, args.split)
+    ds = load_input(args.data, args.split, args.on_decode_error)
     t_load = time.perf_counter() - t0
     column = args.text_column or ("story" if "story" in ds.column_names else "text")
     if column not in ds.column_names:

@@ -46,6 +46,7 @@ from tinystories.evaluation.reports import (
     model_output_dir,
     write_comparison,
 )
+from tinystories.models.loading import check_model_source
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if not models:
         raise ConfigError("no --model given: pass MODEL=<Hub id or dir> (several separated by spaces)")
     resolve_dtype(args.precision), resolve_device(args.device)  # bad values fail before any model is loaded
+    for name in models:  # a local folder that is not a model fails now, not after the others ran
+        check_model_source(name)
     if judge_args.enabled:
         judge_args.validate()  # a missing key fails here, before any model is loaded
         if not args.generate:
@@ -90,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     texts = None
     if not args.skip_loss:
         texts = load_eval_texts(
-            args.data, args.split, args.validation_fraction, args.seed, args.text_column, args.max_samples
+            args.data,
+            args.split,
+            args.validation_fraction,
+            args.seed,
+            args.text_column,
+            args.max_samples,
+            args.on_decode_error,
         )
         selected = texts.selected.replace("_", " ")
         print(

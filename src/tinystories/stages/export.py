@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinystories.core import ConfigError
-from tinystories.core.arguments import ModelSource, OutputArguments
+from tinystories.core.arguments import ModelSource, OutputArguments, check_choice, check_range
 from tinystories.core.config import parse_args, setup_logging
 from tinystories.core.paths import check_output_dir, output_lock, public_name
 from tinystories.data.tokenizer import load_tokenizer
@@ -53,6 +53,13 @@ class ExportArguments(ModelSource, OutputArguments):
     )
     gguf_type: str = field(default="f32", metadata={"help": "--format gguf: f32, f16, bf16 or q8_0"})
 
+    def check(self):
+        check_choice("quantize", self.quantize, QUANTIZATIONS)
+        check_choice("format", self.format, ("onnx", "gguf"))
+        check_choice("gguf_type", self.gguf_type, GGUF_TYPES)
+        # the decoder graph needs opset 14 (trilu, scaled attention pieces); torch exports up to 23
+        check_range("opset", self.opset, 14, 23, f"pass an --opset from 14 to 23 (default {DEFAULT_OPSET})")
+
 
 def default_output_dir(model: str) -> Path:
     path = Path(model).expanduser()
@@ -82,14 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     if not args.model:
         raise ConfigError("no --model given: pass MODEL=<run dir | Hub id | LoRA adapter dir>")
-    if args.quantize not in QUANTIZATIONS:
-        raise ConfigError(f"unknown --quantize {args.quantize!r}: use one of {', '.join(QUANTIZATIONS)}")
-    if args.format not in ("onnx", "gguf"):
-        raise ConfigError(f"unknown --format {args.format!r}: use onnx or gguf")
     if args.format == "gguf":
         find_converter()  # missing tools fail before the model is loaded
-        if args.gguf_type not in GGUF_TYPES:
-            raise ConfigError(f"--gguf_type {args.gguf_type!r}: use one of {', '.join(GGUF_TYPES)}")
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.model)
     # the default <model dir>/onnx-export is a subfolder the model's loading never reads
     check_output_dir(output_dir, {"--model": args.model, "--tokenizer": args.tokenizer}, inside_ok=True)
@@ -98,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args: ExportArguments, output_dir: Path) -> int:
+    print(f"[export] loading {public_name(args.model)} ...", flush=True)
+    model = load_model(args.model, attn_implementation="eager", revision=args.revision)  # a bad --model first
     tokenizer_name, tokenizer_revision = _tokenizer_source(args)
     tokenizer = load_tokenizer(tokenizer_name, revision=tokenizer_revision)
-    print(f"[export] loading {public_name(args.model)} ...", flush=True)
-    model = load_model(args.model, attn_implementation="eager", revision=args.revision)
     if tokenizer.eos_token_id is None or len(tokenizer) > model.config.vocab_size:
         raise ConfigError(
             f"the tokenizer {public_name(tokenizer_name)!r} ({len(tokenizer)} tokens) does not fit the model "

@@ -27,7 +27,7 @@ from tinystories.core.arguments import (
 )
 from tinystories.core.config import parse_args
 from tinystories.core.runtime import resolve_device, resolve_dtype
-from tinystories.data.instruct import build_prompt
+from tinystories.data.instruct import build_prompt, feature_names
 from tinystories.data.tokenizer import load_tokenizer
 from tinystories.evaluation.generation import generate_story
 from tinystories.models.loading import context_limit, load_model
@@ -60,6 +60,21 @@ class GenerateArguments(ModelSource, SamplingArguments, InferenceArguments, Seed
 
     def check(self):
         check_min("num_stories", self.num_stories, 1)
+        for flag, example in (("words", "dog ball happy"), ("features", "Dialogue Twist")):
+            if getattr(self, flag) is not None and not _split_list(getattr(self, flag)):
+                raise ConfigError(
+                    f"--{flag} {' '.join(getattr(self, flag))!r}: holds no {flag[:-1]}; pass some, e.g. "
+                    f"--{flag} {example}, or leave --{flag} out"
+                )
+        known = {name.lower(): name for name in feature_names()}
+        unknown = [f for f in _split_list(self.features) if f.lower() not in known]
+        if unknown:
+            raise ConfigError(
+                f"--features {' '.join(unknown)}: unknown feature; use one of {', '.join(known.values())} "
+                "(the labels of the Instruct Features: line)"
+            )
+        if self.features:  # the spelling the models were trained on
+            self.features = [known[f.lower()] for f in _split_list(self.features)]
 
 
 def _split_list(values: list[str] | None) -> list[str]:
@@ -88,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     prompt, _ = build_generation_prompt(args)
     device, dtype = resolve_device(args.device), resolve_dtype(args.precision)
 
-    tokenizer = load_tokenizer(args.model, revision=args.revision)
-    model = load_model(args.model, revision=args.revision, dtype=dtype).to(device)
+    model = load_model(args.model, revision=args.revision, dtype=dtype).to(device)  # a bad --model first
+    tokenizer = load_tokenizer(
+        args.tokenizer or args.model, revision=None if args.tokenizer else args.revision
+    )
     try:
         stories = generate_story(
             model,

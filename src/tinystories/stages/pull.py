@@ -33,11 +33,12 @@ import shutil
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import ClassVar
 
 from transformers import AutoConfig
 
 from tinystories.core import TRAINED_CONTEXT, ConfigError
-from tinystories.core.arguments import ModelSource, OutputArguments
+from tinystories.core.arguments import ModelSource, OutputArguments, check_exists
 from tinystories.core.config import parse_args
 from tinystories.core.paths import PULL_INFO_FILE
 from tinystories.data.tokenizer import load_tokenizer
@@ -54,6 +55,14 @@ class PullArguments(ModelSource, OutputArguments):
     tokenizer), or the folder of a llama2.c conversion."""
 
     verify: bool = field(default=True, metadata={"help": "load the config and tokenizer after downloading"})
+
+    HUB_FILES: ClassVar[bool] = True  # `karpathy/tinyllamas/stories260K` names a file on the Hub
+
+    def check_paths(self):
+        for flag in ("model", "tokenizer"):
+            value = getattr(self, flag)
+            if value and (value.startswith((".", "/", "~")) or "/" not in value.replace("\\", "/")):
+                check_exists(flag, value, "pass a local file or folder, a Hub id or owner/repo/<file>")
 
 
 def copy_snapshot(snapshot: Path, local_dir: Path) -> None:

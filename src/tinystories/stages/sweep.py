@@ -29,6 +29,8 @@ from tinystories.core.arguments import (
     OutputArguments,
     SamplingArguments,
     TokenizerSource,
+    check_each_min,
+    check_min,
 )
 from tinystories.core.config import parse_args, setup_logging
 from tinystories.data.loading import load_eval_texts
@@ -90,6 +92,17 @@ class SweepArguments(DataSource, TokenizerSource, InferenceArguments, SamplingAr
     num_prompts: int | None = None
     num_completions: int = 1
 
+    def check(self):
+        for flag in ("hidden_sizes", "num_layers", "max_steps", "train_tokens"):
+            check_each_min(flag, getattr(self, flag), 1, f"pass positive --{flag}, e.g. --{flag} 64 128")
+        check_min("eval_samples", self.eval_samples, 1)
+        check_min("eval_batch_size", self.eval_batch_size, 1)
+        check_min("num_prompts", self.num_prompts, 1)
+        check_min("num_completions", self.num_completions, 1)
+
+    def check_paths(self):
+        resolve_recipe(self.train_config)  # names the recipe and the fix when it is not there
+
 
 def non_embedding_count(cell_dir: Path) -> int:
     """The exact count of the trained architecture (built on the meta device: no memory, no weights)."""
@@ -136,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for flag in ("data", "text_column", "tokenizer"):
         base += [f"--{flag}", getattr(args, flag)] if getattr(args, flag) else []
+    if args.on_decode_error != "fail":
+        base += ["--on_decode_error", args.on_decode_error]
     _, data_args, train = parse_args((ModelArguments, DataArguments, PretrainConfig), base)
     configure_batch(train)
     per_step = train.per_device_train_batch_size * train.world_size * train.gradient_accumulation_steps
@@ -159,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         train.seed,
         data_args.text_column,
         args.eval_samples,
+        data_args.on_decode_error,
     )
     prompts = load_prompt_set(args.prompts, args.num_prompts) if judge_args.enabled else None
     eval_args = EvalArguments(

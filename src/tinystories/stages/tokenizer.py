@@ -37,7 +37,12 @@ DEFAULTS = {"tokenizer": DEFAULT_TOKENIZER, "vocab_size": 10000}
 def main(argv: list[str] | None = None) -> int:
     """`tinystories tokenizer --data DATA --vocab_size K [--train_tokenizer true] --output_dir DIR`."""
     (args,) = parse_args(ARGUMENTS, argv, DEFAULTS)
-    data = load_stories(args.data, text_column=args.text_column, max_train_samples=args.max_train_samples)
+    data = load_stories(
+        args.data,
+        text_column=args.text_column,
+        max_train_samples=args.max_train_samples,
+        on_decode_error=args.on_decode_error,
+    )
     tok = prepare_tokenizer(
         args.tokenizer or DEFAULT_TOKENIZER,
         data["train"],

@@ -28,7 +28,7 @@ from tinystories.training.pretraining import (
     validate,
 )
 from tinystories.training.record import run_record
-from tinystories.training.tail import finish_run, prepare_run, print_summary
+from tinystories.training.tail import finish_run, output_guard, prepare_run, print_summary
 from tinystories.training.trainer import BitsPerByteTrainer, TimeLimitCallback, TokensPerSecondCallback
 
 logger = logging.getLogger("tinystories.stages.train")
@@ -44,6 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     validate(model_args, data_args, args)
     configure_batch(args)
+    inputs = {
+        "--data": data_args.data,
+        "--eval_data": data_args.eval_data,
+        "--tokenizer": data_args.tokenizer,
+        "--base_model": model_args.base_model,
+    }
+    with output_guard(args, inputs):
+        return pretrain(model_args, data_args, args)
+
+
+def pretrain(model_args: ModelArguments, data_args: DataArguments, args: PretrainConfig) -> int:
+    """The run, in its locked --output_dir: resume or start, data, model, Trainer, the shared tail."""
     resume, tail = prepare_run(
         args,
         {"model": model_args, "data": data_args},

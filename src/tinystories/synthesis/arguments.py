@@ -14,6 +14,11 @@ from tinystories.core.arguments import (
     OutputArguments,
     SeedArguments,
     SplitArguments,
+    check_exists,
+    check_fraction,
+    check_min,
+    check_positive,
+    check_range,
 )
 from tinystories.synthesis.backends import SamplingConfig
 from tinystories.synthesis.prompts import Vocabulary
@@ -160,6 +165,27 @@ class SynthesisArguments(
             raise ConfigError("--vllm_kwargs must be a JSON object, e.g. '{\"tensor_parallel_size\": 2}'")
         return kwargs
 
+    def check(self):
+        check_min("num_stories", self.num_stories, 0, "pass --num_stories 1 or more (0 with --data: all)")
+        check_min("num_shards", self.num_shards, 1)
+        check_range("shard_index", self.shard_index, 0, self.num_shards - 1, "count shards from 0")
+        check_min("flush_every", self.flush_every, 1)
+        check_positive("flush_seconds", self.flush_seconds)
+        check_fraction("instruct_keep_probability", self.instruct_keep_probability, closed_high=True)
+        check_min("max_new_tokens", self.max_new_tokens, 1)
+        check_min("temperature", self.temperature, 0, "pass 0 (greedy) or a positive temperature")
+        check_fraction("top_p", self.top_p, closed_high=True)
+        check_min("concurrency", self.concurrency, 1)
+        check_positive("request_timeout", self.request_timeout, "pass a positive number of seconds")
+        check_min("max_retries", self.max_retries, 0)
+        check_min("backoff_base", self.backoff_base, 0)
+        check_min("backoff_max", self.backoff_max, 0)
+
+    def check_paths(self):  # the templates and features file may lie in it: `Vocabulary` resolves them
+        check_exists(
+            "data_generation_dir", self.data_generation_dir, "pass an existing folder, or leave it unset"
+        )
+
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
@@ -183,12 +209,8 @@ class SynthesisArguments(
             raise ConfigError(
                 f"backend {self.backend!r} needs --model (served model name, Hub id or local dir)"
             )
-        if self.concurrency < 1 or self.batch_size < 1 or self.flush_every < 1:
-            raise ConfigError("concurrency, batch_size and flush_every must be >= 1")
         if self.push_to_hub and not self.hub_dataset_id:
             raise ConfigError("--push_to_hub needs --hub_dataset_id <user>/<name>")
-        if not 0 < self.instruct_keep_probability <= 1:
-            raise ConfigError("instruct_keep_probability must be in (0, 1]")
         self.sampling()  # --extra_body / --vllm_kwargs parse now, not after the shards are read
         self.engine_kwargs()
 

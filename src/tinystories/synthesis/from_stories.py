@@ -95,8 +95,10 @@ class StorySpec(PromptSpec):
 class StorySource:
     """The stories of `--data` (`--split`, `--text_column`), read by index."""
 
-    def __init__(self, data: str, split: str = "train", text_column: str = "text"):
-        dataset = load_split(data, split)
+    def __init__(
+        self, data: str, split: str = "train", text_column: str = "text", on_decode_error: str = "fail"
+    ):
+        dataset = load_split(data, split, on_decode_error=on_decode_error)
         if text_column not in dataset.column_names:
             raise ConfigError(
                 f"{data!r} has no {text_column!r} column (columns: {dataset.column_names}): "

@@ -233,7 +233,7 @@ def run_shard(args: SynthesisArguments, backend=None) -> dict[str, Any]:
     source = None
     fingerprint = args.fingerprint(vocab)
     if args.data:  # Instruct records from a corpus: one per story (--num_stories 0: all of them)
-        source = StorySource(args.data, args.split, args.text_column)
+        source = StorySource(args.data, args.split, args.text_column, args.on_decode_error)
         args.num_stories = min(args.num_stories or len(source), len(source))
         fingerprint = {**args.fingerprint(vocab), **source.fingerprint()}
     directory = shard_dir(args.output_dir, args.shard_index, args.num_shards)

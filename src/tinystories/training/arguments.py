@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinystories.core.arguments import check_choice, check_min, check_positive
+from tinystories.core.arguments import (
+    SEED_MAX,
+    check_choice,
+    check_fraction,
+    check_min,
+    check_positive,
+    check_range,
+)
 from tinystories.core.runtime import PRECISIONS, export_mixed_precision, resolve_precision
 from tinystories.training.optimizers import MuonArguments
 
@@ -82,6 +89,20 @@ class TrainingRunArguments(MuonArguments):
             )
         for flag in ("logging_steps", "eval_steps", "save_steps"):
             check_positive(flag, getattr(self, flag))
+        self.check_optimizer()
+        for flag in ("seed", "data_seed"):
+            check_range(flag, getattr(self, flag), 0, SEED_MAX, f"pass a seed from 0 to {SEED_MAX}")
+        for flag in ("save_total_limit", "eval_accumulation_steps", "ddp_timeout"):
+            check_min(flag, getattr(self, flag), 1, f"pass a positive --{flag}, or leave it unset")
+        check_min("dataloader_num_workers", self.dataloader_num_workers, 0)
+
+    def check_optimizer(self) -> None:
+        for flag in ("adam_beta1", "adam_beta2", "muon_momentum"):
+            check_fraction(flag, getattr(self, flag), open_low=False)
+        check_positive("adam_epsilon", self.adam_epsilon, "pass a small positive epsilon such as 1e-8")
+        check_positive("muon_learning_rate", self.muon_learning_rate, "pass a positive rate such as 0.02")
+        check_min("max_grad_norm", self.max_grad_norm, 0, "pass 0 (no clipping) or a positive norm")
+        check_fraction("label_smoothing_factor", self.label_smoothing_factor, open_low=False)
 
 
 __all__ = ["TrainingRunArguments"]

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, PreTrainedModel, TrainingArguments
 
 from tinystories.core import ConfigError
-from tinystories.core.arguments import AttentionArguments, TrainingData, VocabularyArguments, check_min
+from tinystories.core.arguments import (
+    AttentionArguments,
+    TrainingData,
+    VocabularyArguments,
+    check_exists,
+    check_min,
+)
 from tinystories.data.loading import load_stories
 from tinystories.data.packing import PackStats, cap_blocks, pack_dataset
 from tinystories.data.tokenizer import DEFAULT_TOKENIZER, prepare_tokenizer
@@ -56,6 +62,16 @@ class ModelArguments(AttentionArguments):
             "help": "rows per chunk of the fused loss (default: per device, 256 on a CPU, 4096 on a GPU)"
         },
     )
+
+    def check(self):
+        for flag in ("hidden_size", "num_layers", "num_heads", "loss_chunk_size"):
+            check_min(flag, getattr(self, flag), 1, f"pass a positive --{flag}, or leave it unset")
+        check_min("max_position_embeddings", self.max_position_embeddings, 2)
+
+    def check_paths(self):
+        check_exists(
+            "base_model", self.base_model, "pass a local model folder or a Hub id, or leave it unset"
+        )
 
 
 @dataclass

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
 from tinystories.core import TRAINED_CONTEXT, ConfigError, RunDone
+from tinystories.core.paths import check_output_dir, output_lock
 from tinystories.core.plots import save_loss_curve
 from tinystories.core.runtime import DeviceFacts, check_one_process_per_gpu, describe_devices, precision_name
 from tinystories.evaluation.generation import sample_generations
@@ -182,6 +185,18 @@ def resolve_resume(
         _check_resumable(last, settings, recorded)
         logger.warning("resuming from the newest checkpoint in %s: %s", output_dir, last)
     return last
+
+
+@contextmanager
+def output_guard(args: TrainingArguments, inputs: Mapping[str, Any]) -> Iterator[None]:
+    """A run's --output_dir: never on one of its local `inputs` (flag -> value), and one writer at a time (the
+    main process holds `core.paths.output_lock` while the run writes; a second run there is refused at once)."""
+    check_output_dir(args.output_dir, inputs)
+    if args.process_index != 0:  # the other ranks write into the folder rank 0 holds
+        yield
+        return
+    with output_lock(args.output_dir):
+        yield
 
 
 def prepare_run(

@@ -14,8 +14,10 @@ from tinystories.core.arguments import (
     AttentionArguments,
     TrainingData,
     check_choice,
+    check_exists,
     check_fraction,
     check_min,
+    check_positive,
 )
 from tinystories.models.sizes import BLOCK_LINEARS
 from tinystories.training.arguments import TrainingRunArguments
@@ -112,6 +114,9 @@ class FinetuneArguments(TrainingData):
         check_min("sample_max_new_tokens", self.sample_max_new_tokens, 1)
         check_min("loss_chunk_size", self.loss_chunk_size, 1)
 
+    def check_paths(self):
+        check_exists("base_model", self.base_model, "pass a local model folder or a Hub id (BASE=)")
+
 
 @dataclass
 class FinetuneModelConfig(AttentionArguments, ModelConfig):
@@ -133,6 +138,11 @@ class FinetuneModelConfig(AttentionArguments, ModelConfig):
         default=True, metadata={"help": "double quantization of the 4-bit constants"}
     )
 
+    def check(self):  # TRL's LoRA numbers, refused where they are parsed
+        check_min("lora_r", self.lora_r, 1, "pass a rank such as --lora_r 16")
+        check_positive("lora_alpha", self.lora_alpha, "pass a positive --lora_alpha such as 32")
+        check_fraction("lora_dropout", self.lora_dropout, open_low=False)
+
 
 @dataclass
 class TinyStoriesSFTConfig(TrainingRunArguments, SFTConfig):
@@ -153,6 +163,11 @@ class TinyStoriesSFTConfig(TrainingRunArguments, SFTConfig):
     include_num_input_tokens_seen: str = field(
         default="non_padding", metadata={"help": "count trained tokens (for tokens/s and the card)"}
     )
+
+    def check_run(self) -> None:
+        super().check_run()
+        check_min("max_length", self.max_length, 16, "pass --max_length 16 or more (the recipes: 512)")
+        check_min("dataset_num_proc", self.dataset_num_proc, 1)
 
 
 # ------------------------------------------------------------------------------ LoRA's defaults (`tinystories lora`)
