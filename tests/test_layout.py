@@ -51,8 +51,9 @@ def test_top_level_is_one_package_per_concern():
 
 @pytest.mark.parametrize("stage", [s for s, v in STAGES.items() if v.module.startswith("tinystories")])
 def test_every_subcommand_has_a_module_of_its_name(stage):
-    assert STAGES[stage].module == f"tinystories.stages.{stage}"
-    assert (PACKAGE / "stages" / f"{stage}.py").is_file()
+    module = stage.replace("-", "_")  # `data-report` -> stages/data_report.py
+    assert STAGES[stage].module == f"tinystories.stages.{module}"
+    assert (PACKAGE / "stages" / f"{module}.py").is_file()
 
 
 def test_tests_follow_the_packages():

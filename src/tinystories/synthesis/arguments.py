@@ -98,6 +98,13 @@ class SynthesisArguments:
         },
     )
     model: str | None = field(default=None, metadata={"help": "served model name / Hub id / local dir"})
+    gguf_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "transformers: a GGUF file (path, or package:file inside an installed package) converted "
+            "once into the --model folder when that holds no model yet (models/from_gguf.py)"
+        },
+    )
     base_url: str | None = field(
         default=None,
         metadata={
@@ -117,7 +124,11 @@ class SynthesisArguments:
     temperature: float = field(default=1.0)
     top_p: float = field(default=1.0)
     extra_body: str | None = field(
-        default=None, metadata={"help": "JSON object sent with every request (server-specific options)"}
+        default=None,
+        metadata={
+            "help": "JSON object sent with every request (server-specific options); transformers: more "
+            'generate() arguments, e.g. \'{"repetition_penalty": 1.1, "no_repeat_ngram_size": 4}\''
+        },
     )
     concurrency: int = field(default=64, metadata={"help": "openai: requests in flight at once"})
     request_timeout: float = field(
@@ -184,6 +195,10 @@ class SynthesisArguments:
             )
         if self.concurrency < 1 or self.batch_size < 1 or self.flush_every < 1:
             raise ConfigError("concurrency, batch_size and flush_every must be >= 1")
+        if self.gguf_file and self.backend != "transformers":
+            raise ConfigError(
+                "--gguf_file is converted for --backend transformers (serve it yourself otherwise)"
+            )
         if self.push_to_hub and not self.hub_dataset_id:
             raise ConfigError("--push_to_hub needs --hub_dataset_id <user>/<name>")
         if not 0 < self.instruct_keep_probability <= 1:
