@@ -181,7 +181,7 @@ data: install $(if $(filter local_llm,$(DATA_RECIPE)),$(VENV)/.local_llm)
 # Dataset quality side by side (words used, features, vocabulary, length, openings, duplicates within and across,
 # generation stats): IN="<dir | dataset | .txt> ..." OUT=<dir> -> data_report.json + PNGs
 data-report: install
-	$(TS) data-report --data $(or $(IN),outputs/data/tinystories) --output_dir $(or $(OUT),outputs/data_report) $(ARGS)
+	$(TS) data-report --data $(or $(IN),outputs/data/tinystories) --output_dir $(or $(OUT),outputs/data_report) $(call opt,--tokenizer,$(TOKENIZER)) $(ARGS)
 
 dedup: install
 	$(TS) dedup --config recipes/data/dedup.yaml --input $(or $(IN),outputs/data/tinystories) \

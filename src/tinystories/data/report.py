@@ -259,7 +259,7 @@ def generation_summary(stats: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     summary = {k: stats.get(k) for k in GENERATION_KEYS}
     job = stats.get("job") or {}
-    summary.update(backend=job.get("backend"), model=job.get("model"))
+    summary.update(backend=job.get("backend"), model=job.get("gguf_file") or job.get("model"))
     return summary
 
 

@@ -228,4 +228,4 @@ class SynthesisArguments:
             "model": self.model if self.backend in LLM_BACKENDS else None,
             "vocabulary": vocab.fingerprint(),
             "instruct_keep_probability": self.instruct_keep_probability if self.mode == "instruct" else None,
-        }
+        } | ({"gguf_file": self.gguf_file} if self.gguf_file else {})  # the weights, not just a folder name
