@@ -50,9 +50,10 @@ def test_diversity():
 
 def test_memorization_puts_held_out_stories_at_the_completions_lengths():
     assert same_lengths(["a b c d e f", "g h i"], ["x y", "x y z w", "q"]) == ["a b", "g h i", "a"]
+    assert same_lengths(["a b c d e f"], ["x y", "z"], skips=[3, 1]) == ["d e", "b"]
     completions = ["the cat sat on the mat and looked at the sky"]
-    held_out = ["one two three four five six seven eight nine ten eleven twelve thirteen"]
-    got = memorization(completions, held_out, TRAIN, "train.txt")
+    held_out = ["zero one two three four five six seven eight nine ten eleven twelve thirteen"]
+    got = memorization(completions, held_out, TRAIN, "train.txt", prompts=["zero"])
     assert got["completions"]["share_with_shared_span"] == 1.0
     assert got["completions"]["longest_shared_span"] == 10
     assert got["held_out"]["share_with_shared_span"] == 1.0

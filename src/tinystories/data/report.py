@@ -114,10 +114,9 @@ def load_report_input(source: str, split: str = "train", text_column: str | None
         raise ConfigError(
             f"{source!r} has no {column!r} column (columns: {ds.column_names}); pass --text_column"
         )
-    keep = [i for i, t in enumerate(ds[column]) if isinstance(t, str) and t.strip()]
-    stories = (
-        [ds[column][i].strip() for i in keep] if len(keep) != len(ds) else [t.strip() for t in ds[column]]
-    )
+    texts = ds[column]
+    keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+    stories = [texts[i].strip() for i in keep]
 
     def column_of(name: str) -> list[list[str]] | None:
         if name not in ds.column_names:

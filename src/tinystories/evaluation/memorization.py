@@ -8,8 +8,9 @@ whose first `OPENING_WORDS` words open another text of the set too).
 
 The same numbers for held-out real stories against the same training set are the yardstick: the share of real
 text that shares an 8-word span with other real stories is not zero ("Once upon a time, there was a little").
-`memorization` cuts each held-out story to the length of the completion it stands beside, so both sides have
-the same number of spans.
+`memorization` cuts each held-out story to the stretch the completion beside it covers (from the prompt's
+length in words, as many words as the completion), so both sides have the same number of spans and neither
+side's count is inflated by a formulaic opening ("Once upon a time, there was a little girl named Lily").
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ OPENING_WORDS = 5
 _WORD = re.compile(r"[a-z0-9']+")
 MEMORIZATION_RULE = (
     f"a completion copies when {SPAN_WORDS} words in a row (lower case, punctuation ignored) also occur in a "
-    "training story; held-out real stories cut to the completions' lengths are scored the same way"
+    "training story; held-out real stories, cut to the stretch each completion covers (after its prompt's "
+    "length, as many words), are scored the same way"
 )
 
 
@@ -110,21 +112,29 @@ def diversity(texts: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def same_lengths(references: Sequence[str], texts: Sequence[str]) -> list[str]:
-    """The references cut to the word counts of `texts` (in turn, cycling): equal-sized comparisons."""
+def same_lengths(
+    references: Sequence[str], texts: Sequence[str], skips: Sequence[int] | None = None
+) -> list[str]:
+    """The references (in turn, cycling) as the stretch a completion stands for: `skips[k]` words in (the prompt's
+    length: a completion continues a story beginning), then as many words as `texts[k]` has."""
     if not references:
         return []
     out = []
     for k, text in enumerate(texts):
-        n = max(1, len(text.split()))
-        out.append(" ".join(references[k % len(references)].split()[:n]))
+        n, skip = max(1, len(text.split())), skips[k] if skips else 0
+        out.append(" ".join(references[k % len(references)].split()[skip : skip + n]))
     return out
 
 
 def memorization(
-    completions: Sequence[str], held_out: Sequence[str] | None, train: Iterable[str], train_name: str
+    completions: Sequence[str],
+    held_out: Sequence[str] | None,
+    train: Iterable[str],
+    train_name: str,
+    prompts: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """`eval_results.json`'s `memorization`: copying and diversity of the completions and of held-out stories."""
+    """`eval_results.json`'s `memorization`: copying and diversity of the completions and of held-out stories
+    (each cut to the stretch a completion covers: after its prompt's length in words, as long as it)."""
     index = SpanIndex(train)
     result: dict[str, Any] = {
         "train_data": train_name,
@@ -134,6 +144,7 @@ def memorization(
         "held_out": None,
     }
     if held_out:
-        real = same_lengths(held_out, completions)
+        skips = [len(p.split()) for p in prompts] if prompts is not None else None
+        real = same_lengths(held_out, completions, skips)
         result["held_out"] = {**copying(real, index), **diversity(real)}
     return result

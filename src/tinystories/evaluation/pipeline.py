@@ -196,7 +196,8 @@ def _memorization(rows: list[dict], texts: EvalTexts | None, args: EvalArguments
         )
     completions = [r["completion"] for r in rows]
     held_out = texts.texts if texts is not None else None
-    return memorization(completions, held_out, train[column], data_name(args.train_data))
+    prompts = [r["prompt"] for r in rows]
+    return memorization(completions, held_out, train[column], data_name(args.train_data), prompts)
 
 
 def _base_instruct_eval(base: str, triples: list, asks: list, args: EvalArguments, cache: dict) -> tuple:
