@@ -11,6 +11,7 @@ from tinystories.data.report import (
     child_vocabulary,
     distribution,
     feature_rates,
+    load_report_input,
     openings,
     out_of_vocabulary,
     unknown_words,
@@ -19,6 +20,7 @@ from tinystories.data.report import (
 from tinystories.dedup.overlap import duplicate_overlap
 from tinystories.hub.dataset_card import report_rows, write_dataset_card
 from tinystories.stages.data_report import main
+from tinystories.stages.dedup import main as dedup_main
 from tinystories.synthesis.arguments import SynthesisArguments
 from tinystories.synthesis.backends import Completion, TemplateBackend
 from tinystories.synthesis.job import run, run_shard
@@ -158,3 +160,12 @@ def test_the_report_of_a_generated_dir_a_txt_and_a_jsonl(tmp_path, generated):
     card = write_dataset_card(tmp_path / "card", {"data_report": report}).read_text()
     assert "## Data report" in card and "| real.txt | 3 | — |" in card
     assert report_rows(report)[0][-1] == "3 / 0"
+
+
+def test_a_dedup_output_keeps_the_generation_stats(tmp_path, generated):
+    dedup_main(["--input", str(generated), "--output_dir", str(tmp_path / "dedup"), "--num_proc", "1"])
+    item = load_report_input(str(tmp_path / "dedup"))
+    assert (
+        item.name == "dedup" and len(item.stories) == 3
+    )  # 5 generated, the two copies of the trimmed loop dropped
+    assert item.generation["loops_trimmed"] == 3 and item.dedup["exact_duplicates"] == 2

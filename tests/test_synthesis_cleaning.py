@@ -18,6 +18,8 @@ from tinystories.synthesis.cleaning import (
     screen_story,
 )
 from tinystories.synthesis.job import run, run_shard
+from tinystories.synthesis.prompts import Vocabulary
+from tinystories.synthesis.records import RecordBuilder
 
 SAMPLE = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories" / "TinyStories-train.sample.txt"
@@ -117,3 +119,12 @@ def test_the_job_counts_what_the_screen_caught(tmp_path):
     assert ds["finish_reason"] == ["stop", "loop", "second_story"] * 2
     assert ds["cuts"][1] == ["story: loop: " + LOOP.strip()]
     assert ds["cuts"][2] == ["story: second_story: Once upon a time, there was a boy named Sam."]
+
+
+def test_corpus_stories_are_not_screened(tmp_path):
+    """A real story with a refrain said 4 times stays whole when Instruct records are made from a corpus."""
+    args = SynthesisArguments(output_dir=str(tmp_path / "out"), backend="template")
+    builder = RecordBuilder(args, Vocabulary(), TemplateBackend(args.sampling()))
+    text = "Tom had a cat." + LOOP
+    assert builder.screen(Completion(text, from_model=False)).text == text
+    assert builder.screen(Completion(text)).error_type == "loop"

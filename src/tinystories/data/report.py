@@ -99,9 +99,11 @@ def _open(source: str, split: str) -> tuple[Dataset, dict | None, dict | None]:
     if path.is_dir() and is_synthesis_output(path):
         return load_generated(path), _generation_stats(path), None
     dedup = _read_json(path / "dedup_stats.json") if path.is_dir() else None
-    if dedup is not None and (path / "data").is_dir():
+    if dedup is not None and (path / "data").is_dir():  # the generation's stats.json travels with it
         origin = Path(str(dedup.get("source", "")))
-        generation = _generation_stats(origin) if origin.is_dir() and is_synthesis_output(origin) else None
+        generation = _read_json(path / "stats.json")
+        if generation is None and origin.is_dir() and is_synthesis_output(origin):
+            generation = _generation_stats(origin)
         return load_from_disk(str(path / "data")), generation, dedup
     return load_split(source, split), None, None
 

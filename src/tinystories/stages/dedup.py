@@ -2,7 +2,7 @@
 
 Outputs in `output_dir`: `data/` (kept records, a `save_to_disk` dataset with every input column),
 `dropped/` (dropped records + `reason`, `duplicate_of`, `similarity`, `matched_prompt`, `input_index`),
-`dedup_stats.json`.
+`dedup_stats.json`, and for a `tinystories data` input its `stats.json` (what the generation did).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from tinystories.core import EVAL_PROMPTS_FILE, REPO_ROOT, ConfigError
 from tinystories.core.config import parse_args
 from tinystories.core.paths import display_path
 from tinystories.data.loading import load_split
+from tinystories.data.shards import is_synthesis_output
 from tinystories.dedup.decontamination import read_eval_prompts
 from tinystories.dedup.pipeline import DedupResult, deduplicate
 
@@ -182,6 +184,9 @@ def run(args: DedupArguments) -> dict[str, Any]:
         "end_to_end": round(time.perf_counter() - t0, 3),
     }
     (out / "dedup_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    generation = Path(args.input) / "stats.json"
+    if is_synthesis_output(args.input) and generation.is_file():  # the generation record travels with the data
+        shutil.copy2(generation, out / "stats.json")
     return stats
 
 

@@ -43,9 +43,9 @@ class Completion:
     finish_reason: str | None = None  # "length": cut off at max_new_tokens
     usage: dict[str, int] = field(default_factory=dict)
     preamble: str | None = None  # what `clean_completion` cut from the start (a chat preamble, a title)
-    cuts: list[str] = field(
-        default_factory=list
-    )  # what `cleaning.screen_story` cut: "loop: ...", "second_story: ..."
+    # what `cleaning.screen_story` cut: "loop: ...", "second_story: ..."
+    cuts: list[str] = field(default_factory=list)
+    from_model: bool = True  # False: a corpus story (`--source_data`), kept as written, never screened
 
 
 # A request that failed for good (after retries, or with a non-retryable error): the job records its

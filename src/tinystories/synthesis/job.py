@@ -207,7 +207,8 @@ def _generate(builder: RecordBuilder, directory: Path, total: int, todo: list[Pr
             counts = _run_batched(builder, todo, writer, bar, args.batch_size)
         seconds = time.perf_counter() - start
         done = counts["generated"] + counts["failed"]
-        return {**counts, "seconds": round(seconds, 1), "stories_per_second": round(done / seconds, 4)}
+        per_second = round(done / seconds, 4) if seconds > 0 else None
+        return {**counts, "seconds": round(seconds, 1), "stories_per_second": per_second}
     finally:
         writer.flush()  # Ctrl-C / SIGTERM: keep every finished record
         bar.close()

@@ -104,10 +104,8 @@ class RecordBuilder:
         self.vocab = vocab
         self.backend = backend
         self.model = args.model if backend.name in LLM_BACKENDS else getattr(backend, "model", args.model)
-        if (
-            args.gguf_file and backend.name in LLM_BACKENDS
-        ):  # the weights it ran: the GGUF, not a local folder
-            self.model = args.gguf_file
+        if args.gguf_file and backend.name in LLM_BACKENDS:
+            self.model = args.gguf_file  # the weights it ran: the GGUF, not the folder it was converted into
         self.generation_config = backend.sampling.to_json() if backend.sampling is not None else None
         # Instruct records get an LLM summary, except from the `stories` backend (no model at all)
         self.summaries = args.mode == "instruct" and backend.name != "stories"
@@ -122,7 +120,7 @@ class RecordBuilder:
         """`cleaning.screen_story` (a refusal or a loop too short to trim: a `refused` / `loop` failure; a loop or
         second story cut off: finish_reason `loop` / `second_story`, the cut kept in `cuts`), then a completion
         cut off at max_new_tokens becomes a `truncated` failure (`--on_truncated drop`)."""
-        if not isinstance(answer, Completion):
+        if not isinstance(answer, Completion) or not answer.from_model:
             return answer
         screened = screen_story(answer.text)
         if screened.rejected:
