@@ -184,8 +184,8 @@ def run(args: DedupArguments) -> dict[str, Any]:
         "end_to_end": round(time.perf_counter() - t0, 3),
     }
     (out / "dedup_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    generation = Path(args.input) / "stats.json"
-    if is_synthesis_output(args.input) and generation.is_file():  # the generation record travels with the data
+    generation = Path(args.input) / "stats.json"  # the generation record travels with the data
+    if is_synthesis_output(args.input) and generation.is_file():
         shutil.copy2(generation, out / "stats.json")
     return stats
 
