@@ -24,27 +24,23 @@ opt = $(if $(2),$(1) $(2))# `--flag value` when the value is set
 DATA_FLAGS = $(call opt,--data,$(DATA)) $(call opt,--tokenizer,$(TOKENIZER)) $(call opt,--output_dir,$(OUTPUT_DIR))
 
 .PHONY: help install test test-distributed test-slow lint format quickstart check-size train tokenizer sft lora \
-	generate demo web-demo eval leaderboard analyze sweep data dedup push pull export gguf-tools bench gpu-check docs docs-serve clean
+	generate demo web-demo eval leaderboard analyze sweep data data-report dedup push pull export gguf-tools bench gpu-check docs docs-serve clean
 
 help:
-	@echo "make install | quickstart | test | test-distributed | test-slow | train SIZE=<$(subst $() ,|,$(SIZES))> [ARCH=llama] | sft | lora | eval | leaderboard | analyze | sweep SWEEP=<quickstart|paper> | data | dedup | demo MODEL=... | web-demo MODEL=... | push | pull | export MODEL=... | bench | gpu-check [WHEELS=dir] [PY=python3]"
+	@echo "make install | quickstart | test | test-distributed | test-slow | train SIZE=<$(subst $() ,|,$(SIZES))> [ARCH=llama] | sft | lora | eval | leaderboard | analyze | sweep SWEEP=<quickstart|paper> | data | data-report | dedup | demo MODEL=... | web-demo MODEL=... | push | pull | export MODEL=... | bench | gpu-check [WHEELS=dir] [PY=python3]"
 	@echo "variables: SIZE ARCH DATA TOKENIZER MODEL BASE OUTPUT_DIR ACCELERATE NUM_GPUS ARGS IN OUT REPO DRY_RUN STAGE_DIR SWEEP"
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	DS_BUILD_OPS=0 $(PY) -m pip install -q -e ".[dev]"
-	touch $@
+	$(PY) -m pip install -q --upgrade pip && DS_BUILD_OPS=0 $(PY) -m pip install -q -e ".[dev]" && touch $@
 
 # tests: unit + single-process | 2-process DDP / ZeRO | browser, GGUF, real LLM
 test: install
 	$(PY) -m pytest -m "not slow and not distributed" $(ARGS)
-
 test-distributed: install
 	$(PY) -m pytest -m "distributed and not slow" $(ARGS)
-
 test-slow: install
 	$(PY) -m pytest -m slow $(ARGS)
 
@@ -52,7 +48,6 @@ test-slow: install
 lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts demo && $(VENV)/bin/ruff check src tests benchmarks scripts demo
 	$(VENV)/bin/lint-imports --no-cache
-
 format: install
 	$(VENV)/bin/ruff format src tests benchmarks scripts demo && $(VENV)/bin/ruff check --fix src tests benchmarks scripts demo
 
@@ -62,7 +57,6 @@ quickstart: install
 check-size:
 	@test -f recipes/pretrain/$(SIZE).yaml || { echo "error: unknown SIZE=$(SIZE); valid sizes: $(SIZES)" >&2; exit 2; }
 
-# ARCH=llama: the size with Llama blocks (models/sizes.py), in outputs/TinyStories-<SIZE>-llama
 train: install check-size
 	$(LAUNCH) train -- --config recipes/pretrain/$(SIZE).yaml $(DATA_FLAGS) $(call opt,--architecture,$(ARCH)) \
 		$(call opt,--output_dir,$(if $(OUTPUT_DIR),,$(patsubst %,outputs/TinyStories-$(SIZE)-%,$(filter-out gpt_neo,$(ARCH))))) $(ARGS)
@@ -79,7 +73,6 @@ lora: install
 generate: install
 	$(TS) generate --model $(or $(MODEL),roneneldan/TinyStories-33M) $(ARGS)
 
-# the Gradio app on 127.0.0.1 (demo/space/app.py: a Space as is)
 demo: install
 	$(PY) demo/space/app.py --model $(or $(MODEL),roneneldan/TinyStories-33M) $(ARGS)
 
@@ -100,8 +93,17 @@ sweep: install
 	@test -f recipes/sweep/$(SWEEP).yaml || { echo "error: unknown SWEEP=$(SWEEP); valid: $(basename $(notdir $(wildcard recipes/sweep/*.yaml)))" >&2; exit 2; }
 	$(TS) sweep --config recipes/sweep/$(SWEEP).yaml $(DATA_FLAGS) $(ARGS)
 
-data: install
+# DATA_RECIPE=local_llm: the `local_llm` extra of pyproject.toml, installed once with --no-deps (see there)
+LOCAL_LLM_PINS = $(shell sed -n 's/^local_llm = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '",')
+$(VENV)/.local_llm: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps $(LOCAL_LLM_PINS) && touch $@
+
+data: install $(if $(filter local_llm,$(DATA_RECIPE)),$(VENV)/.local_llm)
 	$(TS) data --config recipes/data/$(DATA_RECIPE).yaml $(call opt,--data,$(DATA)) $(call opt,--output_dir,$(OUTPUT_DIR)) $(ARGS)
+
+# datasets side by side: IN="<dir | dataset | .txt> ..." OUT=<dir> -> data_report.json + PNGs
+data-report: install
+	$(TS) data-report --data $(or $(IN),outputs/data/tinystories) --output_dir $(or $(OUT),outputs/data_report) $(call opt,--tokenizer,$(TOKENIZER)) $(ARGS)
 
 dedup: install
 	$(TS) dedup --config recipes/data/dedup.yaml --data $(or $(IN),outputs/data/tinystories) \
@@ -120,7 +122,6 @@ export: install
 
 # llama.cpp's converter (llama-cpp-python sdist → tools/llama.cpp/) + runtime (`gguf` extra, a C++ build) for GGUF
 LLAMA_CPP_PYTHON = $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
-
 gguf-tools: install
 	@test -f tools/llama.cpp/convert_hf_to_gguf.py || { rm -rf tools/.sdist && mkdir -p tools/.sdist && \
 		$(PY) -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d tools/.sdist && \
@@ -135,7 +136,6 @@ bench: install
 
 # A GPU in < 8 min (benchmarks/gpu_check.py), no `install`: PYTHON_GPU= or PY= (a CUDA torch); WHEELS=<dir> to install
 GPU_PY = $(or $(PYTHON_GPU),$(if $(filter command line,$(origin PY)),$(PY)),$(wildcard $(VENV)/bin/python),python3)
-
 gpu-check:
 	$(GPU_PY) -m benchmarks.gpu_check $(call opt,--wheels,$(WHEELS)) $(DATA_FLAGS) $(ARGS)
 

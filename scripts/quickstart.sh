@@ -39,7 +39,7 @@ if [ "$MODE" = real ]; then
   $TS data --config recipes/data/instruct_from_stories.yaml --data $Q/train_stories.parquet \
       --output_dir $Q/data --num_stories 0
   PRETRAIN_ARGS=(--tokenizer "$TOKENIZER")
-  EVAL_DATA=(--data "$DATA" --validation_fraction 0.1)
+  EVAL_DATA=(--data "$DATA" --validation_fraction 0.1 --train_data $Q/train_stories.parquet)
 else
   stage "instruct: 1000 template Instruct stories (offline smoke test)"
   $TS data --config recipes/data/quickstart.yaml --output_dir $Q/data --num_stories 1000

@@ -28,6 +28,7 @@ def main(root: str, mode: str) -> None:
         )
     features_table(json.loads((q / "sft" / "eval_results.json").read_text()))
     dark_line(q)
+    memorization_line(q)
     print("stage times: " + ", ".join(f"{n} {b - a}s" for (n, a), (_, b) in itertools.pairwise(stages)))
     print(f"total {stages[-1][1]}s")
     if mode == "real" and (sft.get("rate") or 0) < 0.5:
@@ -70,6 +71,26 @@ def dark_line(q: Path) -> None:
         data = data or dark.get("data")
     if data or any(not c.endswith("–") for c in cells):
         print(f"dark stories: {', '.join(cells)}; the stories themselves {_pct(data)}")
+
+
+def memorization_line(q: Path) -> None:
+    """Do the models copy their training stories? 8-word spans shared, next to held-out real stories."""
+    cells, real = [], None
+    for name, folder in (("pretrain", "pretrain"), ("sft", "sft"), ("lora-merged", "lora/merged")):
+        memo = json.loads((q / folder / "eval_results.json").read_text()).get("memorization") or {}
+        mine = memo.get("completions") or {}
+        if mine.get("share_with_shared_span") is not None:
+            cells.append(
+                f"{name} {mine['share_with_shared_span']:.0%} (longest {mine['longest_shared_span']})"
+            )
+        real = real or memo.get("held_out")
+    if cells:
+        tail = (
+            f"; held-out real stories {real['share_with_shared_span']:.0%} (longest {real['longest_shared_span']})"
+            if real
+            else ""
+        )
+        print(f"8-word spans copied from training: {', '.join(cells)}{tail}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ CONCEPTS = {
 STAGE_CONCEPTS = {
     "data": {"data", "model", "output_dir", "seed", "text_column"},
     "dedup": {"data", "output_dir", "seed", "text_column"},
+    "data-report": {"data", "tokenizer", "output_dir", "seed", "text_column"},
     "tokenizer": {"data", "tokenizer", "output_dir", "text_column"},
     "train": {"data", "tokenizer", "base_model", "output_dir", "precision", "seed", "text_column"},
     "sft": {"data", "tokenizer", "base_model", "output_dir", "precision", "seed", "text_column"},

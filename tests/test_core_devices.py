@@ -130,7 +130,9 @@ def test_pretraining_refuses_dataparallel_before_reading_data(monkeypatch, tmp_p
         raise AssertionError("data was read before the device check")
 
     monkeypatch.setattr(pretrain, "prepare_data", read_data)
-    (tmp_path / "s.txt").write_text("Once upon a time.<|endoftext|>The end.")  # exists: only the devices are wrong
+    (tmp_path / "s.txt").write_text(
+        "Once upon a time.<|endoftext|>The end."
+    )  # exists: only the devices are wrong
     argv = ["--size", "1M", "--data", str(tmp_path / "s.txt"), "--output_dir", str(tmp_path / "o")]
     with pytest.raises(ConfigError, match="DataParallel"):
         pretrain.main([*argv, "--report_to", "none"])

@@ -29,6 +29,12 @@ STAGES: dict[str, Stage] = {
         "tinystories.stages.data",
         "synthesize stories (TinyStories / Instruct) with an LLM backend",
     ),
+    "data-report": Stage(
+        "data-report",
+        None,
+        "tinystories.stages.data_report",
+        "story datasets judged side by side: words, features, vocabulary, length, openings, duplicates",
+    ),
     "dedup": Stage(
         "dedup", "data", "tinystories.stages.dedup", "exact + near-duplicate removal and decontamination"
     ),

@@ -174,7 +174,7 @@ class ModelSource(ModelRef, TokenizerSource):
 @dataclass
 class DataSource(ArgumentGroup):
     data: str | None = field(
-        default=DEFAULT_DATA,
+        default=None,
         metadata={"help": "Hub dataset id or local .txt/.jsonl/.json/.parquet/save_to_disk path (DATA=)"},
     )
     text_column: str = field(default="text", metadata={"help": "column holding the text"})
@@ -190,6 +190,16 @@ class DataSource(ArgumentGroup):
 
     def check_paths(self):
         check_exists("data", self.data, "pass a local data file or folder, or a Hub dataset id (DATA=)")
+
+
+@dataclass
+class StoryColumn(DataSource):
+    """Data whose story column is found by name: a synthesis output's `story`, else `text`."""
+
+    text_column: str | None = field(
+        default=None,
+        metadata={"help": "column holding the stories (default: 'story' when present, else 'text')"},
+    )
 
 
 @dataclass
@@ -346,6 +356,7 @@ __all__ = [
     "SamplingArguments",
     "SeedArguments",
     "SplitArguments",
+    "StoryColumn",
     "TokenizerSource",
     "TrainingData",
     "VocabularyArguments",

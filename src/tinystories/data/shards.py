@@ -42,13 +42,17 @@ RECORD_SCHEMA = pa.schema(
         ("backend", pa.string()),
         ("model", pa.string()),
         ("generation_config", pa.string()),  # JSON: max_new_tokens, temperature, top_p, seed, extra_body
-        ("finish_reason", pa.string()),  # "length": cut off at max_new_tokens (kept with --on_truncated keep)
+        # "length": cut off at max_new_tokens (kept with --on_truncated keep); "loop" / "second_story": a repeating
+        # tail or a second story was cut off (synthesis/cleaning.screen_story; the cut in `cuts`)
+        ("finish_reason", pa.string()),
         ("completion_tokens", pa.int64()),
         ("created_at", pa.string()),
         (
             "preambles",
             pa.list_(pa.string()),
         ),  # what was cut: "story: Sure! Here's a story:" (older parts: null)
+        # what the screen cut after the story: "story: loop: <text>", "story: second_story: <text>" (older: null)
+        ("cuts", pa.list_(pa.string())),
     ]
 )
 FAILURE_SCHEMA = pa.schema(
@@ -91,11 +95,21 @@ def read_shard(directory: Path) -> tuple[pa.Table, pa.Table]:
 
 
 def cleaning_counts(records: pa.Table, failures: pa.Table) -> dict[str, int]:
-    """Completions whose chat preamble was cut, and stories cut off at max_new_tokens (dropped or kept)."""
+    """What the cleaning did: chat preambles cut, stories cut off at max_new_tokens (dropped or kept), loops
+    trimmed or rejected, second stories cut, refusals rejected."""
     preambles = sum(1 for p in records.column("preambles").to_pylist() if p)
-    kept = records.column("finish_reason").to_pylist().count("length")
-    dropped = failures.column("error_type").to_pylist().count("truncated")
-    return {"preambles_stripped": preambles, "truncated": dropped + kept, "truncated_kept": kept}
+    finish = records.column("finish_reason").to_pylist()
+    errors = failures.column("error_type").to_pylist()
+    kept = finish.count("length")
+    return {
+        "preambles_stripped": preambles,
+        "truncated": errors.count("truncated") + kept,
+        "truncated_kept": kept,
+        "loops_trimmed": finish.count("loop"),
+        "loops_rejected": errors.count("loop"),
+        "second_stories_cut": finish.count("second_story"),
+        "refused": errors.count("refused"),
+    }
 
 
 def is_synthesis_output(path: str | Path) -> bool:

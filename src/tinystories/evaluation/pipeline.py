@@ -28,7 +28,7 @@ from tinystories.core.arguments import (
 )
 from tinystories.core.paths import data_name, public_name, resolve_hub_id
 from tinystories.core.runtime import resolve_device, resolve_dtype
-from tinystories.data.loading import EvalTexts
+from tinystories.data.loading import EvalTexts, load_split
 from tinystories.data.tokenizer import load_tokenizer
 from tinystories.evaluation.features import FEATURE_RULE, dark_stories, feature_prompts, instruct_features
 from tinystories.evaluation.generation import PromptSet, generate_completions
@@ -40,6 +40,7 @@ from tinystories.evaluation.instructions import (
     word_triples,
 )
 from tinystories.evaluation.judge import JudgeArguments, run_judge
+from tinystories.evaluation.memorization import memorization
 from tinystories.evaluation.metrics import cap_tokens, score_texts
 from tinystories.evaluation.reports import (
     read_results,
@@ -69,6 +70,13 @@ class EvalArguments(
     model: list[str] = field(
         default_factory=lambda: ["roneneldan/TinyStories-33M"],
         metadata={"help": "one or more Hub ids or local model dirs (repeat --model or list several)"},
+    )
+    train_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "the model's training stories: completions (and the held-out stories) are checked for "
+            "8-word spans copied from them (`memorization` in eval_results.json)"
+        },
     )
     # ----- loss
     stride: int | None = field(
@@ -175,11 +183,27 @@ def _complete_and_judge(
         "samples": [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows[:3]],
         "dark_stories": dark_stories(rows, texts.texts if texts is not None else None, args.seed),
     }
+    if args.train_data:
+        results["memorization"] = _memorization(rows, texts, args)
     if judge_args.enabled:
         graded, summary = run_judge(rows, judge_args)
         write_jsonl(out_dir / "judge_results.jsonl", graded)
         results["judge"] = {**summary, "results_file": "judge_results.jsonl"}
     return results
+
+
+def _memorization(rows: list[dict], texts: EvalTexts | None, args: EvalArguments) -> dict:
+    """Copying and diversity of the completions, next to held-out stories', against `--train_data`."""
+    train = load_split(args.train_data, "train")
+    column = args.text_column if args.text_column in train.column_names else "text"
+    if column not in train.column_names:
+        raise ConfigError(
+            f"--train_data {args.train_data!r} has no {args.text_column!r} column: pass --text_column"
+        )
+    completions = [r["completion"] for r in rows]
+    held_out = texts.texts if texts is not None else None
+    prompts = [r["prompt"] for r in rows]
+    return memorization(completions, held_out, train[column], data_name(args.train_data), prompts)
 
 
 def _base_instruct_eval(base: str, triples: list, asks: list, args: EvalArguments, cache: dict) -> tuple:

@@ -260,6 +260,32 @@ def _eval_section(eval_results: Mapping[str, Any] | None, context_length: int) -
         "instruct_words": _instruct_words(results.get("instruct_words")),
         "feature_rows": _feature_rows(results.get("instruct_features")),
         "dark": _dark(results.get("dark_stories")),
+        "memorization": _memorization(results.get("memorization")),
+    }
+
+
+def _memorization(memo: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Copying and diversity of the completions and of held-out stories, as the card writes them."""
+    if not isinstance(memo, Mapping) or not isinstance(memo.get("completions"), Mapping):
+        return None
+
+    def side(numbers: Mapping[str, Any] | None) -> dict[str, str] | None:
+        if not isinstance(numbers, Mapping) or numbers.get("share_with_shared_span") is None:
+            return None
+        return {
+            "shared": f"{numbers['share_with_shared_span']:.0%}",
+            "longest": fmt(numbers.get("longest_shared_span")),
+            "distinct_2": fmt(numbers.get("distinct_2")),
+            "openings": f"{numbers['repeated_openings']:.0%}"
+            if numbers.get("repeated_openings") is not None
+            else "–",
+        }
+
+    return {
+        "train_data": public_name(str(memo.get("train_data") or "")),
+        "span": memo.get("span_words"),
+        "model": side(memo["completions"]),
+        "held_out": side(memo.get("held_out")),
     }
 
 

@@ -59,6 +59,48 @@ def _dedup_settings(dedup: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(k, fmt(v)) for k, v in extra.items()]
 
 
+REPORT_COLUMNS = (
+    "data",
+    "stories",
+    "all 3 words used",
+    "Dialogue asked / not",
+    "BadEnding asked / not",
+    "words outside child vocabulary / story",
+    "words (median)",
+    "'Once upon a time'",
+    "exact / near duplicates",
+    "loops trimmed / rejected",
+)
+
+
+def _pair(a: Any, b: Any) -> str:
+    return f"{fmt(a) if a is not None else '—'} / {fmt(b) if b is not None else '—'}"
+
+
+def report_rows(report: Mapping[str, Any] | None) -> list[list[str]]:
+    """One table row per input of a `data_report.json` (`tinystories data-report`), in `REPORT_COLUMNS` order."""
+    rows = []
+    for d in (report or {}).get("datasets") or []:
+        features, dups = d.get("features") or {}, d.get("duplicates") or {}
+        gen = d.get("generation") or {}
+        dialogue, bad = features.get("Dialogue") or {}, features.get("BadEnding") or {}
+        rows.append(
+            [
+                str(d.get("name")),
+                fmt(d.get("stories")),
+                fmt(d["words_all_used"]) if d.get("words_all_used") is not None else "—",
+                _pair(dialogue.get("present_when_requested"), dialogue.get("present_when_not_requested")),
+                _pair(bad.get("present_when_requested"), bad.get("present_when_not_requested")),
+                fmt((d.get("out_of_vocabulary") or {}).get("mean_per_story")),
+                fmt((d.get("length_words") or {}).get("median")),
+                fmt((d.get("openings") or {}).get("once_upon_a_time")),
+                _pair(dups.get("exact"), dups.get("near")),
+                _pair(gen.get("loops_trimmed"), gen.get("loops_rejected")),
+            ]
+        )
+    return rows
+
+
 def write_dataset_card(
     dataset_dir: str | os.PathLike, info: Mapping[str, Any], repo_id: str | None = None
 ) -> Path:
@@ -67,7 +109,8 @@ def write_dataset_card(
     `info` keys (all optional): `pretty_name`, `variant` ("tinystories"|"instruct"), `backend`, `generator_model`,
     `num_stories`, `vocabulary_size`, `features`, `sampling` (dict), `prompt_template`, `dedup` (the
     `dedup_stats.json` dict: input, exact_duplicates, near_duplicates, contaminated, kept, plus thresholds),
-    `splits` (dict name->rows), `format`, `license`, `tags`.
+    `splits` (dict name->rows), `format`, `license`, `tags`, `data_report` (a `data_report.json` dict; default:
+    the folder's `data_report.json`, written by `tinystories data-report`).
     """
     dataset_dir = Path(dataset_dir)
     dataset_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +141,8 @@ def write_dataset_card(
         dedup_settings=_dedup_settings(dedup),
         splits=[(k, fmt(v)) for k, v in (info.get("splits") or {}).items()],
         format_note=info.get("format"),
+        report_columns=REPORT_COLUMNS,
+        report_rows=report_rows(info.get("data_report") or read_json(dataset_dir / "data_report.json")),
         repo_id=repo_id or info.get("repo_id") or "<your-username>/<dataset-name>",
     )
     path = dataset_dir / "README.md"

@@ -224,7 +224,7 @@ def stage_folder(
     return stage
 
 
-DATASET_SIDE_FILES = ("dedup_stats.json", "stats.json", "README.md", cards.CARD_INFO_FILE)
+DATASET_SIDE_FILES = ("dedup_stats.json", "stats.json", "data_report.json", "README.md", cards.CARD_INFO_FILE)
 
 
 PARQUET_SHARD_BYTES = 256 * 2**20

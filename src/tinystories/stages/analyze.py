@@ -33,6 +33,7 @@ from tinystories.analysis.plots import plot_attention_patterns, plot_head_distan
 from tinystories.analysis.report import analysis_output_dir, write_analysis
 from tinystories.core import ConfigError
 from tinystories.core.arguments import (
+    DEFAULT_DATA,
     BatchArguments,
     ContextArguments,
     HeldOutArguments,
@@ -81,7 +82,12 @@ class AnalysisArguments(
 
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (AnalysisArguments,)
-DEFAULTS = {"model": "roneneldan/TinyStories-1Layer-21M", "max_samples": 100, "batch_size": 8}
+DEFAULTS = {
+    "data": DEFAULT_DATA,
+    "model": "roneneldan/TinyStories-1Layer-21M",
+    "max_samples": 100,
+    "batch_size": 8,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Outputs in `output_dir`: `data/` (kept records, a `save_to_disk` dataset with every input column),
 `dropped/` (dropped records + `reason`, `duplicate_of`, `similarity`, `matched_prompt`, `input_index`),
-`dedup_stats.json`.
+`dedup_stats.json`, and for a `tinystories data` input its `stats.json` (what the generation did).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,10 +23,10 @@ from datasets import Dataset
 from tinystories.core import EVAL_PROMPTS_FILE, REPO_ROOT, ConfigError
 from tinystories.core.arguments import (
     BatchArguments,
-    DataSource,
     OutputArguments,
     SeedArguments,
     SplitArguments,
+    StoryColumn,
     check_exists,
     check_fraction,
     check_min,
@@ -34,6 +35,7 @@ from tinystories.core.arguments import (
 from tinystories.core.config import parse_args
 from tinystories.core.paths import check_output_dir, display_path, output_lock
 from tinystories.data.loading import load_split
+from tinystories.data.shards import is_synthesis_output
 from tinystories.dedup.decontamination import read_eval_prompts
 from tinystories.dedup.pipeline import DedupResult, deduplicate
 
@@ -41,14 +43,10 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DedupArguments(DataSource, SplitArguments, BatchArguments, SeedArguments, OutputArguments):
+class DedupArguments(StoryColumn, SplitArguments, BatchArguments, SeedArguments, OutputArguments):
     """--data (IN): .txt (release format), .jsonl/.json, .parquet, save_to_disk dir, a `tinystories data` output
     dir, or Hub id; --output_dir (OUT): writes data/, dropped/, dedup_stats.json; --text_column: the column to
     compare; --seed: of the MinHash hash functions."""
-
-    text_column: str | None = field(
-        default=None, metadata={"help": "column to compare (default: 'story' when present, else 'text')"}
-    )
 
     # exact + near duplicates
     exact: bool = field(default=True, metadata={"help": "drop exact duplicates (normalised text hash)"})
@@ -201,6 +199,9 @@ def _run(args: DedupArguments, eval_paths: list[str] | None, prompts: list) -> d
         "end_to_end": round(time.perf_counter() - t0, 3),
     }
     (out / "dedup_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    generation = Path(args.data) / "stats.json"  # the generation record travels with the data
+    if is_synthesis_output(args.data) and generation.is_file():
+        shutil.copy2(generation, out / "stats.json")
     return stats
 
 

@@ -34,6 +34,7 @@ import logging
 import sys
 
 from tinystories.core import ConfigError
+from tinystories.core.arguments import DEFAULT_DATA
 from tinystories.core.config import parse_args
 from tinystories.core.paths import data_name, public_name
 from tinystories.core.runtime import resolve_device, resolve_dtype
@@ -73,11 +74,12 @@ def _merge_model_flags(argv: list[str]) -> list[str]:
 
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (EvalArguments, JudgeArguments)
+DEFAULTS = {"data": DEFAULT_DATA}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = _merge_model_flags(list(sys.argv[1:] if argv is None else argv))
-    args, judge_args = parse_args(ARGUMENTS, argv)
+    args, judge_args = parse_args(ARGUMENTS, argv, DEFAULTS)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     models = [m for value in args.model for m in value.split()]
     if not models:

@@ -23,6 +23,7 @@ import logging
 import sys
 
 from tinystories.core import ConfigError
+from tinystories.core.arguments import DEFAULT_DATA
 from tinystories.core.config import parse_args
 from tinystories.core.paths import check_output_dir, data_name, output_lock
 from tinystories.core.runtime import resolve_device, resolve_dtype
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (LeaderboardArguments, JudgeArguments)
 DEFAULTS = {
+    "data": DEFAULT_DATA,
     "model": [],
     "output_dir": "outputs/leaderboard",
     "instruct_eval": "false",

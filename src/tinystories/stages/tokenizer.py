@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from tinystories.core import ConfigError
 from tinystories.core.arguments import (
+    DEFAULT_DATA,
     DataSource,
     OutputArguments,
     TokenizerSource,
@@ -31,7 +32,7 @@ class TokenizerArguments(DataSource, TokenizerSource, VocabularyArguments, Outpu
 
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (TokenizerArguments,)
-DEFAULTS = {"tokenizer": DEFAULT_TOKENIZER, "vocab_size": 10000}
+DEFAULTS = {"data": DEFAULT_DATA, "tokenizer": DEFAULT_TOKENIZER, "vocab_size": 10000}
 
 
 def main(argv: list[str] | None = None) -> int:

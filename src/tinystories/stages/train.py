@@ -12,6 +12,7 @@ import sys
 
 from transformers import set_seed
 
+from tinystories.core.arguments import DEFAULT_DATA
 from tinystories.core.config import parse_args, setup_logging
 from tinystories.data.packing import PackedCollator
 from tinystories.data.tokenizer import DEFAULT_TOKENIZER
@@ -36,7 +37,7 @@ logger = logging.getLogger("tinystories.stages.train")
 
 # the dataclasses of this stage's flags (`--help`, the CLI reference in the docs)
 ARGUMENTS = (ModelArguments, DataArguments, PretrainConfig)
-DEFAULTS = {"output_dir": "outputs/pretrain", "tokenizer": DEFAULT_TOKENIZER}
+DEFAULTS = {"data": DEFAULT_DATA, "output_dir": "outputs/pretrain", "tokenizer": DEFAULT_TOKENIZER}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,10 +39,6 @@ class SynthesisArguments(
     (DATA=): Words, Random sentence and Features derived from each story; --backend stories: no LLM, an LLM
     backend: the Summary."""
 
-    data: str | None = field(
-        default=None,
-        metadata={"help": "a story corpus to make Instruct records from (default: none, an LLM writes)"},
-    )
     # --- job
     mode: str = field(
         default="stories", metadata={"help": "'stories' (TinyStories) or 'instruct' (TinyStories-Instruct)"}
@@ -102,6 +98,13 @@ class SynthesisArguments(
             "stories (no model: Instruct records from --data)"
         },
     )
+    gguf_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "transformers: a GGUF file (path, or package:file inside an installed package) converted "
+            "once into the --model folder when that holds no model yet (models/from_gguf.py)"
+        },
+    )
     base_url: str | None = field(
         default=None,
         metadata={
@@ -121,7 +124,11 @@ class SynthesisArguments(
     temperature: float = field(default=1.0)
     top_p: float = field(default=1.0)
     extra_body: str | None = field(
-        default=None, metadata={"help": "JSON object sent with every request (server-specific options)"}
+        default=None,
+        metadata={
+            "help": "JSON object sent with every request (server-specific options); transformers: more "
+            'generate() arguments, e.g. \'{"repetition_penalty": 1.1, "no_repeat_ngram_size": 4}\''
+        },
     )
     concurrency: int = field(default=64, metadata={"help": "openai: requests in flight at once"})
     request_timeout: float = field(
@@ -209,6 +216,10 @@ class SynthesisArguments(
             raise ConfigError(
                 f"backend {self.backend!r} needs --model (served model name, Hub id or local dir)"
             )
+        if self.gguf_file and self.backend != "transformers":
+            raise ConfigError(
+                "--gguf_file is converted for --backend transformers (serve it yourself otherwise)"
+            )
         if self.push_to_hub and not self.hub_dataset_id:
             raise ConfigError("--push_to_hub needs --hub_dataset_id <user>/<name>")
         self.sampling()  # --extra_body / --vllm_kwargs parse now, not after the shards are read
@@ -234,4 +245,4 @@ class SynthesisArguments(
             "model": self.model if self.backend in LLM_BACKENDS else None,
             "vocabulary": vocab.fingerprint(),
             "instruct_keep_probability": self.instruct_keep_probability if self.mode == "instruct" else None,
-        }
+        } | ({"gguf_file": self.gguf_file} if self.gguf_file else {})  # the weights, not just a folder name

@@ -43,6 +43,9 @@ class Completion:
     finish_reason: str | None = None  # "length": cut off at max_new_tokens
     usage: dict[str, int] = field(default_factory=dict)
     preamble: str | None = None  # what `clean_completion` cut from the start (a chat preamble, a title)
+    # what `cleaning.screen_story` cut: "loop: ...", "second_story: ..."
+    cuts: list[str] = field(default_factory=list)
+    from_model: bool = True  # False: a corpus story (`--source_data`), kept as written, never screened
 
 
 # A request that failed for good (after retries, or with a non-retryable error): the job records its
@@ -182,6 +185,10 @@ class TransformersBackend:
         self.device = device or str(resolve_device("auto"))
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.lm = load_model(model, dtype=dtype).to(self.device).eval()
+        # --extra_body: more `generate` arguments here (repetition_penalty, no_repeat_ngram_size, top_k, stop_strings)
+        self.generate_kwargs = dict(sampling.extra_body)
+        if "stop_strings" in self.generate_kwargs:
+            self.generate_kwargs["tokenizer"] = self.tokenizer
 
     def _encode(self, prompt: str) -> str:
         if self.use_chat:
@@ -205,6 +212,7 @@ class TransformersBackend:
                     temperature=s.temperature if s.temperature > 0 else None,
                     top_p=s.top_p if s.temperature > 0 else None,
                     pad_token_id=self.tokenizer.pad_token_id,
+                    **self.generate_kwargs,
                 )
         except Exception as err:  # e.g. CUDA OOM: every request of the batch is recorded as failed
             failure = GenerationFailure(f"{type(err).__name__}: {err}"[:2000], type(err).__name__)

@@ -149,7 +149,7 @@ class CorpusBackend:
         story = getattr(request.spec, "story", "")
         if not story:
             return GenerationFailure("the source story is empty", "empty_story")
-        return Completion(story)
+        return Completion(story, from_model=False)  # a corpus story: not screened as LLM output
 
     async def complete(self, request: Request) -> Completion:
         if request.kind == "story":

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from tinystories.data.shards import (
     read_shard,
     shard_dir,
 )
+from tinystories.models.from_gguf import convert_gguf
 from tinystories.synthesis.arguments import SynthesisArguments
 from tinystories.synthesis.backends import Completion, GenerationFailure, build_backend
 from tinystories.synthesis.from_stories import CorpusBackend, StorySource
@@ -173,6 +175,8 @@ def _pending(args: SynthesisArguments, directory: Path, indices: range) -> list[
 def _backend_for(args: SynthesisArguments, source: StorySource | None = None):
     if source is not None:  # corpus stories; an LLM only for the summaries
         return CorpusBackend(source, None if args.backend == "stories" else _backend_for(args))
+    if args.gguf_file:  # a GGUF checkpoint: converted once into the --model folder
+        convert_gguf(args.gguf_file, args.model)
     return build_backend(
         args.backend,
         args.model,
@@ -188,7 +192,7 @@ def _backend_for(args: SynthesisArguments, source: StorySource | None = None):
     )
 
 
-def _generate(builder: RecordBuilder, directory: Path, total: int, todo: list[PromptSpec]) -> dict[str, int]:
+def _generate(builder: RecordBuilder, directory: Path, total: int, todo: list[PromptSpec]) -> dict[str, Any]:
     """Generate `todo` into `directory`; whatever finished is flushed on Ctrl-C / SIGTERM too."""
     args, backend = builder.args, builder.backend
     writer = ShardWriter(directory, args.flush_every, args.flush_seconds)
@@ -196,10 +200,16 @@ def _generate(builder: RecordBuilder, directory: Path, total: int, todo: list[Pr
     bar = tqdm(
         total=total, initial=total - len(todo), unit="story", desc=f"shard {args.shard_index}", smoothing=0.05
     )
+    start = time.perf_counter()
     try:
         if backend.is_async:
-            return asyncio.run(_run_async(builder, todo, writer, bar, args.concurrency))
-        return _run_batched(builder, todo, writer, bar, args.batch_size)
+            counts = asyncio.run(_run_async(builder, todo, writer, bar, args.concurrency))
+        else:
+            counts = _run_batched(builder, todo, writer, bar, args.batch_size)
+        seconds = time.perf_counter() - start
+        done = counts["generated"] + counts["failed"]
+        per_second = round(done / seconds, 4) if seconds > 0 else None
+        return {**counts, "seconds": round(seconds, 1), "stories_per_second": per_second}
     finally:
         writer.flush()  # Ctrl-C / SIGTERM: keep every finished record
         bar.close()

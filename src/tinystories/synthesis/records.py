@@ -24,6 +24,7 @@ from tinystories.data.instruct import InstructExample, format_example, randomize
 from tinystories.data.shards import FAILURE_SCHEMA, RECORD_SCHEMA
 from tinystories.synthesis.arguments import LLM_BACKENDS, SynthesisArguments
 from tinystories.synthesis.backends import Completion, GenerationFailure, Request
+from tinystories.synthesis.cleaning import screen_story
 from tinystories.synthesis.prompts import PromptSpec, Vocabulary, random_sentence, record_rng
 
 
@@ -103,6 +104,8 @@ class RecordBuilder:
         self.vocab = vocab
         self.backend = backend
         self.model = args.model if backend.name in LLM_BACKENDS else getattr(backend, "model", args.model)
+        if args.gguf_file and backend.name in LLM_BACKENDS:
+            self.model = args.gguf_file  # the weights it ran: the GGUF, not the folder it was converted into
         self.generation_config = backend.sampling.to_json() if backend.sampling is not None else None
         # Instruct records get an LLM summary, except from the `stories` backend (no model at all)
         self.summaries = args.mode == "instruct" and backend.name != "stories"
@@ -114,8 +117,18 @@ class RecordBuilder:
         return Request(self.vocab.summary_prompt(story), "summary", spec, story=story)
 
     def screen(self, answer: Completion | GenerationFailure) -> Completion | GenerationFailure:
-        """A completion cut off at max_new_tokens becomes a `truncated` failure (`--on_truncated drop`)."""
-        if not isinstance(answer, Completion) or answer.finish_reason != "length":
+        """`cleaning.screen_story` (a refusal or a loop too short to trim: a `refused` / `loop` failure; a loop or
+        second story cut off: finish_reason `loop` / `second_story`, the cut kept in `cuts`), then a completion
+        cut off at max_new_tokens becomes a `truncated` failure (`--on_truncated drop`)."""
+        if not isinstance(answer, Completion) or not answer.from_model:
+            return answer
+        screened = screen_story(answer.text)
+        if screened.rejected:
+            return GenerationFailure(f"{screened.rejected}: {answer.text[:300]!r}", screened.rejected)
+        if screened.cuts:
+            answer.text, answer.cuts = screened.text, screened.cuts
+            answer.finish_reason = screened.cuts[0].split(":", 1)[0]  # "loop" or "second_story"
+        if answer.finish_reason != "length":
             return answer
         if self.args.on_truncated == "keep":
             return answer  # kept, flagged by its finish_reason "length"
@@ -147,6 +160,12 @@ class RecordBuilder:
             "generation_prompt": spec.prompt or None,  # None: a corpus story (`--data`)
             "summary_prompt": None,
             "preambles": preambles,
+            "cuts": [
+                f"{kind}: {cut}"
+                for kind, c in (("story", story), ("summary", summary))
+                if c
+                for cut in c.cuts
+            ],
             "backend": self.backend.name,
             "model": self.model,
             "generation_config": self.generation_config,
