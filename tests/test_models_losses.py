@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -147,6 +148,15 @@ def test_chunk_size_key_reaches_the_model():
 EVAL_PEAK = textwrap.dedent(
     """
     import json, resource, sys
+
+    def peak_kb():
+        # the peak of this process's own memory: Linux's ru_maxrss also keeps the parent's peak at fork (the
+        # pytest process, gigabytes late in the suite), VmHWM does not
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        except OSError:
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     import torch
     from datasets import Dataset
     from transformers import GPTNeoConfig, GPTNeoForCausalLM, Trainer, TrainingArguments, default_data_collator
@@ -164,9 +174,9 @@ EVAL_PEAK = textwrap.dedent(
                              dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, eval_dataset=data, data_collator=default_data_collator)
     trainer.evaluate()  # warm-up: imports, allocator
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_kb()
     loss = trainer.evaluate()["eval_loss"]
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = peak_kb()
     print(json.dumps({"loss": loss, "peak_increase_mb": (after - before) / 1024, "peak_mb": after / 1024}))
     """
 )
@@ -175,9 +185,13 @@ EVAL_PEAK = textwrap.dedent(
 def test_eval_peak_memory_stays_far_below_the_logits(tmp_path):
     """A Trainer eval of 32 x 512 tokens with the 50K vocabulary: fp32 logits alone would be 3.3 GB."""
     logits_mb = 32 * 512 * 50257 * 4 / 2**20
+    # a fresh process with a minimal environment: what earlier tests left in os.environ does not change its peak
+    keep = ("PATH", "HOME", "LANG", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
     out = subprocess.run(
-        [sys.executable, "-c", EVAL_PEAK, "fused", str(tmp_path)], capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "-c", EVAL_PEAK, "fused", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(result["loss"] - torch.log(torch.tensor(50257.0)).item()) < 0.5  # untrained: ~ln V
