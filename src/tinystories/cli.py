@@ -48,7 +48,7 @@ STAGES: dict[str, Stage] = {
         "train",
         "pretrain",
         "tinystories.stages.train",
-        "pretrain a GPT-Neo model (a released size or a custom one)",
+        "pretrain a model (a released size or a custom one; GPT-Neo or Llama blocks)",
     ),
     "sft": Stage(
         "sft",
@@ -93,7 +93,12 @@ STAGES: dict[str, Stage] = {
         "tinystories.stages.push",
         "push a model or dataset folder to the Hub (or stage it with --dry_run)",
     ),
-    "pull": Stage("pull", None, "tinystories.stages.pull", "download a released checkpoint from the Hub"),
+    "pull": Stage(
+        "pull",
+        None,
+        "tinystories.stages.pull",
+        "download a released checkpoint from the Hub, or convert a llama2.c checkpoint",
+    ),
     "export": Stage(
         "export",
         None,
