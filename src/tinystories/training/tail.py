@@ -9,6 +9,7 @@ adapter is optionally merged into a plain model, and the folder is pushed. They 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -387,5 +388,11 @@ def shutdown_distributed(trainer: Trainer) -> None:
     """Barrier, then destroy the process group: a rank that exits while another still holds the group
     (gloo / DeepSpeed's shared-memory comm threads) can abort at interpreter shutdown."""
     if dist.is_available() and dist.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+        # free DDP's reducer while every rank is still here: freeing it joins its gloo threads, which wait on the
+        # peers (freed at interpreter exit instead, after a peer left, it hung one rank for ever)
+        trainer.model_wrapped = trainer.model
+        trainer.accelerator._models.clear()
+        gc.collect()
         trainer.accelerator.wait_for_everyone()
         dist.destroy_process_group()
