@@ -162,8 +162,12 @@ class ModelRef(ArgumentGroup):
     )
 
     def check_paths(self):
-        if not self.HUB_FILES:
+        if not self.HUB_FILES and not self.model_is_written():
             check_exists("model", self.model, "pass a local model folder or a Hub id (MODEL=)")
+
+    def model_is_written(self) -> bool:
+        """True where the stage creates the --model folder itself (a GGUF converted into it the first time)."""
+        return False
 
 
 @dataclass

@@ -148,6 +148,9 @@ class SynthesisArguments(
         },
     )
 
+    def model_is_written(self) -> bool:
+        return bool(self.gguf_file)  # the GGUF is converted into the --model folder the first time
+
     def sampling(self) -> SamplingConfig:
         extra = {}
         if self.extra_body:
