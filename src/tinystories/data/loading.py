@@ -380,3 +380,17 @@ def load_eval_texts(
     if not texts:
         raise ConfigError(f"no non-empty stories in {data!r}: {DATA_FIX}")
     return EvalTexts(texts, split, selected, fraction, seed)
+
+
+def held_out_texts(args) -> EvalTexts:
+    """`load_eval_texts` for a stage's `core.arguments.HeldOutArguments` (eval, analyze, leaderboard): one reading
+    of --data, --split, --validation_fraction, --seed, --text_column, --max_samples, --on_decode_error."""
+    return load_eval_texts(
+        args.data,
+        args.split,
+        args.validation_fraction,
+        args.seed,
+        args.text_column,
+        args.max_samples,
+        args.on_decode_error,
+    )

@@ -46,7 +46,7 @@ from tinystories.core.arguments import (
 from tinystories.core.config import parse_args, setup_logging
 from tinystories.core.paths import data_name, public_name, resolve_hub_id
 from tinystories.core.runtime import resolve_device, resolve_dtype
-from tinystories.data.loading import load_eval_texts
+from tinystories.data.loading import held_out_texts
 from tinystories.data.tokenizer import load_tokenizer
 from tinystories.hub.cards import link_figures
 from tinystories.models.loading import context_limit, load_model
@@ -94,15 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     (args,) = parse_args(ARGUMENTS, argv, DEFAULTS)
     setup_logging()
     device = resolve_device(args.device)
-    texts = load_eval_texts(
-        args.data,
-        args.split,
-        args.validation_fraction,
-        args.seed,
-        args.text_column,
-        args.max_samples,
-        args.on_decode_error,
-    )
+    texts = held_out_texts(args)
     model = load_model(
         args.model, attn_implementation="eager", revision=args.revision, dtype=resolve_dtype(args.precision)
     )

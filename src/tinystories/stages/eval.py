@@ -38,7 +38,7 @@ from tinystories.core.arguments import DEFAULT_DATA
 from tinystories.core.config import parse_args
 from tinystories.core.paths import data_name, public_name
 from tinystories.core.runtime import resolve_device, resolve_dtype
-from tinystories.data.loading import load_eval_texts
+from tinystories.data.loading import held_out_texts
 from tinystories.evaluation.generation import load_prompt_set
 from tinystories.evaluation.judge import JudgeArguments
 from tinystories.evaluation.pipeline import EvalArguments, evaluate_model
@@ -94,15 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = load_prompt_set(args.prompts, args.num_prompts) if args.generate else None
     texts = None
     if not args.skip_loss:
-        texts = load_eval_texts(
-            args.data,
-            args.split,
-            args.validation_fraction,
-            args.seed,
-            args.text_column,
-            args.max_samples,
-            args.on_decode_error,
-        )
+        texts = held_out_texts(args)
         selected = texts.selected.replace("_", " ")
         print(
             f"evaluating {len(models)} model(s) on {len(texts.texts):,} stories of {data_name(args.data)} "

@@ -27,7 +27,7 @@ from tinystories.core.arguments import DEFAULT_DATA
 from tinystories.core.config import parse_args
 from tinystories.core.paths import check_output_dir, data_name, output_lock
 from tinystories.core.runtime import resolve_device, resolve_dtype
-from tinystories.data.loading import load_eval_texts
+from tinystories.data.loading import held_out_texts
 from tinystories.evaluation.generation import load_prompt_set
 from tinystories.evaluation.judge import JudgeArguments
 from tinystories.evaluation.leaderboard import (
@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     check_output_dir(args.output_dir, {"--model": models, "--data": args.data})
 
     def texts():
-        loaded = load_eval_texts(
-            args.data, args.split, args.validation_fraction, args.seed, args.text_column, args.max_samples
-        )
+        loaded = held_out_texts(args)
         print(f"scoring on {len(loaded.texts):,} stories of {data_name(args.data)} [{loaded.split}]")
         return loaded
 
