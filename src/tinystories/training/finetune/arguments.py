@@ -223,8 +223,6 @@ def validate_training_args(training_args: SFTConfig, model_context: int | None =
 
 def validate_model_config(model_config: FinetuneModelConfig, args: FinetuneArguments) -> None:
     """PEFT / quantization settings that cannot run here, named before any data is read."""
-    if args.data_format not in DATA_FORMATS:
-        raise ConfigError(f"--data_format {args.data_format!r}: use one of {', '.join(DATA_FORMATS)}")
     if model_config.model_name_or_path and model_config.model_name_or_path != args.base_model:
         raise ConfigError(  # TRL's name for the base model: the CLI routes it to --base_model
             f"model_name_or_path {model_config.model_name_or_path!r} and --base_model {args.base_model!r} name two "
