@@ -48,10 +48,11 @@ def test_simplestories_load_by_id_and_score_their_own_end_of_story(hub_cache, tm
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, eos_token_id=1,
-        bos_token_id=None, tie_word_embeddings=False,
+        bos_token_id=1, tie_word_embeddings=False,
     )  # fmt: skip
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=1)
+    # as on the Hub (SimpleStories/SimpleStories-11M generation_config.json): bos_token_id 1, eos_token_id 1
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=1)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     hub_cache.add(REPO_ID, folder)
