@@ -47,6 +47,7 @@ def test_the_results_table_is_the_recorded_measurements():
     for res in result["models"].values():
         for run in res["runs"].values():
             assert len(run["tokens"]) == run["new_tokens"] == res["new_tokens"]
+            assert len(run["runs_ms"]) == result["repeats"] and 2 <= len(run["warmup_ms"]) <= 8
             assert run["tokens_per_second"] == pytest.approx(
                 run["new_tokens"] / run["seconds"], rel=1e-3, abs=0.05
             )

@@ -136,12 +136,13 @@ class Clock {
 
 /**
  * Batch-1 greedy generation of exactly `newTokens` tokens after the token ids `ids` (the end-of-text token does
- * not stop it), timed: one warm-up call (`warmup` tokens, default all: WebAssembly's optimizing compiler has then
- * seen every step), then `repeats` calls. The `dtype` weights are loaded into a model
- * of their own: the page's model and form are untouched. Resolves to the tokens of the first timed call and, per
- * call, its milliseconds and the milliseconds to its first token (the prompt's forward pass included).
+ * not stop it), timed: full warm-up calls until two in a row take within 10% of each other (at most `maxWarmup`:
+ * WebAssembly's optimizing compiler replaces the first calls' baseline code, on a busy machine for several calls),
+ * then `repeats` calls. The `dtype` weights are loaded into a model of their own: the page's model and form are
+ * untouched. Resolves to the tokens of the first timed call and, per call, its milliseconds and the milliseconds
+ * to its first token (the prompt's forward pass included).
  */
-export async function benchmark({ dtype, ids, newTokens, repeats = 3, warmup = null }) {
+export async function benchmark({ dtype, ids, newTokens, repeats = 3, maxWarmup = 8 }) {
   const model = await AutoModelForCausalLM.from_pretrained(state.manifest.model, { dtype, device: "wasm" });
   const input_ids = new Tensor("int64", BigInt64Array.from(ids.map(BigInt)), [1, ids.length]);
   const attention_mask = new Tensor("int64", new BigInt64Array(ids.length).fill(1n), [1, ids.length]);
@@ -155,13 +156,19 @@ export async function benchmark({ dtype, ids, newTokens, repeats = 3, warmup = n
     return { tokens, ms, first_token_ms: clock.times[1] - started };
   };
   try {
-    await run(Math.min(warmup ?? newTokens, newTokens));
+    const warmup = [];
+    while (warmup.length < maxWarmup) {
+      warmup.push((await run(newTokens)).ms);
+      const [before, last] = warmup.slice(-2);
+      if (warmup.length > 1 && Math.abs(last - before) <= 0.1 * Math.min(last, before)) break;
+    }
     const runs = [];
     for (let i = 0; i < repeats; i++) runs.push(await run(newTokens));
     return {
       dtype,
       tokens: runs[0].tokens,
       ms: runs.map((r) => r.ms),
+      warmup_ms: warmup,
       first_token_ms: runs.map((r) => r.first_token_ms),
       same_tokens_every_run: runs.every((r) => r.tokens.join() === runs[0].tokens.join()),
       threads: env.backends.onnx.wasm.numThreads,

@@ -8,7 +8,8 @@ Per model, the page of `make web-demo` (demo/web/build.py's served folder, on 12
 refused) runs in headless Chromium through Playwright; `window.tinystories.benchmark` times batch-1 greedy
 generation in transformers.js on ONNX Runtime Web (WebAssembly) for the fp32 and the q8 (int8) export of the
 same model: the CPU suite's prompt (`benchmarks.inference_bench.PROMPT`), the same number of new tokens (the
-end-of-text token does not stop it), one warm-up call of the same length, then the median of `--repeats` calls.
+end-of-text token does not stop it), full warm-up calls until two in a row agree within 10% (at most 8: the
+browser's optimizing WebAssembly compiler keeps speeding up the first calls), then the median of `--repeats` calls.
 Tokens/s counts the new tokens over the whole call (prompt included); the first-token time is the prompt's forward
 pass + the first token. The same graph runs in native ONNX Runtime on the CPU (the page's thread count, the
 project's loop), timed the same way in the same run: `× native` is a ratio a busy machine disturbs less than the
@@ -160,6 +161,7 @@ def measure_page(page, ids: list[int], new_tokens: int, repeats: int, dtype: str
         "tokens_per_second": round(len(tokens) / seconds, 1),
         "first_token_ms": round(statistics.median(raw["first_token_ms"]), 2),
         "runs_ms": [round(ms, 2) for ms in raw["ms"]],
+        "warmup_ms": [round(ms, 2) for ms in raw["warmup_ms"]],
         "same_tokens_every_run": raw["same_tokens_every_run"],
         "threads": raw["threads"],
         "cross_origin_isolated": raw["cross_origin_isolated"],
