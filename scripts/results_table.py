@@ -36,6 +36,7 @@ STUDIES = [
     "sweeps",
     "training_speed",
     "inference_speed",
+    "browser_inference",
     "dedup_throughput",
 ]
 

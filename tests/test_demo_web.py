@@ -4,7 +4,8 @@
 --quantize int8` runs first), copies transformers.js, the ONNX Runtime Web files and the model into the served
 folder and serves it on 127.0.0.1. Every request that is not to that server is aborted and counted: the page must
 need none. The greedy story the page streams must be PyTorch's, token for token, on a prompt that runs past the
-local attention window; the page's Instruct prompt must be `build_prompt`'s.
+local attention window; the page's Instruct prompt must be `build_prompt`'s. The page's speed hook times fp32 and
+q8 generation (`demo/web/bench.py`), and `python -m demo.web.bench` writes a results file the docs can render.
 
 Needs Debian's `chromium` and `npm ci` in demo/web (`.ci/run` installs both, then runs this file with
 `make test-slow ARGS=tests/test_demo_web.py`); skipped without them.
@@ -12,6 +13,8 @@ Needs Debian's `chromium` and `npm ci` in demo/web (`.ci/run` installs both, the
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import queue
 import shutil
@@ -25,8 +28,10 @@ from urllib.parse import urlparse
 import pytest
 import torch
 from playwright.sync_api import sync_playwright
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from demo.web import bench
+from scripts.results_table import render_table
 from tiny import make_varied_model_dir
 from tinystories.data.instruct import build_prompt
 from tinystories.models.export.session import OnnxCausalLM
@@ -199,3 +204,49 @@ def test_int8_weights_run_in_the_page(page, served, model_dir):
     assert record["tokens"] and record["text"].strip()
     assert record["tokens"] == reference  # ONNX Runtime Web and native ONNX Runtime, the same int8 graph
     assert page.blocked == []
+
+
+def test_benchmark_hook_times_fp32_and_q8_without_touching_the_page(page, served, model_dir):
+    _, out = served
+    export = out / "models" / "tinystories"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = tok(bench.PROMPT, add_special_tokens=False).input_ids
+    before = page.evaluate("() => [window.tinystories.state.dtype, document.body.dataset.state]")
+    runs = bench.bench_export(page, export, model, ids, MAX_NEW, repeats=2)
+
+    inputs = torch.tensor([ids])
+    config = GenerationConfig(max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
+    expected = model.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=config)
+    assert runs["fp32"]["tokens"] == expected[0, len(ids) :].tolist()  # PyTorch's greedy tokens, all 48
+    native = OnnxCausalLM(export / "onnx" / "model_quantized.onnx").generate_greedy(ids, MAX_NEW).tokens
+    assert runs["q8"]["tokens"] == native and runs["q8"]["onnxruntime"]["same"]
+    for dtype, run in runs.items():
+        print(f"{dtype}: {run['tokens_per_second']} tokens/s, first token {run['first_token_ms']} ms")
+        assert run["new_tokens"] == len(run["tokens"]) == MAX_NEW  # the end-of-text token stops nothing
+        assert len(run["runs_ms"]) == 2 and run["same_tokens_every_run"]
+        assert 2 <= len(run["warmup_ms"]) <= 8  # warm-up calls until two in a row agree within 10%
+        assert math.isfinite(run["tokens_per_second"]) and run["tokens_per_second"] > 0
+        assert 0 < run["first_token_ms"] < 1000 * max(run["runs_ms"])
+        assert run["cross_origin_isolated"] and run["threads"] >= 1
+    assert page.evaluate("() => [window.tinystories.state.dtype, document.body.dataset.state]") == before
+    assert page.blocked == []
+
+
+def test_bench_command_writes_a_results_file(tmp_path, gpt_neo_tokenizer_dir):
+    output = tmp_path / "browser_inference.json"
+    cmd = [sys.executable, "-m", "demo.web.bench", "--sizes", "32x1", "--new_tokens", "6", "--repeats", "1"]
+    cmd += ["--tokenizer", str(gpt_neo_tokenizer_dir), "--output", str(output), "--chromium", CHROMIUM]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=600)
+    result = json.loads(output.read_text())
+    assert result["study"] == "browser_inference" and result["command"].startswith(
+        "python -m demo.web.bench "
+    )
+    assert result["browser"].startswith("Chromium ") and result["transformers_js"]
+    runs = result["models"]["32x1 (random weights)"]["runs"]
+    assert list(runs) == ["fp32", "q8"]
+    assert runs["fp32"]["pytorch"] == {"same": True, "tokens_before_first_difference": 6}
+    assert all(len(run["tokens"]) == 6 and run["tokens_per_second"] > 0 for run in runs.values())
+    table = render_table(result["tables"][0]).splitlines()
+    assert len(table) == 2 + 2 and table[2].startswith("| 32x1 | gpt_neo 32×1, vocab 50,257 | fp32 |")

@@ -5,6 +5,8 @@
 // The prompt is the TinyStories-Instruct format of `tinystories.data.instruct.build_prompt` (a test checks it),
 // sampling stays within the 512-token context the models were trained at and stops at the end-of-text token,
 // temperature 0 decodes greedily (the test compares that with PyTorch's greedy story).
+// `window.tinystories.benchmark` times greedy generation for `python -m demo.web.bench`; `?threads=N` in the URL
+// sets ONNX Runtime Web's thread count (its default: half the logical cores, at most 4).
 import { AutoModelForCausalLM, AutoTokenizer, env, Tensor, TextStreamer } from "./vendor/transformers.min.js";
 
 const TRAINED_CONTEXT = 512;
@@ -26,6 +28,8 @@ env.backends.onnx.wasm.wasmPaths = {
   mjs: new URL("vendor/ort-wasm-simd-threaded.asyncify.mjs", here).href,
   wasm: new URL("vendor/ort-wasm-simd-threaded.asyncify.wasm", here).href,
 };
+const threads = Number(new URLSearchParams(location.search).get("threads"));
+if (Number.isInteger(threads) && threads > 0) env.backends.onnx.wasm.numThreads = threads;
 
 /** `dog, ball happy` -> ["dog", "ball", "happy"] (commas or spaces). */
 export function splitWords(text) {
@@ -121,6 +125,61 @@ export async function writeStory() {
   return record;
 }
 
+/** A streamer that only notes when `generate` calls it: with the prompt first, then after each new token. */
+class Clock {
+  times = [];
+  put() {
+    this.times.push(performance.now());
+  }
+  end() {}
+}
+
+/**
+ * Batch-1 greedy generation of exactly `newTokens` tokens after the token ids `ids` (the end-of-text token does
+ * not stop it), timed: full warm-up calls until two in a row take within 10% of each other (at most `maxWarmup`:
+ * WebAssembly's optimizing compiler replaces the first calls' baseline code, on a busy machine for several calls),
+ * then `repeats` calls. The `dtype` weights are loaded into a model of their own: the page's model and form are
+ * untouched. Resolves to the tokens of the first timed call and, per call, its milliseconds and the milliseconds
+ * to its first token (the prompt's forward pass included).
+ */
+export async function benchmark({ dtype, ids, newTokens, repeats = 3, maxWarmup = 8 }) {
+  const model = await AutoModelForCausalLM.from_pretrained(state.manifest.model, { dtype, device: "wasm" });
+  const input_ids = new Tensor("int64", BigInt64Array.from(ids.map(BigInt)), [1, ids.length]);
+  const attention_mask = new Tensor("int64", new BigInt64Array(ids.length).fill(1n), [1, ids.length]);
+  const run = async (count) => {
+    const clock = new Clock();
+    const started = performance.now();
+    const options = { max_new_tokens: count, do_sample: false, eos_token_id: null, streamer: clock };
+    const sequences = await model.generate({ input_ids, attention_mask, ...options });
+    const ms = performance.now() - started;
+    const tokens = Array.from(sequences.data.slice(ids.length), Number);
+    return { tokens, ms, first_token_ms: clock.times[1] - started };
+  };
+  try {
+    const warmup = [];
+    while (warmup.length < maxWarmup) {
+      warmup.push((await run(newTokens)).ms);
+      const [before, last] = warmup.slice(-2);
+      if (warmup.length > 1 && Math.abs(last - before) <= 0.1 * Math.min(last, before)) break;
+    }
+    const runs = [];
+    for (let i = 0; i < repeats; i++) runs.push(await run(newTokens));
+    return {
+      dtype,
+      tokens: runs[0].tokens,
+      ms: runs.map((r) => r.ms),
+      warmup_ms: warmup,
+      first_token_ms: runs.map((r) => r.first_token_ms),
+      same_tokens_every_run: runs.every((r) => r.tokens.join() === runs[0].tokens.join()),
+      threads: env.backends.onnx.wasm.numThreads,
+      cross_origin_isolated: self.crossOriginIsolated,
+      user_agent: navigator.userAgent,
+    };
+  } finally {
+    await model.dispose();
+  }
+}
+
 async function main() {
   const features = $("features");
   for (const feature of FEATURES) {
@@ -155,5 +214,5 @@ function fail(error) {
   setState("error", `Error: ${error.message || error}`);
 }
 
-window.tinystories = { buildPrompt, fullPrompt, splitWords, state };
+window.tinystories = { benchmark, buildPrompt, fullPrompt, splitWords, state };
 main().catch(fail);
