@@ -74,6 +74,49 @@ def tiny_model_dir(tmp_path_factory, gpt_neo_tokenizer_dir):
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m", gpt_neo_tokenizer_dir)
 
 
+PRETRAIN_TINY = [
+    "--train_tokenizer", "true", "--vocab_size", "512", "--hidden_size", "32", "--num_layers", "2",
+    "--block_size", "64", "--max_train_samples", "600", "--per_device_train_batch_size", "8",
+    "--global_batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "6e-3",
+    "--max_eval_samples", "40", "--eval_steps", "1000", "--save_steps", "1000", "--logging_steps", "1000",
+    "--report_to", "none", "--use_cpu", "true", "--dataloader_num_workers", "0", "--seed", "7",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny(tmp_path_factory, sample_txt):
+    """`pretrained_tiny(steps)`: the folder of a tiny GPT-Neo (own 512-token BPE, hidden 32, 2 layers, block 64)
+    pretrained `steps` steps by `tinystories train` on the real stories, trained once a session per step count
+    (the ONNX export and inference bench tests share it); read-only: write exports elsewhere."""
+    from tinystories.stages import train as pretrain
+
+    runs: dict[int, Path] = {}
+
+    def get(steps: int) -> Path:
+        if steps not in runs:
+            run = tmp_path_factory.mktemp(f"pretrained-{steps}") / "run"
+            argv = [
+                "--data",
+                str(sample_txt),
+                "--output_dir",
+                str(run),
+                "--max_steps",
+                str(steps),
+                *PRETRAIN_TINY,
+            ]
+            saved = {k: v for k, v in os.environ.items() if k.startswith("ACCELERATE_")}
+            try:
+                assert pretrain.main(argv) == 0
+            finally:  # the run exports its precision to os.environ: keep it from the tests that follow
+                for key in [k for k in os.environ if k.startswith("ACCELERATE_") and k not in saved]:
+                    del os.environ[key]
+                os.environ.update(saved)
+            runs[steps] = run
+        return runs[steps]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def instruct_txt(tmp_path_factory, stories):
     """300 Instruct records built from real stories, in the released `.txt` layout; read-only."""

@@ -10,7 +10,6 @@ import pytest
 from benchmarks.bench import BenchArguments, main
 from benchmarks.inference_bench import PATHS, _label, _models, cached_checkpoints, parse_shapes
 from tinystories.core import ConfigError
-from tinystories.stages import train as pretrain
 
 RUN_KEYS = {
     "tokens",
@@ -29,20 +28,11 @@ RUN_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def trained_dir(tmp_path_factory, sample_txt):
-    """A tiny model (own 512-token BPE, hidden 32, 2 layers) pretrained 60 steps by `tinystories train`: its top
-    logits stand apart, as a real model's do (a random model's nearly tie, and int8 may then flip one)."""
-    run = tmp_path_factory.mktemp("inference") / "run"
-    argv = [
-        "--data", str(sample_txt), "--output_dir", str(run), "--max_steps", "60",
-        "--train_tokenizer", "true", "--vocab_size", "512", "--hidden_size", "32", "--num_layers", "2",
-        "--block_size", "64", "--max_train_samples", "600", "--per_device_train_batch_size", "8",
-        "--global_batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "6e-3",
-        "--max_eval_samples", "40", "--eval_steps", "1000", "--save_steps", "1000", "--logging_steps", "1000",
-        "--report_to", "none", "--use_cpu", "true", "--dataloader_num_workers", "0", "--seed", "7",
-    ]  # fmt: skip
-    assert pretrain.main(argv) == 0
-    return run
+def trained_dir(pretrained_tiny):
+    """A tiny model (own 512-token BPE, hidden 32, 2 layers) pretrained 60 steps by `tinystories train` (the
+    export int8 test's model too): its top logits stand apart, as a real model's do (a random model's nearly tie,
+    and int8 may then flip one)."""
+    return pretrained_tiny(60)
 
 
 def test_inference_suite_json_and_tokens(tmp_path, trained_dir, gpt_neo_tokenizer_dir, capsys):

@@ -24,7 +24,6 @@ from tinystories.models.export.layout import export_model
 from tinystories.models.export.session import OnnxCausalLM
 from tinystories.models.loading import context_limit
 from tinystories.stages import export as export_stage
-from tinystories.stages import train as pretrain
 
 WINDOW = 256
 LAYERS = 2
@@ -197,27 +196,18 @@ def onnx_bits_per_byte(lm: OnnxCausalLM, tokenizer, texts: list[str], max_length
 @pytest.mark.parametrize(
     "steps", [pytest.param(60, id="60-steps"), pytest.param(400, id="400-steps", marks=pytest.mark.slow)]
 )
-def test_int8_bits_per_byte_within_2_percent_of_fp32(tmp_path, sample_txt, steps):
+def test_int8_bits_per_byte_within_2_percent_of_fp32(tmp_path, sample_txt, pretrained_tiny, steps):
     """A model pretrained by `tinystories train` (own 512-token BPE, hidden 32, 2 layers) on the real stories,
     scored on the stories that run held out: int8 within 2% of fp32, fp32 ONNX equal to PyTorch."""
-    run = tmp_path / "run"
-    argv = [
-        "--data", str(sample_txt), "--output_dir", str(run), "--max_steps", str(steps),
-        "--train_tokenizer", "true", "--vocab_size", "512", "--hidden_size", "32", "--num_layers", "2",
-        "--block_size", "64", "--max_train_samples", "600", "--per_device_train_batch_size", "8", "--global_batch_size", "8",
-        "--gradient_accumulation_steps", "1", "--learning_rate", "6e-3", "--max_eval_samples", "40",
-        "--eval_steps", "1000", "--save_steps", "1000", "--logging_steps", "1000", "--report_to", "none",
-        "--use_cpu", "true", "--dataloader_num_workers", "0", "--seed", "7",
-    ]  # fmt: skip
-    assert pretrain.main(argv) == 0
+    run = pretrained_tiny(steps)  # the 60-step run is the inference bench test's model too
     tokenizer = load_tokenizer(str(run))
     model = GPTNeoForCausalLM.from_pretrained(run).eval()
-    export_model(model, tokenizer, run / "onnx-export", quantize="int8", verify=False)
+    export_model(model, tokenizer, tmp_path / "onnx-export", quantize="int8", verify=False)
     held_out = load_eval_texts(str(sample_txt), validation_fraction=0.1, seed=7).texts[:60]
 
     context, vocab = context_limit(model), model.config.vocab_size  # 64: the trained block
     reference = score_texts(model, tokenizer, held_out, max_length=context, progress=False)
-    onnx_dir = run / "onnx-export" / "onnx"
+    onnx_dir = tmp_path / "onnx-export" / "onnx"
     fp32 = onnx_bits_per_byte(OnnxCausalLM(onnx_dir / "model.onnx"), tokenizer, held_out, context, vocab)
     int8 = onnx_bits_per_byte(
         OnnxCausalLM(onnx_dir / "model_quantized.onnx"), tokenizer, held_out, context, vocab

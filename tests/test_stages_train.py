@@ -28,12 +28,21 @@ def run(sample_txt, out, *extra):
     return json.loads((out / "trainer_state.json").read_text())["log_history"]
 
 
-def test_eval_loss_drops_and_result_generates(tmp_path, sample_txt):
-    out = tmp_path / "run"
-    history = run(
-        sample_txt, out, "--max_steps", "50", "--eval_steps", "25", "--save_steps", "50", "--learning_rate", "6e-3",
-        "--eval_on_start", "true",
-    )  # fmt: skip
+# the GPT-Neo run both tests below read: 50 steps, checkpoints at 25 and 50, evaluated at 0, 25 and 50
+GPT_NEO_RUN = (
+    "--max_steps", "50", "--eval_steps", "25", "--save_steps", "25", "--learning_rate", "6e-3", "--eval_on_start", "true",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gpt_neo_run(tmp_path_factory, sample_txt):
+    """(output folder, log history) of one finished GPT-Neo run; read-only: copy a checkpoint to resume it."""
+    out = tmp_path_factory.mktemp("gpt_neo") / "run"
+    return out, run(sample_txt, out, *GPT_NEO_RUN)
+
+
+def test_eval_loss_drops_and_result_generates(gpt_neo_run):
+    out, history = gpt_neo_run
     evals = [h for h in history if "eval_loss" in h]
     first, last = evals[0], evals[-1]
     assert first["step"] == 0 and last["step"] == 50
@@ -66,18 +75,17 @@ def test_eval_loss_drops_and_result_generates(tmp_path, sample_txt):
     assert text.startswith("Once upon a time") and len(text) > len("Once upon a time")
 
 
-def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, sample_txt):
-    args = ("--max_steps", "16", "--eval_steps", "8", "--save_steps", "8", "--attn_implementation", "eager")
-    full = tmp_path / "full"
-    history_full = run(sample_txt, full, *args)
-    # a run that was stopped after its step-8 checkpoint: only that checkpoint (and its tokenizer) exists
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, sample_txt, gpt_neo_run):
+    full, history_full = gpt_neo_run
+    # a run that was stopped after its step-25 checkpoint: only that checkpoint (and its tokenizer) exists
     resumed = tmp_path / "resumed"
     resumed.mkdir()
-    shutil.copytree(full / "checkpoint-8", resumed / "checkpoint-8")
+    shutil.copytree(full / "checkpoint-25", resumed / "checkpoint-25")
     for name in ["tokenizer.json", "tokenizer_config.json"]:
         shutil.copy(full / name, resumed / name)
-    history_resumed = run(sample_txt, resumed, *args)  # `make train` again: resumes by itself
-    assert any(h.get("step") == 16 for h in history_resumed)
+    # `make train` again resumes by itself (checkpoint-25 is not scored again: the full run scored it at 25)
+    history_resumed = run(sample_txt, resumed, *GPT_NEO_RUN[:-1], "false")
+    assert any(h.get("step") == 50 for h in history_resumed)
 
     def last(history, key):
         return [h[key] for h in history if key in h][-1]
@@ -242,7 +250,10 @@ def test_muon_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, sample_
             (folder / "checkpoint-8" / "optimizer.pt").unlink()
         for file in ["tokenizer.json", "tokenizer_config.json"]:
             shutil.copy(full / file, folder / file)
-        return run(sample_txt, folder, *args), load_file(folder / "model.safetensors")
+        # no evaluation of checkpoint-8 at the start: the full run's step-8 evaluation already scored it
+        return run(sample_txt, folder, *args, "--eval_on_start", "false"), load_file(
+            folder / "model.safetensors"
+        )
 
     def last(history, key):
         return [h[key] for h in history if key in h][-1]
