@@ -306,11 +306,23 @@ def _card_samples(trainer: Trainer, tokenizer, tail: Tail) -> list[dict[str, str
     )
 
 
+def final_metrics(trainer: Trainer) -> dict[str, Any]:
+    """The final weights' evaluation: the run's last one when it scored them (`eval_steps` divides the steps),
+    else a new `trainer.evaluate()`. With `load_best_model_at_end` the weights may have changed: always new."""
+    if trainer.eval_dataset is None:
+        return {}
+    last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    if last is None or last.get("step") != trainer.state.global_step or trainer.args.load_best_model_at_end:
+        return trainer.evaluate()
+    logger.info("final evaluation: step %d was just evaluated, its metrics are reused", last["step"])
+    return {key: value for key, value in last.items() if key != "step"}
+
+
 def finish_run(trainer: Trainer, tokenizer, run_info: dict[str, Any], tail: Tail) -> dict[str, Any]:
     """Save, evaluate, write metrics/plot/samples/card, merge a LoRA adapter, push. Returns the final metrics."""
     output_dir = Path(trainer.args.output_dir)
     _save_weights(trainer, output_dir)
-    metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    metrics = final_metrics(trainer)
     samples = _card_samples(trainer, tokenizer, tail)
     if not trainer.is_world_process_zero():
         shutdown_distributed(trainer)  # wait for rank 0's writes, then leave the process group cleanly
