@@ -222,7 +222,13 @@ def bench_model(label: str, model, tokenizer, args, workdir: Path, source=None) 
     """Every path on one model (fp32, CPU), its export in `workdir`; sizes on disk and ratios vs eager. `source`:
     the llama2.c (.bin, tokenizer.bin) the model was imported from (run.c runs those)."""
     model = model.to(device="cpu", dtype=torch.float32).eval()
-    runs_runc = bool(args.llama2c_run) and model.config.model_type == "llama"
+    not_run, files = _not_run(model, args), None
+    if args.llama2c_run and model.config.model_type == "llama":
+        try:  # run.c's .bin and tokenizer.bin: the given llama2.c files, else written from this model
+            files = runc_files(model, tokenizer, workdir, source)
+        except ConfigError as err:  # a Llama that run.c cannot compute (other RoPE theta, biases, ...)
+            not_run[RUNC] = f"not run: {err}"
+    runs_runc = files is not None
     model.save_pretrained(workdir / "torch")
     started = time.perf_counter()
     export_model(model, tokenizer, workdir / "onnx-export", quantize="int8", verify=False)
@@ -246,9 +252,8 @@ def bench_model(label: str, model, tokenizer, args, workdir: Path, source=None) 
     }
     sizes["torch fast"] = sizes["torch fast loop"] = sizes["torch eager"]
     if runs_runc:
-        files = runc_files(model, tokenizer, workdir, source)
         expected = runs["torch eager"]["tokens"]
-        runs[RUNC] = runc_row(args.llama2c_run, files, (text, prompt_ids), expected, repeats)
+        runs[RUNC] = runc_row(args.llama2c_run, files, (text, prompt_ids), expected, repeats, threads)
         sizes[RUNC] = runs[RUNC].pop("size_bytes")
     _compare(runs, sizes)
     return {
@@ -259,7 +264,7 @@ def bench_model(label: str, model, tokenizer, args, workdir: Path, source=None) 
         "threads": threads,
         "export_seconds": round(export_seconds, 2),
         "runs": runs,
-        "not_run": _not_run(model, args),
+        "not_run": not_run,
     }
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tinystories.core import ConfigError
 from tinystories.data.llama2c_tokenizer import read_tokenizer_bin, runc_pieces, runc_text, write_tokenizer_bin
-from tinystories.models.llama2c import BIN_FIX, read_checkpoint, save_llama2c
+from tinystories.models.llama2c import BIN_FIX, HEADER_BYTES, read_header, save_llama2c
 
 RUNC = "run.c"
 RUNC_RATE = re.compile(rb"achieved tok/s: ([0-9.]+)")
@@ -62,7 +62,9 @@ def check_peer_flags(args) -> None:
             raise ConfigError(
                 f"--llama2c_tokenizer {args.llama2c_tokenizer!r} is not a file: pass the model's tokenizer.bin"
             )
-        read_tokenizer_bin(tokenizer, read_checkpoint(model)[0].vocab_size)  # the pair fits together
+        with model.open("rb") as f:  # the header only: the pair fits together
+            vocab_size = read_header(f.read(HEADER_BYTES), model.name)[0].vocab_size
+        read_tokenizer_bin(tokenizer, vocab_size)
 
 
 def runc_files(model, tokenizer, workdir: Path, source: tuple[Path, Path] | None) -> tuple[Path, Path, list]:
@@ -85,11 +87,13 @@ def _vm_hwm_kb(status: Path) -> int | None:
     return None  # gone, or a zombie: its memory is already released
 
 
-def spawn(command: list[str], printed_before: int) -> dict:
+def spawn(command: list[str], printed_before: int, threads: int = 1) -> dict:
     """One run of `command`: its stdout, stderr, wall and CPU seconds, when its stdout first grew past
-    `printed_before` bytes, and its peak resident memory (VmHWM, read until it exits)."""
+    `printed_before` bytes, and its peak resident memory (VmHWM, read until it exits). `threads`: OMP_NUM_THREADS
+    (run.c built with -fopenmp uses them; a plain build runs on one)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     fd, status = proc.stdout.fileno(), Path(f"/proc/{proc.pid}/status")
     out, first, peak = bytearray(), None, None
     while True:
@@ -121,10 +125,10 @@ def spawn(command: list[str], printed_before: int) -> dict:
 
 
 def runc_row(
-    binary: str, files: tuple, prompt: tuple[str, list[int]], expected: list[int], repeats: int
+    binary: str, files: tuple, prompt: tuple, expected: list[int], repeats: int, threads: int
 ) -> dict:
     """run.c's row: `files` (.bin, tokenizer.bin, pieces), `prompt` (its text, its ids from BOS), `expected` the
-    new tokens torch eager made; the median of `repeats` runs after a short warm-up."""
+    new tokens torch eager made; the median of `repeats` runs after a short warm-up, with torch's `threads`."""
     model_bin, tokenizer_bin, pieces = files
     text, prompt_ids = prompt
     new = len(expected)
@@ -143,8 +147,10 @@ def runc_row(
             str(len(prompt_ids) + n - 1),
         ]
 
-    spawn([*command(min(4, new)), "-i", text], printed_before)  # warm-up: the files into the page cache
-    runs = [spawn([*command(new), "-i", text], printed_before) for _ in range(repeats)]
+    spawn(
+        [*command(min(4, new)), "-i", text], printed_before, threads
+    )  # warm-up: the files into the page cache
+    runs = [spawn([*command(new), "-i", text], printed_before, threads) for _ in range(repeats)]
     seconds = statistics.median(r["seconds"] for r in runs)
     rates = [float(m.group(1)) for r in runs if (m := RUNC_RATE.search(r["stderr"]))]
     got = runs[0]["stdout"]

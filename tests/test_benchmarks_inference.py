@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from transformers import AutoTokenizer
 
 from benchmarks.bench import BenchArguments, main
 from benchmarks.inference_bench import PATHS, _label, _models, cached_checkpoints, parse_shapes
@@ -184,3 +185,17 @@ def test_llama_twin_shapes(gpt_neo_tokenizer_dir):
     config = model.config
     assert (config.model_type, config.hidden_size, config.num_hidden_layers) == ("llama", 64, 8)
     assert (config.num_attention_heads, config.num_key_value_heads, config.vocab_size) == (16, 4, 50257)
+
+
+def test_prompt_rule(gpt_neo_tokenizer_dir):
+    """A llama2.c tokenizer starts every row from BOS + the story beginning (run.c's encoding); GPT-Neo's vocabulary
+    starts from token 1 where run.c runs the model, else from the story beginning as before."""
+    from benchmarks.inference_bench import PROMPT, _prompt
+    from tinystories.data.llama2c_tokenizer import load_llama2c_tokenizer
+
+    llama2c_tokenizer = load_llama2c_tokenizer(L2C / "tok512.bin", 512, 512)
+    text, ids = _prompt(llama2c_tokenizer, None, runs_runc=True)
+    assert text == PROMPT and len(ids) == 55 and ids[:5] == [1, 403, 407, 261, 378]
+    neo = AutoTokenizer.from_pretrained(gpt_neo_tokenizer_dir)
+    assert _prompt(neo, None, runs_runc=True) == ("", [1])
+    assert _prompt(neo, None, runs_runc=False) == (PROMPT, neo(PROMPT, add_special_tokens=False)["input_ids"])

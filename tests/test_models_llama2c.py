@@ -405,3 +405,23 @@ def test_runc_runs_what_was_written(converted, tmp_path, gpt_neo_tokenizer_dir):
         [RUNC, tmp_path / "twin.bin", "-z", tmp_path / "gpt.bin", "-t", "0", "-n", "40"], capture_output=True
     )
     assert done.stdout == runc_text(pieces, ids) + b"\n" and len(done.stdout) > 40
+
+
+def test_runc_text_prints_as_runc_decodes():
+    """run.c's decode + safe_printf: no leading space after BOS, `<0xHH>` as its byte, a lone unprintable byte
+    dropped (a raw one or a byte token), printf stopping at a NUL; the first id is fed, never printed."""
+    pieces = [
+        b"<unk>",
+        b"\n<s>\n",
+        b" Once",
+        b" upon",
+        b"<0x41>",
+        b"<0x07>",
+        b"\x07",
+        b"\xe4",
+        b"ab\x00cd",
+        b"\t",
+    ]
+    assert runc_text(pieces, [1, 2, 3]) == b"Once upon"
+    assert runc_text(pieces, [3, 2, 4, 5, 6, 7, 8, 9, 1, 3]) == b" OnceAab\t\n<s>\nupon"
+    assert runc_text(pieces, [2]) == b""
