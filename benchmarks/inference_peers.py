@@ -35,7 +35,7 @@ from tinystories.models.llama2c import BIN_FIX, HEADER_BYTES, read_header, save_
 RUNC = "run.c"
 RUNC_RATE = re.compile(rb"achieved tok/s: ([0-9.]+)")
 LLAMA_CPP_NOTE = (
-    "not run: llama.cpp is not a peer of this suite yet (its GGUF comes from `tinystories export`)"
+    "not run: the suite has no llama.cpp row (a GGUF for llama.cpp: `tinystories export --format gguf`)"
 )
 
 
