@@ -1,5 +1,6 @@
 """`make bench ARGS="--suite inference"`: the JSON carries every path's numbers, and both ONNX paths generate
-exactly PyTorch's greedy tokens. Never asserts a speed: timings depend on the machine."""
+exactly PyTorch's greedy tokens; on llama2.c's stories260K so does llama2.c's run.c (`LLAMA2C_RUN`: a built binary).
+Never asserts a speed: timings depend on the machine."""
 
 from __future__ import annotations
 
@@ -10,9 +11,18 @@ import pytest
 from transformers import AutoTokenizer
 
 from benchmarks.bench import BenchArguments, main
-from benchmarks.inference_bench import PATHS, _label, _models, cached_checkpoints, parse_shapes
+from benchmarks.inference_bench import (
+    PATHS,
+    PROMPT,
+    _label,
+    _models,
+    _prompt,
+    cached_checkpoints,
+    parse_shapes,
+)
 from conftest import SHARED_DATA
 from tinystories.core import ConfigError
+from tinystories.data.llama2c_tokenizer import load_llama2c_tokenizer
 from tinystories.stages import train as pretrain
 
 RUN_KEYS = {
@@ -190,9 +200,6 @@ def test_llama_twin_shapes(gpt_neo_tokenizer_dir):
 def test_prompt_rule(gpt_neo_tokenizer_dir):
     """A llama2.c tokenizer starts every row from BOS + the story beginning (run.c's encoding); GPT-Neo's vocabulary
     starts from token 1 where run.c runs the model, else from the story beginning as before."""
-    from benchmarks.inference_bench import PROMPT, _prompt
-    from tinystories.data.llama2c_tokenizer import load_llama2c_tokenizer
-
     llama2c_tokenizer = load_llama2c_tokenizer(L2C / "tok512.bin", 512, 512)
     text, ids = _prompt(llama2c_tokenizer, None, runs_runc=True)
     assert text == PROMPT and len(ids) == 55 and ids[:5] == [1, 403, 407, 261, 378]
