@@ -7,7 +7,7 @@ written by `tinystories.models.llama2c.save_llama2c` and its tokenizer by `write
 run.c starts every sequence with BOS (id 1), encodes `-i <prompt>` with its own tokenizer, runs one position at
 a time (`-n` counts positions: prompt + new tokens - 1) and stops early when it samples BOS. A llama2.c tokenizer
 encodes the benchmark prompt as run.c does, so those rows all start from BOS + the prompt; a GPT-Neo vocabulary
-(the Llama twins) has no run.c encoding, so every row of such a model starts from the single token 1 (`-i ""`).
+(the Llama twins) has no run.c encoding, so where run.c runs such a model, its rows all start from token 1 (`-i ""`).
 run.c prints text, not ids: `same_tokens` says its stdout is exactly what run.c's decode prints for torch eager's
 tokens (`runc_text`).
 
