@@ -56,7 +56,10 @@ def check_peer_flags(args) -> None:
     if args.llama2c_model:
         model = Path(args.llama2c_model).expanduser()
         if not model.is_file() or model.suffix != ".bin":
-            raise ConfigError(f"--llama2c_model {args.llama2c_model!r} is not a file: {BIN_FIX} (.bin)")
+            raise ConfigError(
+                f"--llama2c_model {args.llama2c_model!r} is not a llama2.c .bin file (run.c reads .bin only): "
+                f"{BIN_FIX}"
+            )
         tokenizer = Path(args.llama2c_tokenizer).expanduser()
         if not tokenizer.is_file():
             raise ConfigError(
