@@ -43,7 +43,7 @@ from transformers import AutoTokenizer
 from benchmarks.dedup_bench import run_benchmark
 from benchmarks.finetune_bench import PATHS as FINETUNE_PATHS
 from benchmarks.finetune_bench import bench_finetune, format_finetune_table, run_path
-from benchmarks.inference_bench import bench_inference, format_inference_table
+from benchmarks.inference_bench import bench_inference, check_inference_flags, format_inference_table
 from benchmarks.train_bench import STOCK, default_variant, lever_variants, run_variant
 from tinystories.core import ConfigError
 from tinystories.core.arguments import (
@@ -121,6 +121,21 @@ class BenchArguments(DataSource, TokenizerSource, BatchArguments, SeedArguments,
             "help": "inference suite: model dirs / Hub ids; auto: released sizes found in the HF cache"
         },
     )
+    inference_architectures: str = field(
+        default="gpt_neo",
+        metadata={"help": "inference suite: architectures of the random-weight shapes, gpt_neo and/or llama"},
+    )
+    llama2c_model: str | None = field(
+        default=None,
+        metadata={"help": "inference suite: a llama2.c .bin (its imported twin runs the other rows)"},
+    )
+    llama2c_tokenizer: str | None = field(
+        default=None, metadata={"help": "inference suite: the tokenizer.bin of --llama2c_model"}
+    )
+    llama2c_run: str | None = field(
+        default=None,
+        metadata={"help": "inference suite: a built llama2.c run.c binary: adds a run.c row per Llama"},
+    )
     inference_new_tokens: int = field(default=128, metadata={"help": "inference suite: new tokens per run"})
     inference_repeats: int = field(default=3, metadata={"help": "inference suite: timed runs (median)"})
 
@@ -146,6 +161,8 @@ def _check_inputs(args: BenchArguments) -> list[str]:
         raise ConfigError(
             f"tokenizer {args.tokenizer!r} not found: pass --tokenizer with a GPT-Neo tokenizer dir"
         )
+    if "inference" in suites:
+        check_inference_flags(args)
     if "train" in suites or "finetune" in suites:
         if args.steps <= args.warmup_steps:
             raise ConfigError(f"--steps ({args.steps}) must exceed --warmup_steps ({args.warmup_steps})")

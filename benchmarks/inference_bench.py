@@ -3,7 +3,7 @@
 Per model, in one process and one run, from the same prompt (a real story beginning) for the same number of
 new tokens, greedy, EOS ignored so every path makes all of them:
 
-* **torch eager**: `GPTNeoForCausalLM` as `transformers` runs it (eager attention, `gelu_new`), `model.generate`;
+* **torch eager**: the model as `transformers` runs it (eager attention; GPT-Neo's `gelu_new`), `model.generate`;
 * **torch fast**: the same weights with the project's attention (`use_fast_attention`: SDPA; the one-kernel GELU),
   as `load_model` gives it to every stage, `model.generate`;
 * **torch fast loop**: the same model in a plain loop (forward with a `DynamicCache`, argmax), the loop the ONNX
@@ -21,6 +21,10 @@ not depend on training; a released size name or `<hidden>x<layers>`), plus relea
 cache (none: skipped) or the dirs given by `--inference_models`. `same_tokens` says whether a path produced
 exactly torch eager's tokens: fp32 must; int8 may pick another token where a model's top logits nearly tie (random
 weights do that all the time; trained models rarely).
+
+`--inference_architectures gpt_neo,llama` adds each shape's Llama twin (`build_config(architecture="llama")`);
+`--llama2c_model` + `--llama2c_tokenizer` a llama2.c checkpoint (its imported twin); `--llama2c_run` a **run.c** row
+on every Llama model (`benchmarks.inference_peers`: the prompt rule, how it is timed and compared).
 """
 
 from __future__ import annotations
@@ -32,15 +36,18 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import try_to_load_from_cache
-from transformers import AutoTokenizer, DynamicCache, GenerationConfig, GPTNeoForCausalLM
+from transformers import AutoTokenizer, DynamicCache, GenerationConfig, GPTNeoForCausalLM, LlamaForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
+from benchmarks.inference_peers import LLAMA_CPP_NOTE, RUNC, check_peer_flags, runc_files, runc_row
 from tinystories.core import ConfigError
+from tinystories.data.llama2c_tokenizer import SPECIALS, load_llama2c_tokenizer
 from tinystories.models.attention import use_fast_attention, use_fast_gelu
 from tinystories.models.export.layout import FP32_FILE, INT8_FILE, export_model
 from tinystories.models.export.session import OnnxCausalLM
+from tinystories.models.llama2c import read_checkpoint, to_transformers
 from tinystories.models.loading import context_limit, install_attention, load_model
-from tinystories.models.sizes import SIZES, build_config
+from tinystories.models.sizes import ARCHITECTURES, SIZES, build_config
 
 PATHS = ("torch eager", "torch fast", "torch fast loop", "onnx fp32", "onnx int8")
 PROMPT = (
@@ -151,55 +158,104 @@ def _measure(run, prompt_ids: list[int], new_tokens: int, repeats: int) -> dict:
     }
 
 
-def _prompt_and_length(tokenizer, model, new_tokens: int) -> tuple[list[int], int]:
-    """The prompt's tokens and how many to generate: within the model's context (a short one gets fewer)."""
-    ids = tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+def _prompt(tokenizer, model, runs_runc: bool) -> tuple[str, list[int]]:
+    """The prompt (text for run.c, ids for every row): the story beginning; a llama2.c tokenizer puts BOS first
+    as run.c does; a Llama model whose tokenizer run.c cannot reproduce (GPT-Neo's) starts from token 1, run.c's
+    BOS, when run.c runs it."""
+    if tokenizer.convert_ids_to_tokens(list(SPECIALS)) == list(SPECIALS.values()):
+        return PROMPT, tokenizer(PROMPT)["input_ids"]  # llama2.c's tokenizer: BOS + run.c's encoding
+    if runs_runc:
+        return "", [1]
+    return PROMPT, tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+
+
+def _length(model, prompt_ids: list[int], new_tokens: int, runs_runc: bool) -> int:
+    """How many to generate: within the model's context (a short one gets fewer); when run.c runs, before the
+    first greedy BOS (id 1), where run.c stops."""
     context = context_limit(model)
-    if len(ids) >= context:
+    if len(prompt_ids) >= context:
         raise ConfigError(
-            f"the benchmark prompt ({len(ids)} tokens) does not fit the model's {context}-token context"
+            f"the benchmark prompt ({len(prompt_ids)} tokens) does not fit the model's {context}-token context"
         )
-    return ids, min(new_tokens, context - len(ids))
+    new = min(new_tokens, context - len(prompt_ids))
+    if runs_runc:
+        tokens = _torch_loop(model, prompt_ids, new)[0]
+        new = tokens.index(1) if 1 in tokens else new
+        if new == 0:
+            raise ConfigError("the model's first greedy token is BOS (1): run.c would stop at once")
+    return new
 
 
-def bench_model(label: str, model, tokenizer, args, workdir: Path) -> dict:
-    """The four paths on one model (fp32, CPU), its export in `workdir`; sizes on disk and ratios vs eager."""
+def _set_attention(model, fast: bool) -> None:
+    """torch eager: stock transformers (eager attention; GPT-Neo's gelu_new); torch fast: what load_model gives."""
+    if fast:
+        install_attention(model, "sdpa")  # SDPA attention (+ GPT-Neo's fused GELU)
+    elif model.config.model_type == "llama":
+        model.set_attn_implementation("eager")
+    else:
+        use_fast_attention(model, backend="eager")
+        use_fast_gelu(model, enable=False)
+
+
+def _onnx_generator(folder: Path, quantized: bool, threads: int):
+    """The ONNX Runtime generation loop over an exported folder: `.generate_greedy(prompt_ids, new_tokens)`."""
+    return OnnxCausalLM(folder / (INT8_FILE if quantized else FP32_FILE), threads=threads)
+
+
+def _compare(runs: dict, sizes: dict) -> None:
+    """same_tokens, agreement and ratios of every row against torch eager's; sizes on disk."""
+    base = runs["torch eager"]
+    for name, run in runs.items():
+        if name != RUNC:  # run.c's row compares its printed text itself
+            run["same_tokens"] = run["tokens"] == base["tokens"]
+            run["tokens_before_first_difference"] = next(
+                (i for i, (a, b) in enumerate(zip(run["tokens"], base["tokens"], strict=True)) if a != b),
+                len(base["tokens"]),
+            )
+        run["speedup"] = round(run["tokens_per_second"] / base["tokens_per_second"], 2)
+        run["cpu_speedup"] = round(run["tokens_per_cpu_second"] / base["tokens_per_cpu_second"], 2)
+        run["first_token_speedup"] = round(base["first_token_ms"] / run["first_token_ms"], 2)
+        run["size_mb"] = round(sizes[name] / 1e6, 2)
+
+
+def bench_model(label: str, model, tokenizer, args, workdir: Path, source=None) -> dict:
+    """Every path on one model (fp32, CPU), its export in `workdir`; sizes on disk and ratios vs eager. `source`:
+    the llama2.c (.bin, tokenizer.bin) the model was imported from (run.c runs those)."""
     model = model.to(device="cpu", dtype=torch.float32).eval()
+    not_run, files = _not_run(model, args), None
+    if args.llama2c_run and model.config.model_type == "llama":
+        try:  # run.c's .bin and tokenizer.bin: the given llama2.c files, else written from this model
+            files = runc_files(model, tokenizer, workdir, source)
+        except ConfigError as err:  # a Llama that run.c cannot compute (other RoPE theta, biases, ...)
+            not_run[RUNC] = f"not run: {err}"
+    runs_runc = files is not None
     model.save_pretrained(workdir / "torch")
     started = time.perf_counter()
     export_model(model, tokenizer, workdir / "onnx-export", quantize="int8", verify=False)
     export_seconds = time.perf_counter() - started
-    prompt_ids, new = _prompt_and_length(tokenizer, model, args.inference_new_tokens)
-    threads = torch.get_num_threads()
-    repeats = args.inference_repeats
+    text, prompt_ids = _prompt(tokenizer, model, runs_runc)
+    new = _length(model, prompt_ids, args.inference_new_tokens, runs_runc)
+    threads, repeats = torch.get_num_threads(), args.inference_repeats
 
-    use_fast_attention(model, backend="eager")  # stock transformers: eager attention, gelu_new
-    use_fast_gelu(model, enable=False)
+    _set_attention(model, fast=False)
     runs = {"torch eager": _measure(lambda p, n: _torch_run(model, p, n), prompt_ids, new, repeats)}
-    install_attention(model, "sdpa")  # what load_model installs: SDPA attention + the fused GELU
+    _set_attention(model, fast=True)
     runs["torch fast"] = _measure(lambda p, n: _torch_run(model, p, n), prompt_ids, new, repeats)
     runs["torch fast loop"] = _measure(lambda p, n: _torch_loop(model, p, n), prompt_ids, new, repeats)
-    for name, file in (("onnx fp32", FP32_FILE), ("onnx int8", INT8_FILE)):
-        lm = OnnxCausalLM(workdir / "onnx-export" / file, threads=threads)
+    for name, quantized in (("onnx fp32", False), ("onnx int8", True)):
+        lm = _onnx_generator(workdir / "onnx-export", quantized, threads)
         runs[name] = _measure(lambda p, n, lm=lm: _onnx_run(lm, p, n), prompt_ids, new, repeats)
-
     sizes = {
         "torch eager": (workdir / "torch" / "model.safetensors").stat().st_size,
         "onnx fp32": (workdir / "onnx-export" / FP32_FILE).stat().st_size,
         "onnx int8": (workdir / "onnx-export" / INT8_FILE).stat().st_size,
     }
     sizes["torch fast"] = sizes["torch fast loop"] = sizes["torch eager"]
-    base = runs["torch eager"]
-    for name, run in runs.items():
-        run["same_tokens"] = run["tokens"] == base["tokens"]
-        run["tokens_before_first_difference"] = next(
-            (i for i, (a, b) in enumerate(zip(run["tokens"], base["tokens"], strict=True)) if a != b),
-            len(base["tokens"]),
-        )
-        run["speedup"] = round(run["tokens_per_second"] / base["tokens_per_second"], 2)
-        run["cpu_speedup"] = round(run["tokens_per_cpu_second"] / base["tokens_per_cpu_second"], 2)
-        run["first_token_speedup"] = round(base["first_token_ms"] / run["first_token_ms"], 2)
-        run["size_mb"] = round(sizes[name] / 1e6, 2)
+    if runs_runc:
+        expected = runs["torch eager"]["tokens"]
+        runs[RUNC] = runc_row(args.llama2c_run, files, (text, prompt_ids), expected, repeats, threads)
+        sizes[RUNC] = runs[RUNC].pop("size_bytes")
+    _compare(runs, sizes)
     return {
         "label": label,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -208,22 +264,57 @@ def bench_model(label: str, model, tokenizer, args, workdir: Path) -> dict:
         "threads": threads,
         "export_seconds": round(export_seconds, 2),
         "runs": runs,
+        "not_run": not_run,
     }
 
 
+def _not_run(model, args) -> dict:
+    """The peers left out of this model's rows, and why."""
+    out = {"llama.cpp": LLAMA_CPP_NOTE}
+    if not args.llama2c_run:
+        out[RUNC] = "not run: no --llama2c_run (a built llama2.c run.c binary) given"
+    elif model.config.model_type != "llama":
+        out[RUNC] = "not run: run.c runs Llama models only (this one is GPT-Neo)"
+    return out
+
+
+def parse_architectures(text: str) -> list[str]:
+    found = [a.strip() for a in text.split(",") if a.strip()]
+    if not found or any(a not in ARCHITECTURES for a in found):
+        raise ConfigError(
+            f"unknown --inference_architectures {text!r}: a comma-separated subset of {', '.join(ARCHITECTURES)}"
+        )
+    return found
+
+
 def _models(args):
-    """(label, model, tokenizer) for the random-weight shapes, then the checkpoints, one at a time."""
+    """(label, model, tokenizer, llama2.c source) for the random-weight shapes (each architecture), the llama2.c
+    checkpoint, then the checkpoints, one at a time."""
     shapes = parse_shapes(args.inference_sizes)
     for label, kwargs in shapes:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        torch.manual_seed(args.seed)
-        config = build_config(**kwargs, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
-        yield f"{label} (random weights)", GPTNeoForCausalLM(config), tokenizer
+        for arch in parse_architectures(args.inference_architectures):
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+            torch.manual_seed(args.seed)
+            config = build_config(
+                **kwargs, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, architecture=arch
+            )
+            cls, name = (
+                (LlamaForCausalLM, f"{label} llama") if arch == "llama" else (GPTNeoForCausalLM, label)
+            )
+            yield f"{name} (random weights)", cls(config), tokenizer, None
+    if args.llama2c_model:
+        model_bin, tokenizer_bin = (
+            Path(args.llama2c_model).expanduser(),
+            Path(args.llama2c_tokenizer).expanduser(),
+        )
+        l2c_args, weights = read_checkpoint(model_bin)
+        tokenizer = load_llama2c_tokenizer(tokenizer_bin, l2c_args.vocab_size, l2c_args.seq_len)
+        yield model_bin.stem, to_transformers(l2c_args, weights), tokenizer, (model_bin, tokenizer_bin)
     given = args.inference_models
     names = cached_checkpoints(shapes) if given == "auto" else [m for m in given.split(",") if m.strip()]
     for name in [n.strip() for n in names if n.strip() != "none"]:
         model = load_model(name, attn_implementation="eager")
-        yield _label(name), model, AutoTokenizer.from_pretrained(name)
+        yield _label(name), model, AutoTokenizer.from_pretrained(name), None
 
 
 def _label(name: str) -> str:
@@ -233,34 +324,50 @@ def _label(name: str) -> str:
     return path.name or name
 
 
-def bench_inference(args) -> dict:
+def check_inference_flags(args) -> None:
+    """The suite's flags, before any work starts."""
     if args.inference_new_tokens < 1 or args.inference_repeats < 1:
         raise ConfigError("--inference_new_tokens and --inference_repeats must be at least 1")
+    parse_shapes(args.inference_sizes)
+    parse_architectures(args.inference_architectures)
+    check_peer_flags(args)
+
+
+def bench_inference(args) -> dict:
+    check_inference_flags(args)
     out: dict = {"new_tokens": args.inference_new_tokens, "repeats": args.inference_repeats, "models": {}}
-    for label, model, tokenizer in _models(args):
+    for label, model, tokenizer, source in _models(args):
         print(f"[bench] inference {label}: export, then {', '.join(PATHS)} ...", flush=True)
         with tempfile.TemporaryDirectory(prefix="tinystories-inference-") as tmp:
-            out["models"][label] = bench_model(label, model, tokenizer, args, Path(tmp))
+            out["models"][label] = bench_model(label, model, tokenizer, args, Path(tmp), source)
     return out
 
 
 def format_inference_table(result: dict) -> str:
     head = (
-        f"{'model':<24} {'path':<16} {'tok/s':>8} {'× eager':>8} {'tok/cpu-s':>9} {'× eager':>8} "
+        f"{'model':<28} {'path':<16} {'tok/s':>8} {'× eager':>8} {'tok/cpu-s':>9} {'× eager':>8} "
         f"{'first ms':>9} {'× eager':>8} {'MB':>7} {'same tokens':>11}"
     )
-    lines = [head, "-" * len(head)]
+    lines, notes = [head, "-" * len(head)], []
     for label, res in result["models"].items():
         for name, r in res["runs"].items():
             lines.append(
-                f"{label:<24} {name:<16} {r['tokens_per_second']:>8.1f} {r['speedup']:>8.2f} "
+                f"{label:<28} {name:<16} {r['tokens_per_second']:>8.1f} {r['speedup']:>8.2f} "
                 f"{r['tokens_per_cpu_second']:>9.1f} {r['cpu_speedup']:>8.2f} "
                 f"{r['first_token_ms']:>9.1f} {r['first_token_speedup']:>8.2f} {r['size_mb']:>7.1f} "
                 f"{'yes' if r['same_tokens'] else 'no':>11}"
             )
+        runc = res["runs"].get(RUNC)
+        if runc:
+            notes.append(
+                f"{label} run.c: {res['prompt_tokens']} prompt + {res['new_tokens']} new tokens; its own loop "
+                f"{runc['loop_tokens_per_second']} tok/s; peak RSS {runc['peak_rss_mb']} MB"
+            )
+    lines += notes
     lines.append(
-        f"batch 1, greedy, {result['new_tokens']} new tokens (fewer where a model's context is shorter), median of "
-        f"{result['repeats']}; MB: safetensors "
-        "(torch) / .onnx file size; same tokens: identical to torch eager's"
+        f"batch 1, greedy, {result['new_tokens']} new tokens (fewer where a model's context is shorter, or before "
+        f"a greedy BOS where run.c runs), median of {result['repeats']}; MB: safetensors (torch) / .onnx / "
+        "run.c .bin file size; same tokens: identical to torch eager's (run.c: its printed text is); run.c's "
+        "tok/s and first ms: whole process (start, load, prompt, loop)"
     )
     return "\n".join(lines)

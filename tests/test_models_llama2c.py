@@ -5,20 +5,25 @@ over the `.bin` (parsed here, not by the library), and run.c's `encode` on real 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from transformers import GPTNeoForCausalLM, LlamaForCausalLM
 
 from conftest import SHARED_DATA, read_sample_stories
 from tinystories.core import ConfigError
+from tinystories.data.llama2c_tokenizer import runc_pieces, runc_text, write_tokenizer_bin
 from tinystories.data.tokenizer import load_tokenizer
 from tinystories.evaluation.generation import generate_story
 from tinystories.models import llama2c
 from tinystories.models.loading import load_model
+from tinystories.models.sizes import build_config
 from tinystories.stages import pull
 
 L2C = SHARED_DATA / "llama2c-stories260K"
@@ -307,3 +312,116 @@ def test_hub_folder_pulls_through_the_cache_and_stages_take_the_folder(hub_cache
 
 def test_sample_stories_are_what_the_tests_read():
     assert len(read_sample_stories()) == 2316
+
+
+# ---------------------------------------------------------------------------------- back to llama2.c
+RUNC = os.environ.get("LLAMA2C_RUN")  # a built llama2.c `run` (cc -O3 -o run run.c -lm); none in CI
+needs_runc = pytest.mark.skipif(not RUNC, reason="set LLAMA2C_RUN to a built llama2.c run.c binary")
+
+
+def test_written_checkpoint_and_tokenizer_are_llama2cs_own(converted, tmp_path):
+    """stories260K.bin -> transformers -> .bin is the original file byte for byte (header, weights in run.c's
+    order, wq/wk back to interleaved pairs, the legacy RoPE tables); so is tok512.bin from the transformers
+    tokenizer (pieces, llama2.c's BOS/EOS text, sentencepiece's scores)."""
+    model, tokenizer = load_model(str(converted)), load_tokenizer(str(converted))
+    written = llama2c.save_llama2c(model, tmp_path / "stories260K.bin")
+    assert written.read_bytes() == BIN.read_bytes()
+    pieces, scores = runc_pieces(tokenizer)
+    assert (pieces, scores) == tok_bin(TOK)
+    assert write_tokenizer_bin(pieces, scores, tmp_path / "tok512.bin").read_bytes() == TOK.read_bytes()
+
+
+def test_byte_level_tokenizer_pieces_are_decoded_bytes(gpt_neo_tokenizer_dir, stories, tmp_path):
+    tokenizer = load_tokenizer(str(gpt_neo_tokenizer_dir))
+    pieces, scores = runc_pieces(tokenizer)
+    assert len(pieces) == 50257 and pieces[220] == b" " and pieces[50256] == b"<|endoftext|>"
+    assert (pieces[256], scores[256], pieces[258], scores[258], scores[0]) == (b" t", -0.0, b"he", -2.0, 0.0)
+    for story in [*stories[:50], "héllo 世界 ☃\n"]:
+        ids = tokenizer(story, add_special_tokens=False)["input_ids"]
+        assert b"".join(pieces[i] for i in ids) == story.encode()
+    path = write_tokenizer_bin(pieces, scores, tmp_path / "tokenizer.bin")
+    assert path.stat().st_size == 4 + 8 * 50257 + sum(map(len, pieces))
+    assert tok_bin(path) == (pieces, [struct.unpack("<f", struct.pack("<f", s))[0] for s in scores])
+
+
+def llama_twin(tied: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(build_config(size="1M", architecture="llama", vocab_size=512))
+    if not tied:  # an untied classifier with its own values
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(torch.randn(512, 64) * 0.02)
+    return model.eval()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_llama_twin_round_trips_through_the_written_bin(tied, tmp_path):
+    """The 1M Llama twin (16 heads, 4 key/value heads) written and read back by the project's reader computes the
+    same logits: max |diff| <= 1e-5 (0 measured: the same float32 values, the same layout)."""
+    model = llama_twin(tied)
+    path = llama2c.save_llama2c(model, tmp_path / "twin.bin")
+    header = struct.unpack_from("<7i", path.read_bytes())
+    assert header == (64, model.config.intermediate_size, 8, 16, 4, 512 if tied else -512, 512)
+    back = llama2c.to_transformers(*llama2c.read_bin(path))
+    ids = torch.randint(0, 512, (1, 96), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (back(ids).logits - model(ids).logits).abs().max().item() <= 1e-5
+    assert back.config.tie_word_embeddings is tied
+
+
+def test_a_model_runc_cannot_run_is_refused(tmp_path, gpt_neo_tokenizer_dir):
+    model = llama_twin(True)
+    model.config.rope_parameters = {"rope_type": "default", "rope_theta": 500000.0}
+    with pytest.raises(ConfigError, match="rope_theta"):
+        llama2c.save_llama2c(model, tmp_path / "x.bin")
+    neo = GPTNeoForCausalLM(build_config(size="1M", vocab_size=512))
+    with pytest.raises(ConfigError, match="model_type"):
+        llama2c.save_llama2c(neo, tmp_path / "x.bin")
+    assert not (tmp_path / "x.bin").exists()
+
+
+@needs_runc
+def test_runc_runs_what_was_written(converted, tmp_path, gpt_neo_tokenizer_dir):
+    """run.c itself on the written files: stories260K prints its published story; the 1M Llama twin (GPT-Neo's
+    vocabulary, random weights) prints exactly what run.c's decode makes of torch's greedy tokens from BOS."""
+    model, tokenizer = load_model(str(converted)), load_tokenizer(str(converted))
+    llama2c.save_llama2c(model, tmp_path / "m.bin")
+    write_tokenizer_bin(*runc_pieces(tokenizer), tmp_path / "t.bin")
+    done = subprocess.run(
+        [RUNC, tmp_path / "m.bin", "-z", tmp_path / "t.bin", "-t", "0"], capture_output=True
+    )
+    assert done.stdout.decode() == RUNC_STORY + "\n" and b"achieved tok/s" in done.stderr
+    tokenizer = load_tokenizer(str(gpt_neo_tokenizer_dir))
+    torch.manual_seed(0)
+    twin = LlamaForCausalLM(build_config(size="1M", architecture="llama")).eval()
+    llama2c.save_llama2c(twin, tmp_path / "twin.bin")
+    pieces, scores = runc_pieces(tokenizer)
+    write_tokenizer_bin(pieces, scores, tmp_path / "gpt.bin")
+    with torch.no_grad():
+        ids = twin.generate(torch.tensor([[1]]), max_new_tokens=40, do_sample=False, eos_token_id=None)[
+            0
+        ].tolist()
+    assert 1 not in ids[1:]  # run.c stops at a generated BOS
+    done = subprocess.run(
+        [RUNC, tmp_path / "twin.bin", "-z", tmp_path / "gpt.bin", "-t", "0", "-n", "40"], capture_output=True
+    )
+    assert done.stdout == runc_text(pieces, ids) + b"\n" and len(done.stdout) > 40
+
+
+def test_runc_text_prints_as_runc_decodes():
+    """run.c's decode + safe_printf: no leading space after BOS, `<0xHH>` as its byte, a lone unprintable byte
+    dropped (a raw one or a byte token), printf stopping at a NUL; the first id is fed, never printed."""
+    pieces = [
+        b"<unk>",
+        b"\n<s>\n",
+        b" Once",
+        b" upon",
+        b"<0x41>",
+        b"<0x07>",
+        b"\x07",
+        b"\xe4",
+        b"ab\x00cd",
+        b"\t",
+    ]
+    assert runc_text(pieces, [1, 2, 3]) == b"Once upon"
+    assert runc_text(pieces, [3, 2, 4, 5, 6, 7, 8, 9, 1, 3]) == b" OnceAab\t\n<s>\nupon"
+    assert runc_text(pieces, [2]) == b""

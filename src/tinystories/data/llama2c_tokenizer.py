@@ -16,22 +16,34 @@ puts BOS first (llama2.c's stories each start with it). A sentencepiece `.model`
 tokenizer.model) is read with protobuf into the same pieces and scores and built the same way: on the 2,316 sample
 stories this matches `sentencepiece` itself on all of them, where transformers' `LlamaTokenizer` conversion of
 Llama 2's model differs on 15 (it merges a double space `▁▁` before `▁` + `▁Word`).
+
+`write_tokenizer_bin` is the reverse: `run.c`'s tokenizer file of `runc_pieces(tokenizer)`. A llama2.c-style
+tokenizer gives its pieces as llama2.c's export writes them (BOS `\n<s>\n`, EOS `\n</s>\n`, `▁` as a space, byte
+tokens as `<0xHH>` text) with sentencepiece's scores, minus the rank of each piece after the specials and byte
+tokens (tok512.bin comes back byte for byte); a byte-level BPE (GPT-Neo's) gives each token's decoded bytes, scored
+minus the rank of the merge that makes it (0 for the 256 bytes and added tokens), so run.c's best-score-first merging
+follows the merge order.
+`runc_text` is what run.c prints for a token sequence (its `decode` and `safe_printf`), to compare its output
+with another engine's tokens.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import struct
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
-from transformers.convert_slow_tokenizer import import_protobuf
+from transformers.convert_slow_tokenizer import bytes_to_unicode, import_protobuf
 
 from tinystories.core import ConfigError
 
 SPACE = "▁"  # sentencepiece's whitespace symbol
 SPECIALS = {0: "<unk>", 1: "<s>", 2: "</s>"}
+RUNC_SPECIALS = {0: b"<unk>", 1: b"\n<s>\n", 2: b"\n</s>\n"}  # as llama2.c's tokenizer.py export writes them
 BPE_TYPE = 2  # sentencepiece TrainerSpec.ModelType.BPE
 TOKENIZER_FIX = (
     "pass TOKENIZER=<the model's llama2.c tokenizer>: a tok*.bin (llama2.c's tokenizer.py export, e.g. tok512.bin "
@@ -156,3 +168,72 @@ def save_llama2c_tokenizer(tokenizer, output_dir: Path, source: str) -> None:
     config["llama2c_tokenizer"] = source  # where it came from; AutoTokenizer ignores the key
     config_file.write_text(json.dumps(config, indent=2) + "\n")
     AutoTokenizer.from_pretrained(output_dir)  # it loads back as it will be used
+
+
+# ------------------------------------------------------------------------------------------ back to run.c
+def write_tokenizer_bin(pieces: list[bytes], scores: list[float], path: str | Path) -> Path:
+    """run.c's `tokenizer.bin`: int32 max token length, then per token float32 score, int32 length, the bytes."""
+    if len(pieces) != len(scores) or not pieces:
+        raise ValueError(f"{len(pieces)} pieces but {len(scores)} scores")
+    empty = [i for i, piece in enumerate(pieces) if not piece]
+    if empty:
+        raise ConfigError(
+            f"tokens {empty[:5]} are empty: run.c cannot read an empty token (it reads len bytes)"
+        )
+    parts = [struct.pack("<i", max(map(len, pieces)))]
+    for piece, score in zip(pieces, scores, strict=True):
+        parts += [struct.pack("<fi", score, len(piece)), piece]
+    Path(path).write_bytes(b"".join(parts))
+    return Path(path)
+
+
+def runc_pieces(tokenizer) -> tuple[list[bytes], list[float]]:
+    """The pieces (bytes, as run.c prints them) and scores of a transformers BPE tokenizer: a llama2.c-style one
+    (`▁`, byte fallback, `<s>` as id 1) or a byte-level one (GPT-2/GPT-Neo). Ids beyond the vocabulary, added
+    tokens included, come in id order."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    model, decoder = spec["model"], spec.get("decoder") or {}
+    if model.get("type") != "BPE":
+        raise ConfigError(f"run.c reads BPE tokenizers; this one is {model.get('type')!r}: {TOKENIZER_FIX}")
+    size = len(tokenizer)
+    tokens = tokenizer.convert_ids_to_tokens(list(range(size)))
+    added = {t["id"] for t in spec.get("added_tokens", [])}
+    if decoder.get("type") == "ByteLevel":
+        to_byte = {ch: b for b, ch in bytes_to_unicode().items()}
+        merged = {}
+        for rank, merge in enumerate(model["merges"]):
+            a, b = merge if isinstance(merge, list) else merge.split(" ", 1)
+            merged.setdefault(a + b, rank)
+        pieces = [t.encode() if i in added else bytes(to_byte[c] for c in t) for i, t in enumerate(tokens)]
+        scores = [-float(merged[t]) if t in merged and i not in added else 0.0 for i, t in enumerate(tokens)]
+        return pieces, scores
+    if tokens[: len(SPECIALS)] != list(SPECIALS.values()):
+        raise ConfigError(
+            f"a tokenizer that is neither byte-level nor llama2.c's (first tokens {tokens[:3]}): {TOKENIZER_FIX}"
+        )
+    base = [i in SPECIALS or (t.startswith("<0x") and len(t) == 6) for i, t in enumerate(tokens)]
+    first = base.index(False)
+    pieces = [RUNC_SPECIALS.get(i, t.replace(SPACE, " ").encode()) for i, t in enumerate(tokens)]
+    return pieces, [0.0 if is_base else -float(i - first) for i, is_base in enumerate(base)]
+
+
+BYTE_PIECE = re.compile(rb"<0x([0-9A-Fa-f]{1,2})")  # what run.c's sscanf("<0x%02hhX>") accepts
+PRINTABLE = set(range(0x20, 0x7F)) | set(b" \t\n\v\f\r")  # C's isprint or isspace
+
+
+def runc_text(pieces: list[bytes], ids: list[int]) -> bytes:
+    """What run.c prints while it steps through `ids` (the first is fed, not printed): each next token's piece,
+    without its leading space after BOS, a `<0xHH>` piece as that byte, a lone unprintable byte skipped, and
+    cut at a NUL (printf's "%s")."""
+    out = []
+    for prev, token in itertools.pairwise(ids):
+        piece = pieces[token].split(b"\0", 1)[0]
+        if prev == 1 and piece.startswith(b" "):
+            piece = piece[1:]
+        match = BYTE_PIECE.match(piece)
+        if match:
+            piece = bytes([int(match.group(1), 16)])
+        if len(piece) == 1 and piece[0] not in PRINTABLE:
+            continue
+        out.append(piece)
+    return b"".join(out)

@@ -15,8 +15,8 @@ Formats read (all little-endian, float32 unless said):
 
 `to_transformers` maps the weights onto `LlamaForCausalLM`: llama2.c rotates adjacent pairs (2j, 2j+1) of each
 head's query/key dimensions, transformers' `rotate_half` rotates the halves (j, j + head_dim/2), so the rows of wq
-and wk are permuted per head; everything else is copied. `write_bin` is the reverse (any version), so a model
-this project trains runs in `run.c` and the readers are tested on every format.
+and wk are permuted per head; everything else is copied. `save_llama2c` / `write_bin` are the reverse (any
+version), so a Llama model this project trains runs in `run.c` and the readers are tested on every format.
 """
 
 from __future__ import annotations
@@ -320,9 +320,37 @@ def generation_config(args: Llama2cArgs) -> GenerationConfig:
 
 
 # ---------------------------------------------------------------------------------- back to llama2.c
+def check_llama2c_compatible(config) -> None:
+    """What `run.c` hard-codes: Llama blocks without biases, SiLU, head_dim = dim / heads, RoPE theta 10000
+    unscaled, RMSNorm eps 1e-5. Anything else would run there and compute something else: refused."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    found = {
+        "model_type": getattr(config, "model_type", None),
+        "hidden_act": getattr(config, "hidden_act", None),
+        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+        "rope_theta": rope.get("rope_theta", getattr(config, "rope_theta", ROPE_THETA)),
+        "rope_type": rope.get("rope_type", "default"),
+        "rms_norm_eps": getattr(config, "rms_norm_eps", None),
+        "bias": bool(getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False)),
+    }
+    want = {
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "head_dim": config.hidden_size // config.num_attention_heads,
+    }
+    want |= {"rope_theta": ROPE_THETA, "rope_type": "default", "rms_norm_eps": NORM_EPS, "bias": False}
+    wrong = {k: v for k, v in found.items() if v != want[k]}
+    if wrong:
+        raise ConfigError(
+            f"llama2.c's run.c cannot run this model: {wrong} (it needs {want}): only a plain Llama model "
+            "(e.g. --architecture llama, or one pulled from llama2.c) can be written as a llama2.c checkpoint"
+        )
+
+
 def from_transformers(model: LlamaForCausalLM) -> tuple[Llama2cArgs, dict[str, torch.Tensor]]:
     """llama2.c's shape and weights of a `LlamaForCausalLM` (the inverse of `to_transformers`)."""
     c = model.config
+    check_llama2c_compatible(c)
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     tied = bool(getattr(c, "tie_word_embeddings", False)) or torch.equal(
         state["lm_head.weight"], state["model.embed_tokens.weight"]
@@ -365,35 +393,16 @@ def write_bin(
 ) -> Path:
     """Write a llama2.c `.bin` of `version` 0, 1 or 2 (what `run.c` / `runq.c` read)."""
     args = Llama2cArgs(**{**args.__dict__, "version": version})
+    shape = (args.dim, args.hidden_dim, args.n_layers, args.n_heads, args.n_kv_heads)
     if version == 0:
         vocab = args.vocab_size if args.shared_classifier else -args.vocab_size
-        header = struct.pack(
-            "<7i",
-            args.dim,
-            args.hidden_dim,
-            args.n_layers,
-            args.n_heads,
-            args.n_kv_heads,
-            vocab,
-            args.seq_len,
-        )
+        header = struct.pack("<7i", *shape, vocab, args.seq_len)
     else:
         while version == 2 and args.dim % group_size:
             group_size //= 2
         args.group_size = group_size if version == 2 else 0
-        header = struct.pack(
-            "<Ii7iB",
-            MAGIC,
-            version,
-            args.dim,
-            args.hidden_dim,
-            args.n_layers,
-            args.n_heads,
-            args.n_kv_heads,
-            args.vocab_size,
-            args.seq_len,
-            int(args.shared_classifier),
-        )
+        shared = int(args.shared_classifier)
+        header = struct.pack("<Ii7iB", MAGIC, version, *shape, args.vocab_size, args.seq_len, shared)
         header += struct.pack("<i", group_size) if version == 2 else b""
         header += b"\0" * (HEADER_BYTES - len(header))
     parts = [header]
@@ -407,6 +416,11 @@ def write_bin(
             parts.append(_rope_tables(args))
     Path(path).write_bytes(b"".join(parts))
     return Path(path)
+
+
+def save_llama2c(model: LlamaForCausalLM, path: str | Path, version: int = 0) -> Path:
+    """A `LlamaForCausalLM` (tied or untied head, GQA) as the llama2.c `.bin` that `run.c` reads (version 0)."""
+    return write_bin(*from_transformers(model), path, version=version)
 
 
 def _rope_tables(args: Llama2cArgs) -> bytes:
