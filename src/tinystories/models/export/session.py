@@ -270,7 +270,16 @@ def open_generator(folder: str | Path, quantized: bool = False, threads: int | N
 
 
 def sample_token(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None, rng) -> int:
-    """One token from `logits` (vocab,) as `generate` samples: temperature, then top-k, then top-p (nucleus)."""
+    """One token drawn from `sampling_probs`."""
+    probs = sampling_probs(logits, temperature, top_k, top_p)
+    return int(rng.choice(probs.size, p=probs))
+
+
+def sampling_probs(
+    logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None
+) -> np.ndarray:
+    """The distribution `generate(do_sample=True)` draws from: logits / temperature, the `top_k` most likely
+    (ties at the k-th kept), then the smallest set of most likely tokens whose mass exceeds `top_p`."""
     scores = logits.astype(np.float64) / temperature
     if top_k and top_k < scores.size:
         kth = np.partition(scores, -top_k)[-top_k]
@@ -278,11 +287,11 @@ def sample_token(logits: np.ndarray, temperature: float, top_k: int | None, top_
     probs = np.exp(scores - scores.max())
     probs /= probs.sum()
     if top_p is not None and top_p < 1.0:
-        order = np.argsort(probs)  # ascending, as transformers' TopPLogitsWarper
+        order = np.argsort(probs, kind="stable")  # ascending, as transformers' TopPLogitsWarper
         cumulative = np.cumsum(probs[order])
         dropped = min(int(np.searchsorted(cumulative, 1.0 - top_p, side="right")), probs.size - 1)
         probs[order[:dropped]] = (
-            0.0  # the tokens whose mass up to them is within 1 - top_p; the top one stays
+            0.0  # the least likely tokens whose mass is within 1 - top_p; the top one stays
         )
         probs /= probs.sum()
-    return int(rng.choice(probs.size, p=probs))
+    return probs
