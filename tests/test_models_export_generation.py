@@ -69,13 +69,13 @@ def s260k(tmp_path_factory) -> tuple[Path, Path, torch.nn.Module]:
     return Path(converted), exported, load_model(str(converted)).eval()
 
 
-def varied_model(architecture: str, hidden: int, seed: int = 0):
+def varied_model(architecture: str, hidden: int, heads: int = 4, seed: int = 0):
     """A tiny GPT-Neo (global + local layer, window 256) or Llama (a quarter of the heads for keys/values) as
     `tiny.make_varied_model_dir` makes them, std-0.2 weights: sharp attention, a greedy story that varies."""
     config = build_config(
         hidden_size=hidden,
         num_layers=2,
-        num_heads=4,
+        num_heads=heads,
         vocab_size=300,
         max_position_embeddings=512,
         eos_token_id=0,
@@ -132,9 +132,11 @@ def test_stories260k_int8_agrees_with_pytorch_on_most_tokens(s260k):
 
 
 # ------------------------------------------------------------------------------------------- tiny models
-def test_gpt_neo_greedy_equals_pytorch_past_the_local_window(tmp_path):
-    model = varied_model("gpt_neo", hidden=32)
+@pytest.mark.parametrize(("hidden", "heads"), [(32, 4), (64, 16)])  # heads of 8 dims; of 4, as the 1M size's
+def test_gpt_neo_greedy_equals_pytorch_past_the_local_window(tmp_path, hidden, heads):
+    model = varied_model("gpt_neo", hidden=hidden, heads=heads)
     generator = OnnxGenerator(export_generation_graph(model, tmp_path / "generation.onnx"))
+    assert generator.caches["past_key_values.0.key"].shape() == [1, heads, 512, 8]  # 4 dims padded to 8
     assert generator.generate_greedy([0], 450).tokens == torch_greedy(model, [0], 450)
     ids = random_ids(400, 300)
     with torch.no_grad():
@@ -156,6 +158,13 @@ def test_llama_with_heads_of_16_rotates_inside_the_attention_kernel(tmp_path):
     ops = op_types(path)
     assert ops["GroupQueryAttention"] == 2 and "RotaryEmbedding" not in ops
     generator = OnnxGenerator(path)
+    assert generator.generate_greedy([0], 300).tokens == torch_greedy(model, [0], 300)
+
+
+def test_llama_heads_of_4_are_padded_for_the_kernel(tmp_path):
+    model = varied_model("llama", hidden=64, heads=16)  # 4 key/value heads of 4 dims: rotary on 8 padded dims
+    generator = OnnxGenerator(export_generation_graph(model, tmp_path / "generation.onnx"))
+    assert generator.caches["past_key_values.0.key"].shape() == [1, 4, 512, 8]
     assert generator.generate_greedy([0], 300).tokens == torch_greedy(model, [0], 300)
 
 

@@ -84,6 +84,42 @@ def _linear(g: _Graph, name: str, *modules) -> str:
     return g.weight(name, torch.cat([m.weight for m in modules], dim=0).T)
 
 
+def _kernel_head_dim(head_dim: int) -> int:
+    """GroupQueryAttention's CPU kernel takes heads of a multiple of 8 dims: smaller ones get zero dims (the 1M
+    size's heads have 4)."""
+    return -(-head_dim // 8) * 8
+
+
+def _head_index(heads: int, head_dim: int, padded: int) -> list[int]:
+    """Where the dims of `heads` heads go in heads of `padded` dims: each half at the start of a padded half, so
+    that rotary's pairs (j, j + head_dim / 2) stay pairs (j, j + padded / 2)."""
+    half = head_dim // 2
+    return [
+        h * padded + (j if j < half else padded // 2 + j - half)
+        for h in range(heads)
+        for j in range(head_dim)
+    ]
+
+
+def _qkv_weight(projections, heads: tuple[int, ...], head_dim: int) -> torch.Tensor:
+    """The (in, out) weight of the q, k, v projections side by side, heads zero-padded for the kernel."""
+    padded = _kernel_head_dim(head_dim)
+    blocks = []
+    for module, n in zip(projections, heads, strict=True):
+        block = module.weight.new_zeros(n * padded, module.weight.shape[1])
+        block[_head_index(n, head_dim, padded)] = module.weight
+        blocks.append(block)
+    return torch.cat(blocks).T
+
+
+def _out_weight(module, heads: int, head_dim: int) -> torch.Tensor:
+    """The (in, out) weight of the output projection, reading the padded heads (their zero dims add nothing)."""
+    padded = _kernel_head_dim(head_dim)
+    weight = module.weight.new_zeros(heads * padded, module.weight.shape[0])
+    weight[_head_index(heads, head_dim, padded)] = module.weight.T
+    return weight
+
+
 def _skip_norm(g: _Graph, op: str, inputs: list[str], eps: float, keep_sum: bool = True) -> tuple[str, str]:
     """(normalised, residual sum) of `input + skip (+ bias)`: one kernel; the sum only when a later layer reads it."""
     n = g._count + 1
@@ -124,10 +160,11 @@ def _gpt_neo_layers(g: _Graph, model) -> str:
         att = block.attn.attention
         local = att.attention_type == "local"
         window = int(config.window_size) if local else -1
-        qkv = _linear(g, f"qkv.{i}", att.q_proj, att.k_proj, att.v_proj)
         heads = int(config.num_heads)
+        head_dim = config.hidden_size // heads
+        qkv = g.weight(f"qkv.{i}", _qkv_weight((att.q_proj, att.k_proj, att.v_proj), (heads,) * 3, head_dim))
         attn = _attention(g, x, i, qkv, heads, heads, scale=1.0, local_window_size=window)
-        out = g.op("MatMul", [attn, _linear(g, f"out_proj.{i}", att.out_proj)])[0]
+        out = g.op("MatMul", [attn, g.weight(f"out_proj.{i}", _out_weight(att.out_proj, heads, head_dim))])[0]
         norm2 = [g.weight(f"ln_2.{i}.w", block.ln_2.weight), g.weight(f"ln_2.{i}.b", block.ln_2.bias)]
         bias = g.weight(f"out_proj.{i}.b", att.out_proj.bias)
         x, residual = _skip_norm(g, "SkipLayerNormalization", [out, residual, *norm2, bias], eps)
@@ -171,7 +208,7 @@ def _llama_layers(g: _Graph, model, length: int) -> str:
             attn = _attention(g, x, i, qkv, heads, kv_heads, scale=head_dim**-0.5, do_rotary=1)
         else:
             attn = _rotated_attention(g, x, i, att, heads, kv_heads, head_dim)
-        out = g.op("MatMul", [attn, _linear(g, f"o_proj.{i}", att.o_proj)])[0]
+        out = g.op("MatMul", [attn, g.weight(f"o_proj.{i}", _out_weight(att.o_proj, heads, head_dim))])[0]
         norm = g.weight(f"post_norm.{i}", layer.post_attention_layernorm.weight)
         x, residual = _skip_norm(g, "SkipSimplifiedLayerNormalization", [out, residual, norm], eps)
         gate_up = g.op("MatMul", [x, _linear(g, f"gate_up.{i}", mlp.gate_proj, mlp.up_proj)])[0]
@@ -187,14 +224,15 @@ def _llama_layers(g: _Graph, model, length: int) -> str:
 def _rotated_attention(g: _Graph, x: str, layer: int, att, heads: int, kv_heads: int, head_dim: int) -> str:
     """Rotary by `RotaryEmbedding` on q and k, then GroupQueryAttention without it: the kernel's own rotary wants
     heads of a multiple of 16 dims (stories260K's are 8; zero-padding them to 16 measured slower)."""
-    qkv = g.op("MatMul", [x, _linear(g, f"qkv.{layer}", att.q_proj, att.k_proj, att.v_proj)])[0]
-    sizes = g.weight(
-        f"qkv_sizes.{layer}", np.array([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
-    )
+    counts = (heads, kv_heads, kv_heads)
+    weight = _qkv_weight((att.q_proj, att.k_proj, att.v_proj), counts, head_dim)
+    qkv = g.op("MatMul", [x, g.weight(f"qkv.{layer}", weight)])[0]
+    padded = _kernel_head_dim(head_dim)
+    sizes = g.weight(f"qkv_sizes.{layer}", np.array([n * padded for n in counts]))
     q, k, v = g.op("Split", [qkv, sizes], 3, axis=-1)
     tables = ["position_ids", "cos_cache", "sin_cache"]
-    q = g.op("RotaryEmbedding", [q, *tables], num_heads=heads, rotary_embedding_dim=head_dim)[0]
-    k = g.op("RotaryEmbedding", [k, *tables], num_heads=kv_heads, rotary_embedding_dim=head_dim)[0]
+    q = g.op("RotaryEmbedding", [q, *tables], num_heads=heads, rotary_embedding_dim=padded)[0]
+    k = g.op("RotaryEmbedding", [k, *tables], num_heads=kv_heads, rotary_embedding_dim=padded)[0]
     past = [f"{PAST_PREFIX}.{layer}.key", f"{PAST_PREFIX}.{layer}.value"]
     present = [f"{PRESENT_PREFIX}.{layer}.key", f"{PRESENT_PREFIX}.{layer}.value"]
     inputs = [q, k, v, *past, "seqlens_k", "total_sequence_length"]
@@ -210,11 +248,15 @@ def _rotated_attention(g: _Graph, x: str, layer: int, att, heads: int, kv_heads:
 
 @torch.no_grad()
 def _rotary_tables(g: _Graph, model, length: int, head_dim: int) -> None:
-    """cos/sin (length, head_dim / 2) of positions 0.. from the model's own rotary module (its theta, scaling)."""
+    """cos/sin (length, padded head dim / 2) of positions 0.. from the model's own rotary module (its theta, its
+    scaling); a padding column rotates by 0 (it only ever holds zeros)."""
     positions = torch.arange(length)[None]
     cos, sin = model.model.rotary_emb(torch.zeros(1, length, head_dim), positions)
-    g.weight("cos_cache", cos[0, :, : head_dim // 2])
-    g.weight("sin_cache", sin[0, :, : head_dim // 2])
+    half, columns = head_dim // 2, _kernel_head_dim(head_dim) // 2
+    tables = {"cos_cache": torch.ones(length, columns), "sin_cache": torch.zeros(length, columns)}
+    tables["cos_cache"][:, :half], tables["sin_cache"][:, :half] = cos[0, :, :half], sin[0, :, :half]
+    for name, table in tables.items():
+        g.weight(name, table)
 
 
 def build_generation_graph(model) -> tuple[onnx.ModelProto, int]:
@@ -253,7 +295,7 @@ def _cache_shape(config, family: str, length: int) -> list:
     else:
         heads, kv = int(config.num_attention_heads), int(config.num_key_value_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    return ["batch_size", kv, length, head_dim]
+    return ["batch_size", kv, length, _kernel_head_dim(head_dim)]
 
 
 def _inputs(config, family: str, length: int) -> list[onnx.ValueInfoProto]:
