@@ -126,7 +126,7 @@ def test_stories260k_int8_agrees_with_pytorch_on_most_tokens(s260k):
     int8 = open_generator(exported, quantized=True)
     got = stepped_logits(int8, [BOS, *ids], 1).argmax(-1)
     agreement = float((got == expected).mean())
-    assert 0.6 < agreement < 1.0  # int8 changes near-ties, not the story
+    assert agreement > 0.9  # int8 changes near-ties, not the story
     assert op_types(exported / "onnx" / "generation_quantized.onnx")["MatMulInteger"] == 21
     assert len(int8.generate_greedy([BOS], 100).tokens) == 100
 
