@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import json
 import shutil
 from pathlib import Path
 
@@ -127,6 +128,9 @@ def test_stories260k_int8_agrees_with_pytorch_on_most_tokens(s260k):
     got = stepped_logits(int8, [BOS, *ids], 1).argmax(-1)
     agreement = float((got == expected).mean())
     assert agreement > 0.9  # int8 changes near-ties, not the story
+    parity = json.loads((exported / "export_info.json").read_text())["parity"]  # what the export measured
+    assert parity["generation_fp32"]["argmax_agreement_pytorch"] == 1.0
+    assert 0.9 < parity["generation_int8"]["argmax_agreement_pytorch"] < 1.0
     assert op_types(exported / "onnx" / "generation_quantized.onnx")["MatMulInteger"] == 21
     assert len(int8.generate_greedy([BOS], 100).tokens) == 100
 

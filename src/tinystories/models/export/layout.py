@@ -96,7 +96,8 @@ def parity_ids(model, length: int | None = None) -> list[int]:
 
 @torch.no_grad()
 def measure_parity(model, onnx_paths: dict[str, Path], ids: list[int], greedy_tokens: int = 32) -> dict:
-    """Max |logit difference| vs PyTorch on `ids`; greedy tokens from its first 16 that match `generate`'s."""
+    """Max |logit difference| and argmax agreement vs PyTorch on `ids`; greedy tokens from its first 16 that
+    match `generate`'s."""
     model.eval()
     reference = model(torch.tensor([ids])).logits[0].float().numpy()
     prompt = ids[:16]
@@ -112,10 +113,11 @@ def measure_parity(model, onnx_paths: dict[str, Path], ids: list[int], greedy_to
     for name, path in onnx_paths.items():
         if name.startswith("generation"):
             lm = OnnxGenerator(path)
-            diff = np.abs(stepped_logits(lm, ids, len(prompt)) - reference)
+            logits = stepped_logits(lm, ids, len(prompt))
         else:
             lm = OnnxCausalLM(path)
-            diff = np.abs(lm.logits([ids])[0] - reference)
+            logits = lm.logits([ids])[0]
+        diff = np.abs(logits - reference)
         got = lm.generate_greedy(prompt, greedy_tokens).tokens
         result[name] = {
             "max_abs_logit_diff": float(diff.max()),
@@ -123,6 +125,8 @@ def measure_parity(model, onnx_paths: dict[str, Path], ids: list[int], greedy_to
             if window and len(ids) > window
             else None,
             "greedy_prefix_equal_pytorch": _common_prefix(got, expected),
+            # the next token as PyTorch's argmax at every position of `ids` (int8 differs where logits nearly tie)
+            "argmax_agreement_pytorch": float((logits.argmax(-1) == reference.argmax(-1)).mean()),
         }
     return result
 
