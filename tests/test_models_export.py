@@ -89,7 +89,12 @@ def test_make_export_runs_the_cli(repo_root):
 def test_export_writes_the_transformers_js_layout(exported):
     for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (exported / name).is_file(), name
-    assert sorted(p.name for p in (exported / "onnx").iterdir()) == ["model.onnx", "model_quantized.onnx"]
+    assert sorted(p.name for p in (exported / "onnx").iterdir()) == [
+        "generation.onnx",
+        "generation_quantized.onnx",
+        "model.onnx",
+        "model_quantized.onnx",
+    ]
     config = json.loads((exported / "config.json").read_text())
     assert config["model_type"] == "gpt_neo" and config["window_size"] == WINDOW
     assert (config["num_heads"], config["num_layers"], config["hidden_size"]) == (HEADS, LAYERS, 32)
@@ -113,6 +118,10 @@ def test_export_writes_the_transformers_js_layout(exported):
 
     info = json.loads((exported / "export_info.json").read_text())
     assert info["parity"]["tokens"] == 320 and info["parity"]["fp32"]["max_abs_logit_diff"] < 1e-4
+    # the generation graph, stepped through the same 320 tokens
+    generation = info["parity"]["generation_fp32"]
+    assert generation["max_abs_logit_diff_past_window"] < 1e-4
+    assert generation["greedy_prefix_equal_pytorch"] == info["parity"]["greedy_tokens"]
     assert info["files"]["onnx/model_quantized.onnx"] < 0.6 * info["files"]["onnx/model.onnx"]
 
 
@@ -254,12 +263,15 @@ def test_llama_export_layout_and_cache_shape(llama_export):
         8,
     ]  # kv heads x head_dim
     assert (lm.num_heads, lm.head_dim) == (1, 8)
-    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["model.onnx"]  # no --quantize: fp32 only
+    # no --quantize: fp32 only
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["generation.onnx", "model.onnx"]
     info = json.loads((out / "export_info.json").read_text())
     assert info["model_type"] == "llama" and info["window_size"] is None
     parity = info["parity"]["fp32"]
     assert parity["max_abs_logit_diff"] < 1e-4 and parity["max_abs_logit_diff_past_window"] is None
     assert parity["greedy_prefix_equal_pytorch"] == info["parity"]["greedy_tokens"] == 32
+    generation = info["parity"]["generation_fp32"]  # one key/value head for four query heads, heads of 8
+    assert generation["max_abs_logit_diff"] < 1e-4 and generation["greedy_prefix_equal_pytorch"] == 32
 
 
 def test_llama_fp32_logits_and_cached_decoding_match_pytorch(llama_export):

@@ -69,7 +69,7 @@ def test_simplestories_load_by_id_and_score_their_own_end_of_story(hub_cache, tm
     assert scores["num_tokens"] == sum(len(i) + 1 for i in ids)  # [EOS, *story, EOS]: one [EOS] target each
     assert scores["num_bytes"] == sum(len(t.encode()) for t in texts)  # the raw text, not the lowercased one
 
-    prompt_ids, stops = _prompt_ids(model, tokenizer, ["Once upon a time"])
+    prompt_ids, stops = _prompt_ids(model.generation_config, tokenizer, ["Once upon a time"])
     assert prompt_ids == [tokenizer("Once upon a time", add_special_tokens=False)["input_ids"]] and stops == [
         1
     ]

@@ -82,7 +82,7 @@ def generate_story(
     return stories if num_return_sequences > 1 else stories[0]
 
 
-def _prompt_ids(model, tokenizer, prompts: list[str]) -> tuple[list[list[int]], list[int]]:
+def _prompt_ids(generation_config, tokenizer, prompts: list[str]) -> tuple[list[list[int]], list[int]]:
     """Each prompt's ids (after the family's story-start token where it has its own BOS; an empty prompt is that
     token alone) and the ids that end a story."""
     eos_id = tokenizer.eos_token_id
@@ -91,7 +91,7 @@ def _prompt_ids(model, tokenizer, prompts: list[str]) -> tuple[list[list[int]], 
             "the tokenizer has no eos_token: generation could not stop at the end of a story; pass a --tokenizer "
             "with one (the model's own)"
         )
-    start, end = story_boundary_ids(tokenizer, getattr(model, "generation_config", None))
+    start, end = story_boundary_ids(tokenizer, generation_config)
     prefix = [start] if start != eos_id else []
     ids = [
         prefix + (tokenizer(p, add_special_tokens=False)["input_ids"] if p else []) or [start]
@@ -122,7 +122,7 @@ def generate_batch(
     A story stops at its family's end-of-story token (`story_boundary_ids`: BOS for llama2.c) or at EOS.
     """
     eos_id = tokenizer.eos_token_id
-    ids, stops = _prompt_ids(model, tokenizer, prompts)
+    ids, stops = _prompt_ids(getattr(model, "generation_config", None), tokenizer, prompts)
     width, limit = max(len(i) for i in ids), context_limit(model)
     new_tokens = _new_tokens(int(max_new_tokens), width, limit)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
@@ -156,6 +156,41 @@ def generate_batch(
         stories.append(tokenizer.decode(row, skip_special_tokens=True))
     n = num_return_sequences  # generate returns each prompt's sequences next to each other
     return [stories[k * n : (k + 1) * n] for k in range(len(prompts))]
+
+
+def generate_stories_onnx(
+    generator,
+    tokenizer,
+    config,
+    generation_config,
+    prompt: str = "",
+    max_new_tokens: int = 400,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = 0.95,
+    seed: int | None = None,
+    num_stories: int = 1,
+) -> list[str]:
+    """`generate_story` on ONNX Runtime: `generator` is `models.export.session.open_generator`'s, `config` and
+    `generation_config` the exported folder's. The same prompt ids, cap and end-of-story tokens; story `i` is
+    sampled with seed `seed + i` (numpy's generator: the same seed draws other stories than torch's)."""
+    (ids,), stops = _prompt_ids(generation_config, tokenizer, [prompt])
+    new_tokens = _new_tokens(int(max_new_tokens), len(ids), context_limit(config))
+    stories = []
+    for i in range(num_stories):
+        row = generator.generate(
+            ids,
+            new_tokens,
+            eos_token_id=stops,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=None if seed is None else seed + i,
+        ).tokens
+        if row and row[-1] in stops:
+            row = row[:-1]
+        stories.append(tokenizer.decode(row, skip_special_tokens=True))
+    return stories
 
 
 def _new_tokens(max_new_tokens: int, width: int, limit: int) -> int:

@@ -136,7 +136,8 @@ def _export(args: ExportArguments, output_dir: Path) -> int:
         if isinstance(numbers, dict):
             print(
                 f"  {kind} vs PyTorch on {info['parity']['tokens']} tokens: max |logit diff| "
-                f"{numbers['max_abs_logit_diff']:.2e}, greedy tokens equal "
+                f"{numbers['max_abs_logit_diff']:.2e}, next token as PyTorch's "
+                f"{numbers['argmax_agreement_pytorch']:.1%}, greedy tokens equal "
                 f"{numbers['greedy_prefix_equal_pytorch']}/{info['parity']['greedy_tokens']}"
             )
     print(f"wrote {output_dir} ({EXPORT_INFO_FILE}: what was exported and the parity measured)")

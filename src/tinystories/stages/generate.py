@@ -11,11 +11,19 @@ the released models were trained at (512 tokens: their stored `max_position_embe
 misleading) and stops at the end-of-text token. Only the story is printed.
 
 The sampling itself is `tinystories.evaluation.generation.generate_story` (also used for card samples and eval).
+`--runtime onnx --model <folder of tinystories export>` runs the same prompt, cap and stop tokens on ONNX
+Runtime's CPU provider instead (`onnx/generation.onnx`, or with `--quantized` its int8 twin; one thread):
+
+    tinystories export --model outputs/tinystories-8M --output_dir web/8M --quantize int8
+    tinystories generate --runtime onnx --model web/8M --prompt "Once upon a time" --quantized
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoConfig, GenerationConfig
 
 from tinystories.core import TRAINED_CONTEXT, ConfigError
 from tinystories.core.arguments import (
@@ -23,13 +31,15 @@ from tinystories.core.arguments import (
     ModelSource,
     SamplingArguments,
     SeedArguments,
+    check_choice,
     check_min,
 )
 from tinystories.core.config import parse_args
 from tinystories.core.runtime import resolve_device, resolve_dtype
 from tinystories.data.instruct import build_prompt, feature_names
 from tinystories.data.tokenizer import load_tokenizer
-from tinystories.evaluation.generation import generate_story
+from tinystories.evaluation.generation import generate_stories_onnx, generate_story
+from tinystories.models.export.session import GENERATION_FILE, GENERATION_INT8_FILE, open_generator
 from tinystories.models.loading import context_limit, load_model
 
 __all__ = ["TRAINED_CONTEXT", "GenerateArguments", "context_limit", "generate_story", "main"]
@@ -57,9 +67,22 @@ class GenerateArguments(ModelSource, SamplingArguments, InferenceArguments, Seed
     show_prompt: bool = field(
         default=False, metadata={"help": "also print the Instruct prompt before the story (debugging)"}
     )
+    runtime: str = field(
+        default="torch",
+        metadata={
+            "help": "torch, or onnx: ONNX Runtime on the CPU over a `tinystories export` folder given as --model"
+        },
+    )
+    quantized: bool = field(
+        default=False,
+        metadata={"help": "--runtime onnx: the int8 graph (the folder was exported with --quantize int8)"},
+    )
 
     def check(self):
         check_min("num_stories", self.num_stories, 1)
+        check_choice("runtime", self.runtime, RUNTIMES)
+        if self.quantized and self.runtime != "onnx":
+            raise ConfigError("--quantized picks the int8 ONNX graph: pass it with --runtime onnx")
         for flag, example in (("words", "dog ball happy"), ("features", "Dialogue Twist")):
             if getattr(self, flag) is not None and not _split_list(getattr(self, flag)):
                 raise ConfigError(
@@ -75,6 +98,9 @@ class GenerateArguments(ModelSource, SamplingArguments, InferenceArguments, Seed
             )
         if self.features:  # the spelling the models were trained on
             self.features = [known[f.lower()] for f in _split_list(self.features)]
+
+
+RUNTIMES = ("torch", "onnx")
 
 
 def _split_list(values: list[str] | None) -> list[str]:
@@ -101,8 +127,21 @@ DEFAULTS = {"model": "roneneldan/TinyStories-Instruct-33M", "max_new_tokens": 40
 def main(argv: list[str] | None = None) -> int:
     (args,) = parse_args(ARGUMENTS, argv, DEFAULTS)
     prompt, _ = build_generation_prompt(args)
-    device, dtype = resolve_device(args.device), resolve_dtype(args.precision)
+    stories = _generate_onnx(args, prompt) if args.runtime == "onnx" else _generate_torch(args, prompt)
 
+    if args.show_prompt and prompt:
+        print(prompt, end="" if prompt.endswith("\n") else "\n")
+    for i, story in enumerate(stories):
+        if i:
+            print("\n" + "-" * 40 + "\n")
+        print(
+            ((args.prompt or "") + story).strip()
+        )  # a plain beginning is part of the story; instructions are not
+    return 0
+
+
+def _generate_torch(args: GenerateArguments, prompt: str) -> list[str]:
+    device, dtype = resolve_device(args.device), resolve_dtype(args.precision)
     model = load_model(args.model, revision=args.revision, dtype=dtype).to(device)  # a bad --model first
     tokenizer = load_tokenizer(
         args.tokenizer or args.model, revision=None if args.tokenizer else args.revision
@@ -121,16 +160,34 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    return [stories] if isinstance(stories, str) else stories
 
-    if args.show_prompt and prompt:
-        print(prompt, end="" if prompt.endswith("\n") else "\n")
-    for i, story in enumerate([stories] if isinstance(stories, str) else stories):
-        if i:
-            print("\n" + "-" * 40 + "\n")
-        print(
-            ((args.prompt or "") + story).strip()
-        )  # a plain beginning is part of the story; instructions are not
-    return 0
+
+def _generate_onnx(args: GenerateArguments, prompt: str) -> list[str]:
+    """The exported folder's generation graph, tokenizer, config and generation config."""
+    folder = Path(args.model).expanduser()
+    file = GENERATION_INT8_FILE if args.quantized else GENERATION_FILE
+    if not (folder / file).is_file():
+        flags = " --quantize int8" if args.quantized else ""
+        raise ConfigError(
+            f"--runtime onnx reads a folder written by `tinystories export{flags}`, and {args.model} "
+            f"has no {file}: run `tinystories export --model {args.model} --output_dir <dir>{flags}`, "
+            "then pass --model <dir>"
+        )
+    tokenizer = load_tokenizer(args.tokenizer or str(folder))
+    return generate_stories_onnx(
+        open_generator(folder, quantized=args.quantized, threads=1),
+        tokenizer,
+        AutoConfig.from_pretrained(folder),
+        GenerationConfig.from_pretrained(folder),
+        prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        num_stories=args.num_stories,
+    )
 
 
 if __name__ == "__main__":

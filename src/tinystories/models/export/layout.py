@@ -6,6 +6,8 @@
       tokenizer.json, tokenizer_config.json, ...
       onnx/model.onnx          fp32 decoder with past key values (weights inside, no .onnx.data)
       onnx/model_quantized.onnx   with --quantize int8 (transformers.js dtype "q8")
+      onnx/generation.onnx     fp32 batch-1 generation graph for ONNX Runtime's CPU kernels (`decoder_graph`)
+      onnx/generation_quantized.onnx   with --quantize int8 (int8 MatMul weights)
       export_info.json         what was exported, file sizes, and the parity measured right after export
 
 transformers.js v4 (`@huggingface/transformers`) `AutoModelForCausalLM.from_pretrained(dir, {dtype})` reads
@@ -29,9 +31,15 @@ import torch
 import transformers
 from transformers import GenerationConfig
 
+from tinystories.models.export.decoder_graph import GENERATION_FAMILIES, export_generation_graph
 from tinystories.models.export.graph import DEFAULT_OPSET, export_decoder
-from tinystories.models.export.quantize import quantize_int8
-from tinystories.models.export.session import OnnxCausalLM
+from tinystories.models.export.quantize import quantize_generation_int8, quantize_int8
+from tinystories.models.export.session import (
+    GENERATION_FILE,
+    GENERATION_INT8_FILE,
+    OnnxCausalLM,
+    OnnxGenerator,
+)
 from tinystories.models.loading import context_limit
 
 logger = logging.getLogger(__name__)
@@ -88,7 +96,8 @@ def parity_ids(model, length: int | None = None) -> list[int]:
 
 @torch.no_grad()
 def measure_parity(model, onnx_paths: dict[str, Path], ids: list[int], greedy_tokens: int = 32) -> dict:
-    """Max |logit difference| vs PyTorch on `ids`; greedy tokens from its first 16 that match `generate`'s."""
+    """Max |logit difference| and argmax agreement vs PyTorch on `ids`; greedy tokens from its first 16 that
+    match `generate`'s."""
     model.eval()
     reference = model(torch.tensor([ids])).logits[0].float().numpy()
     prompt = ids[:16]
@@ -102,8 +111,13 @@ def measure_parity(model, onnx_paths: dict[str, Path], ids: list[int], greedy_to
     result: dict[str, Any] = {"tokens": len(ids), "greedy_tokens": greedy_tokens}
     window = getattr(model.config, "window_size", None)  # GPT-Neo's local layers; Llama has none
     for name, path in onnx_paths.items():
-        lm = OnnxCausalLM(path)
-        diff = np.abs(lm.logits([ids])[0] - reference)
+        if name.startswith("generation"):
+            lm = OnnxGenerator(path)
+            logits = stepped_logits(lm, ids, len(prompt))
+        else:
+            lm = OnnxCausalLM(path)
+            logits = lm.logits([ids])[0]
+        diff = np.abs(logits - reference)
         got = lm.generate_greedy(prompt, greedy_tokens).tokens
         result[name] = {
             "max_abs_logit_diff": float(diff.max()),
@@ -111,8 +125,18 @@ def measure_parity(model, onnx_paths: dict[str, Path], ids: list[int], greedy_to
             if window and len(ids) > window
             else None,
             "greedy_prefix_equal_pytorch": _common_prefix(got, expected),
+            # the next token as PyTorch's argmax at every position of `ids` (int8 differs where logits nearly tie)
+            "argmax_agreement_pytorch": float((logits.argmax(-1) == reference.argmax(-1)).mean()),
         }
     return result
+
+
+def stepped_logits(generator: OnnxGenerator, ids: list[int], prompt_length: int) -> np.ndarray:
+    """(len(ids), vocab) logits of the generation graph: the first `prompt_length` ids as one prompt (their
+    logits one by one, a prompt each, since the graph returns the last position's), then one step per id."""
+    rows = [generator.prefill(ids[: n + 1])[0].copy() for n in range(prompt_length)]
+    rows += [generator.step(token)[0].copy() for token in ids[prompt_length:]]
+    return np.stack(rows)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -144,11 +168,14 @@ def export_model(
     output_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device="cpu", dtype=torch.float32).eval()
     paths = {"fp32": export_decoder(model, output_dir / FP32_FILE, opset)}
-    stale = output_dir / INT8_FILE
-    if quantize == "int8":
-        paths["int8"] = quantize_int8(paths["fp32"], stale)
-    elif stale.exists():
-        stale.unlink()  # a q8 file from an earlier export would no longer match model.onnx
+    if model.config.model_type in GENERATION_FAMILIES:
+        paths["generation_fp32"] = export_generation_graph(model, output_dir / GENERATION_FILE)
+    for name, file in (("int8", INT8_FILE), ("generation_int8", GENERATION_INT8_FILE)):
+        fp32, stale = paths.get(name.replace("int8", "fp32")), output_dir / file
+        if quantize == "int8" and fp32 is not None:
+            paths[name] = (quantize_int8 if name == "int8" else quantize_generation_int8)(fp32, stale)
+        elif stale.exists():
+            stale.unlink()  # an int8 file from an earlier export would no longer match its fp32 graph
     write_config(model, output_dir, quantized="int8" in paths)
     write_generation_config(model, tokenizer, output_dir)
     tokenizer.save_pretrained(output_dir)
@@ -159,6 +186,9 @@ def export_model(
         "window_size": getattr(model.config, "window_size", None),
         "opset": opset,
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+        "generation_graph": "onnx.helper + ONNX Runtime com.microsoft ops (GroupQueryAttention), batch 1"
+        if "generation_fp32" in paths
+        else None,
         "quantization": "onnxruntime.quantization.quantize_dynamic, int8 weights"
         if "int8" in paths
         else None,
@@ -167,7 +197,7 @@ def export_model(
     }
     if verify:
         info["parity"] = measure_parity(model, paths, parity_ids(model))
-        fp32 = info["parity"]["fp32"]["max_abs_logit_diff"]
+        fp32 = max(info["parity"][k]["max_abs_logit_diff"] for k in paths if k.endswith("fp32"))
         if fp32 > FP32_TOLERANCE:
             raise RuntimeError(
                 f"the exported graph's logits differ from PyTorch's by {fp32:.2e} (> {FP32_TOLERANCE}): "
