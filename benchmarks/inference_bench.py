@@ -8,9 +8,11 @@ new tokens, greedy, EOS ignored so every path makes all of them:
   as `load_model` gives it to every stage, `model.generate`;
 * **torch fast loop**: the same model in a plain loop (forward with a `DynamicCache`, argmax), the loop the ONNX
   paths run: the gap to `torch fast` is `generate`'s own per-token work (logits processors, stopping criteria);
-* **onnx fp32** / **onnx int8**: `tinystories export` of the same model (`onnx/model.onnx`,
-  `onnx/model_quantized.onnx`) through ONNX Runtime's CPU provider and the project's generation loop
-  (`tinystories.models.export.session.OnnxCausalLM`, the transformers.js feeding).
+* **onnx web fp32**: `tinystories export`'s transformers.js graph (`onnx/model.onnx`, a cache that grows by a
+  concatenation each step) through ONNX Runtime's CPU provider, fed as transformers.js feeds it (`OnnxCausalLM`);
+* **onnx fp32** / **onnx int8**: the export's generation graph (`onnx/generation.onnx`,
+  `onnx/generation_quantized.onnx`: contrib-op kernels, a preallocated cache bound in place) through
+  `open_generator`, what `tinystories generate --runtime onnx` runs.
 
 Tokens/s counts the new tokens over the whole call (prompt included); first-token latency is prompt forward +
 the first token (`generate` is timed with a streamer); tokens per CPU-second divide by the process's CPU time
@@ -43,13 +45,18 @@ from benchmarks.inference_peers import LLAMA_CPP_NOTE, RUNC, check_peer_flags, r
 from tinystories.core import ConfigError
 from tinystories.data.llama2c_tokenizer import SPECIALS, load_llama2c_tokenizer
 from tinystories.models.attention import use_fast_attention, use_fast_gelu
-from tinystories.models.export.layout import FP32_FILE, INT8_FILE, export_model
-from tinystories.models.export.session import OnnxCausalLM
+from tinystories.models.export.layout import FP32_FILE, export_model
+from tinystories.models.export.session import (
+    GENERATION_FILE,
+    GENERATION_INT8_FILE,
+    OnnxCausalLM,
+    open_generator,
+)
 from tinystories.models.llama2c import read_checkpoint, to_transformers
 from tinystories.models.loading import context_limit, install_attention, load_model
 from tinystories.models.sizes import ARCHITECTURES, SIZES, build_config
 
-PATHS = ("torch eager", "torch fast", "torch fast loop", "onnx fp32", "onnx int8")
+PATHS = ("torch eager", "torch fast", "torch fast loop", "onnx web fp32", "onnx fp32", "onnx int8")
 PROMPT = (
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
     "friends. One day, she saw a big red ball under a tree."
@@ -134,7 +141,7 @@ def _torch_loop(model, prompt_ids: list[int], new_tokens: int) -> tuple[list[int
     return tokens, first, time.perf_counter() - started
 
 
-def _onnx_run(lm: OnnxCausalLM, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], float, float]:
+def _onnx_run(lm, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], float, float]:
     result = lm.generate_greedy(prompt_ids, new_tokens)
     return result.tokens, result.first_token_seconds, result.seconds
 
@@ -197,9 +204,12 @@ def _set_attention(model, fast: bool) -> None:
         use_fast_gelu(model, enable=False)
 
 
-def _onnx_generator(folder: Path, quantized: bool, threads: int):
-    """The ONNX Runtime generation loop over an exported folder: `.generate_greedy(prompt_ids, new_tokens)`."""
-    return OnnxCausalLM(folder / (INT8_FILE if quantized else FP32_FILE), threads=threads)
+def _onnx_generator(folder: Path, graph: str, threads: int):
+    """An ONNX Runtime loop over an exported folder (`.generate_greedy(prompt_ids, new_tokens)`): `web` the
+    transformers.js graph, `fp32` / `int8` the generation graph and its int8 twin."""
+    if graph == "web":
+        return OnnxCausalLM(folder / FP32_FILE, threads=threads)
+    return open_generator(folder, quantized=graph == "int8", threads=threads)
 
 
 def _compare(runs: dict, sizes: dict) -> None:
@@ -242,13 +252,14 @@ def bench_model(label: str, model, tokenizer, args, workdir: Path, source=None) 
     _set_attention(model, fast=True)
     runs["torch fast"] = _measure(lambda p, n: _torch_run(model, p, n), prompt_ids, new, repeats)
     runs["torch fast loop"] = _measure(lambda p, n: _torch_loop(model, p, n), prompt_ids, new, repeats)
-    for name, quantized in (("onnx fp32", False), ("onnx int8", True)):
-        lm = _onnx_generator(workdir / "onnx-export", quantized, threads)
+    for name, graph in (("onnx web fp32", "web"), ("onnx fp32", "fp32"), ("onnx int8", "int8")):
+        lm = _onnx_generator(workdir / "onnx-export", graph, threads)
         runs[name] = _measure(lambda p, n, lm=lm: _onnx_run(lm, p, n), prompt_ids, new, repeats)
     sizes = {
         "torch eager": (workdir / "torch" / "model.safetensors").stat().st_size,
-        "onnx fp32": (workdir / "onnx-export" / FP32_FILE).stat().st_size,
-        "onnx int8": (workdir / "onnx-export" / INT8_FILE).stat().st_size,
+        "onnx web fp32": (workdir / "onnx-export" / FP32_FILE).stat().st_size,
+        "onnx fp32": (workdir / "onnx-export" / GENERATION_FILE).stat().st_size,
+        "onnx int8": (workdir / "onnx-export" / GENERATION_INT8_FILE).stat().st_size,
     }
     sizes["torch fast"] = sizes["torch fast loop"] = sizes["torch eager"]
     if runs_runc:

@@ -66,7 +66,7 @@ def test_inference_suite_json_and_tokens(tmp_path, trained_dir, gpt_neo_tokenize
         assert set(run) == RUN_KEYS, name
         assert run["new_tokens"] == 8 and run["tokens_per_second"] > 0 and run["first_token_ms"] > 0
     eager = runs["torch eager"]["tokens"]
-    for name in ("torch fast", "torch fast loop", "onnx fp32", "onnx int8"):
+    for name in ("torch fast", "torch fast loop", "onnx web fp32", "onnx fp32", "onnx int8"):
         assert runs[name]["tokens"] == eager and runs[name]["same_tokens"] is True, name
     assert runs["torch eager"]["speedup"] == 1.0
     assert runs["onnx int8"]["size_mb"] < runs["onnx fp32"]["size_mb"]
@@ -122,7 +122,7 @@ def test_llama2c_checkpoint_rows(tmp_path, gpt_neo_tokenizer_dir):
     runs = result["runs"]
     assert list(runs) == list(PATHS) and result["prompt_tokens"] == 55 and result["new_tokens"] == 12
     assert result["parameters"] == 260_032  # tied: the embedding counts once
-    for name in ("torch fast", "torch fast loop", "onnx fp32"):
+    for name in ("torch fast", "torch fast loop", "onnx web fp32", "onnx fp32"):
         assert runs[name]["tokens"] == runs["torch eager"]["tokens"] and runs[name]["same_tokens"], name
     assert runs["torch eager"]["size_mb"] == 1.04  # the model's safetensors: 260,544 float32 + header
     assert "no --llama2c_run" in result["not_run"]["run.c"] and "llama.cpp" in result["not_run"]
