@@ -41,7 +41,15 @@ from huggingface_hub import try_to_load_from_cache
 from transformers import AutoTokenizer, DynamicCache, GenerationConfig, GPTNeoForCausalLM, LlamaForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
-from benchmarks.inference_peers import LLAMA_CPP_NOTE, RUNC, check_peer_flags, runc_files, runc_row
+from benchmarks.inference_peers import (
+    LLAMA_CPP,
+    RUNC,
+    check_peer_flags,
+    llama_cpp_engine,
+    llama_cpp_missing,
+    runc_files,
+    runc_row,
+)
 from tinystories.core import ConfigError
 from tinystories.data.llama2c_tokenizer import SPECIALS, load_llama2c_tokenizer
 from tinystories.models.attention import use_fast_attention, use_fast_gelu
@@ -262,6 +270,15 @@ def bench_model(label: str, model, tokenizer, args, workdir: Path, source=None) 
         "onnx int8": (workdir / "onnx-export" / GENERATION_INT8_FILE).stat().st_size,
     }
     sizes["torch fast"] = sizes["torch fast loop"] = sizes["torch eager"]
+    if LLAMA_CPP not in not_run:
+        try:
+            tokenizer.save_pretrained(workdir / "torch")  # llama.cpp's converter reads the folder
+            gguf = workdir / "model-f32.gguf"
+            run = llama_cpp_engine(workdir / "torch", gguf, threads, context_limit(model))
+            runs[LLAMA_CPP] = _measure(run, prompt_ids, new, repeats)
+            sizes[LLAMA_CPP] = gguf.stat().st_size
+        except ConfigError as err:  # e.g. a tokenizer the converter does not know
+            not_run[LLAMA_CPP] = f"not run: {err}"
     if runs_runc:
         expected = runs["torch eager"]["tokens"]
         runs[RUNC] = runc_row(args.llama2c_run, files, (text, prompt_ids), expected, repeats, threads)
@@ -281,7 +298,9 @@ def bench_model(label: str, model, tokenizer, args, workdir: Path, source=None) 
 
 def _not_run(model, args) -> dict:
     """The peers left out of this model's rows, and why."""
-    out = {"llama.cpp": LLAMA_CPP_NOTE}
+    out = {}
+    if missing := llama_cpp_missing(model):
+        out[LLAMA_CPP] = missing
     if not args.llama2c_run:
         out[RUNC] = "not run: no --llama2c_run (a built llama2.c run.c binary) given"
     elif model.config.model_type != "llama":

@@ -20,6 +20,7 @@ parent's getrusage would count the benchmark's own memory: a child's maxrss star
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import select
@@ -30,13 +31,12 @@ from pathlib import Path
 
 from tinystories.core import ConfigError
 from tinystories.data.llama2c_tokenizer import read_tokenizer_bin, runc_pieces, runc_text, write_tokenizer_bin
+from tinystories.models.export.gguf import check_convertible, convert_to_gguf, find_converter
 from tinystories.models.llama2c import BIN_FIX, HEADER_BYTES, read_header, save_llama2c
 
 RUNC = "run.c"
 RUNC_RATE = re.compile(rb"achieved tok/s: ([0-9.]+)")
-LLAMA_CPP_NOTE = (
-    "not run: the suite has no llama.cpp row (a GGUF for llama.cpp: `tinystories export --format gguf`)"
-)
+LLAMA_CPP = "llama.cpp"
 
 
 def check_peer_flags(args) -> None:
@@ -175,3 +175,39 @@ def runc_row(
         "size_bytes": model_bin.stat().st_size,
         "command": " ".join([*command(new), "-i", repr(text)]),
     }
+
+
+def llama_cpp_missing(model) -> str | None:
+    """Why llama.cpp cannot run this model here (None: it can): it has no GPT-Neo, and needs `make gguf-tools`."""
+    try:
+        check_convertible(model.config)
+        find_converter()
+    except ConfigError as err:
+        return f"not run: {err}"
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "not run: llama-cpp-python is not installed (`make gguf-tools` builds it)"
+    return None
+
+
+def llama_cpp_engine(model_dir: Path, gguf_path: Path, threads: int, n_ctx: int):
+    """llama.cpp on the model of `model_dir` (a saved transformers folder, converted to an f32 GGUF by llama.cpp's
+    own converter), through llama-cpp-python: a `run(prompt_ids, new_tokens) -> (tokens, first s, total s)` the
+    suite times like every row, greedy (top-k 1, no repetition penalty), EOS not stopping it."""
+    from llama_cpp import Llama  # optional backend: the `gguf` extra (`make gguf-tools`)
+
+    convert_to_gguf(model_dir, gguf_path, "f32")
+    llm = Llama(
+        model_path=str(gguf_path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
+
+    def run(prompt_ids: list[int], new_tokens: int) -> tuple[list[int], float, float]:
+        started, first, tokens = time.perf_counter(), 0.0, []
+        for token in llm.generate(prompt_ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            tokens.append(int(token))
+            if len(tokens) == 1:
+                first = time.perf_counter() - started
+            if len(tokens) == new_tokens:
+                break
+        return tokens, first, time.perf_counter() - started
+
+    return run
