@@ -208,7 +208,7 @@ def test_llama_architecture_trains_saves_reloads_and_generates(tmp_path, sample_
     assert count_non_embedding_params(model) == n_non_emb
     info = json.loads((out / "card_info.json").read_text())
     assert info["num_non_embedding_parameters"] == n_non_emb and info["config"]["model_type"] == "llama"
-    assert info["hyperparameters"]["optimizer"] == "adamw_torch"
+    assert info["hyperparameters"]["optimizer"] == "adamw_torch_fused"
     card = (out / "README.md").read_text()
     assert "Llama-architecture" in card and "GPT-Neo" not in card and "- llama" in card
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 from safetensors.torch import load_file
+from transformers import Trainer
 from trl import SFTTrainer
 
 from tinystories.stages.sft import SFTScriptArguments
 from tinystories.training.finetune.arguments import FinetuneModelConfig, TinyStoriesSFTConfig
 from tinystories.training.finetune.data import prepare_data
-from tinystories.training.finetune.trainer import build_trainer, load_base
+from tinystories.training.finetune.trainer import build_trainer, load_base, without_right_padding_mask
 
 
 def _trainer(tiny_model_dir, instruct_txt, tmp_path, fused: bool, **overrides):
@@ -25,8 +26,7 @@ def _trainer(tiny_model_dir, instruct_txt, tmp_path, fused: bool, **overrides):
         report_to="none",
         save_strategy="no",
         use_cpu=True,
-        max_length=128,
-        **overrides,
+        **{"max_length": 128, **overrides},
     )
     data, _ = prepare_data(args)
     model, tokenizer = load_base(args, FinetuneModelConfig())
@@ -50,6 +50,32 @@ def test_fused_loss_equals_trl_loss_on_the_same_batch(tiny_model_dir, instruct_t
         fused.model.named_parameters(), stock.model.named_parameters(), strict=True
     ):
         torch.testing.assert_close(pf.grad, ps.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_right_padded_batch_trains_without_its_mask_to_the_same_loss(tiny_model_dir, instruct_txt, tmp_path):
+    """The fused path drops the mask of a right-padded batch: the loss and every gradient are those of the
+    masked forward (1e-6); a mask that pads on the left, or padding with a label, is kept. Rows up to 512
+    tokens: the longest cross the 256-token window of the local layers."""
+    trainer = _trainer(tiny_model_dir, instruct_txt, tmp_path, fused=True, max_length=512)
+    batch = next(iter(trainer.get_train_dataloader()))
+    mask = batch["attention_mask"]
+    assert mask.shape[1] > 256 and len(set(mask.sum(1).tolist())) == 4  # four rows, four lengths
+    assert "attention_mask" not in without_right_padding_mask(batch)
+    trainer.model.train()
+    grads = []
+    for compute in (trainer.compute_loss, lambda model, inputs: Trainer.compute_loss(trainer, model, inputs)):
+        loss = compute(trainer.model, {**batch, "use_cache": False})
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters()}))
+        trainer.model.zero_grad()
+    (dropped, g_dropped), (masked, g_masked) = grads
+    assert abs(dropped.item() - masked.item()) <= 1e-6 and dropped.item() > 1.0
+    for name, grad in g_masked.items():
+        torch.testing.assert_close(g_dropped[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    left = {**batch, "attention_mask": mask.flip(1)}  # the same rows padded on the left
+    assert without_right_padding_mask(left) is left
+    labelled_pad = {**batch, "labels": torch.where(mask == 0, batch["input_ids"], batch["labels"])}
+    assert without_right_padding_mask(labelled_pad) is labelled_pad
 
 
 def test_lora_fast_path_trains_the_same_adapter(tiny_model_dir, instruct_txt, tmp_path):

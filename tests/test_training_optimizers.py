@@ -9,10 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
 
 from tinystories.core import ConfigError
 from tinystories.models.sizes import build_config
+from tinystories.training.finetune.arguments import TinyStoriesSFTConfig
 from tinystories.training.optimizers import (
     DEFAULT_MUON_LR,
     MuonWithAdamW,
@@ -242,7 +243,7 @@ def test_gradient_accumulation_through_the_trainer(tmp_path):
     accumulated, lrs = _trainer_run(tmp_path, per_device=2, accumulation=2)
     whole, _ = _trainer_run(tmp_path, per_device=4, accumulation=1)
     inner = getattr(accumulated.optimizer, "optimizer", accumulated.optimizer)  # Accelerate's wrapper
-    assert isinstance(inner, MuonWithAdamW) and accumulated.args.optim == "adamw_torch"
+    assert isinstance(inner, MuonWithAdamW) and accumulated.args.optim == "adamw_torch_fused"
     assert accumulated.state.global_step == 4
     losses = [h["loss"] for h in accumulated.state.log_history if "loss" in h]
     ref_losses = [h["loss"] for h in whole.state.log_history if "loss" in h]
@@ -270,12 +271,14 @@ def test_gradient_accumulation_through_the_trainer(tmp_path):
 
 def test_pretrain_config_muon_flags():
     args = PretrainConfig(output_dir="unused", optim="muon", use_cpu=True, report_to="none")
-    assert args.muon is True and args.optim == "adamw_torch" and args.muon_learning_rate == DEFAULT_MUON_LR
+    assert (
+        args.muon is True and args.optim == "adamw_torch_fused" and args.muon_learning_rate == DEFAULT_MUON_LR
+    )
     plain = PretrainConfig(output_dir="unused", use_cpu=True, report_to="none")
     no_trainer = SimpleNamespace(state=SimpleNamespace(max_steps=1, num_input_tokens_seen=0))
-    assert plain.muon is False and plain.optim == "adamw_torch"
+    assert plain.muon is False and plain.optim == "adamw_torch_fused"
     record = hyperparameters(plain, no_trainer)
-    assert record["optimizer"] == "adamw_torch" and "muon_learning_rate" not in record
+    assert record["optimizer"] == "adamw_torch_fused" and "muon_learning_rate" not in record
     assert hyperparameters(args, no_trainer)["optimizer"] == "muon"
 
 
@@ -289,3 +292,27 @@ def test_check_muon_refuses_deepspeed_and_bad_settings():
         check_muon(SimpleNamespace(**{**vars(ok), "muon_adjust_lr": "sqrt"}))
     with pytest.raises(ConfigError, match="--muon_learning_rate 0.0: give a positive"):
         check_muon(SimpleNamespace(**{**vars(ok), "muon_learning_rate": 0.0}))
+
+
+def test_adamw_is_the_fused_kernel_by_default():
+    """Every training config defaults to transformers' own `adamw_torch_fused`, and Muon's AdamW half is the
+    fused kernel on a CPU: the same update as the per-parameter loop, to float rounding, over three steps."""
+    stock = TrainingArguments(output_dir="unused", use_cpu=True, report_to="none").optim
+    for config in (PretrainConfig, TinyStoriesSFTConfig):
+        assert (
+            config(output_dir="unused", use_cpu=True, report_to="none").optim == stock == "adamw_torch_fused"
+        )
+    fused, looped = tiny_model("gpt_neo", seed=4), tiny_model("gpt_neo", seed=4)
+    opt = build_muon_optimizer(fused, SimpleNamespace(**ARGS), decay_names(fused))
+    assert opt.adamw.defaults["fused"] is True
+    ref = build_muon_optimizer(looped, SimpleNamespace(**ARGS), decay_names(looped))
+    ref.adamw = torch.optim.AdamW(ref.adamw.param_groups, foreach=False, fused=False)
+    ref._link()
+    for seed in range(3):
+        ids = batch(seed)
+        assert step(fused, opt, ids) == pytest.approx(step(looped, ref, ids), abs=1e-5)
+    hidden = muon_parameter_names(fused)
+    for (name, a), b in zip(fused.named_parameters(), looped.parameters(), strict=True):
+        if name not in hidden:
+            assert (a - b).abs().max().item() < 1e-5, name
+            assert not torch.equal(a, tiny_model("gpt_neo", seed=4).get_parameter(name)), name  # it moved

@@ -15,7 +15,7 @@ from tinystories.core.runtime import resolve_precision
 from tinystories.data.packing import num_utf8_bytes
 from tinystories.data.tokenizer import load_tokenizer
 from tinystories.models.loading import load_model
-from tinystories.models.losses import use_fused_cross_entropy
+from tinystories.models.losses import IGNORE_INDEX, use_fused_cross_entropy
 from tinystories.training.finetune.arguments import (
     FinetuneArguments,
     FinetuneModelConfig,
@@ -78,6 +78,7 @@ class TinyStoriesSFTTrainer(BitsPerByteTrainer, SFTTrainer):
     by `load_base`), the training loss is the model's: TRL's labels (prompt tokens -100, story and EOS trained)
     go through the chunked LM-head + cross-entropy inside the forward, the plain `Trainer.compute_loss` way.
     TRL's own loss path (log-probs, entropy and top-1 metrics over the vocabulary) is used otherwise.
+    A right-padded training batch goes in without its attention mask (`without_right_padding_mask`).
     """
 
     def __init__(self, *args, fused_loss: bool = True, **kwargs):
@@ -87,9 +88,28 @@ class TinyStoriesSFTTrainer(BitsPerByteTrainer, SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not (self.fused_loss and model.training):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = without_right_padding_mask(inputs)
         return Trainer.compute_loss(
             self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch
         )
+
+
+def without_right_padding_mask(inputs: dict) -> dict:
+    """`inputs` without `attention_mask` when the mask only pads rows on the right and no padding has a label.
+
+    Under causal attention a token never sees the positions after it, so the padding at the end of a row
+    changes nothing for the real tokens (their positions count from 0 either way), and the loss, which has no
+    label on padding, is the same. Without a mask the model takes the unmasked causal kernels (`is_causal`
+    SDPA: no (B, 1, T, T) mask to build, and the flash path); with a mask that pads on the left or inside a
+    row, or with position ids (packed rows), the inputs are returned as they are.
+    """
+    mask, labels = inputs.get("attention_mask"), inputs.get("labels")
+    if mask is None or labels is None or mask.dim() != 2 or "position_ids" in inputs:
+        return inputs
+    pads_right_only = not bool((mask[:, 1:] > mask[:, :-1]).any())
+    if not pads_right_only or bool((labels[mask == 0] != IGNORE_INDEX).any()):
+        return inputs
+    return {k: v for k, v in inputs.items() if k != "attention_mask"}
 
 
 def eval_text_stats(dataset, tokenizer) -> tuple[int, int] | None:
