@@ -391,7 +391,8 @@ def format_inference_table(result: dict) -> str:
         if runc:
             notes.append(
                 f"{label} run.c: {res['prompt_tokens']} prompt + {res['new_tokens']} new tokens; its own loop "
-                f"{runc['loop_tokens_per_second']} tok/s; peak RSS {runc['peak_rss_mb']} MB"
+                f"{runc['loop_tokens_per_second']} positions/s = {runc['loop_new_tokens_per_second']} new tok/s "
+                f"without start and loading; peak RSS {runc['peak_rss_mb']} MB"
             )
     lines += notes
     lines.append(

@@ -13,7 +13,8 @@ tokens (`runc_text`).
 
 Each run is one fresh process: `tokens_per_second` is new tokens over the process's whole wall clock (start,
 loading the checkpoint, the prompt, the loop); `loop_tokens_per_second` is run.c's own "achieved tok/s" (positions
-after the first over the time since, prompt positions included); `first_token_ms` is from the start of the
+after the first over the time since, prompt positions included) and `loop_new_tokens_per_second` the new tokens
+over that loop's time, the unit of the other rows without process start and loading; `first_token_ms` is from the start of the
 process to the first printed new token; `peak_rss_mb` is the process's VmHWM read from /proc while it runs (the
 parent's getrusage would count the benchmark's own memory: a child's maxrss starts from its parent's at fork).
 """
@@ -161,6 +162,7 @@ def runc_row(
         (i for i in range(new, 0, -1) if got.startswith(runc_text(pieces, prompt_ids + expected[:i]))), 0
     )
     peaks = [r["peak_rss_kb"] for r in runs if r["peak_rss_kb"]]
+    steps = len(prompt_ids) + new - 1  # run.c's -n: the positions it runs, BOS first
     return {
         "tokens": expected if got == want else None,
         "new_tokens": new,
@@ -171,6 +173,10 @@ def runc_row(
         "same_tokens": got == want,
         "tokens_before_first_difference": agree,
         "loop_tokens_per_second": round(statistics.median(rates), 1) if rates else None,
+        # the same loop in the other rows' unit: new tokens over the loop's time, (positions - 1) / its rate
+        "loop_new_tokens_per_second": round(new * statistics.median(rates) / (steps - 1), 1)
+        if rates
+        else None,
         "peak_rss_mb": round(max(peaks) / 1024, 2) if peaks else None,
         "size_bytes": model_bin.stat().st_size,
         "command": " ".join([*command(new), "-i", repr(text)]),

@@ -42,7 +42,7 @@ from playwright.sync_api import sync_playwright
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPTNeoForCausalLM
 
 from benchmarks.inference_bench import PROMPT, parse_shapes
-from demo.web.build import HERE, WEIGHTS, Handler, build
+from demo.web.build import HERE, WEIGHTS, Handler, build, ensure_node_modules
 from tinystories.core import ConfigError
 from tinystories.models.export.layout import export_model
 from tinystories.models.export.session import OnnxCausalLM
@@ -341,6 +341,7 @@ def headline(table: dict) -> dict:
 
 def run_benchmark(args) -> dict:
     chromium = find_chromium(args.chromium)
+    ensure_node_modules()  # transformers.js and ONNX Runtime Web, pinned by package-lock.json: `npm ci` once
     result: dict = {
         "study": "browser_inference",
         "title": "Inference speed in the browser",
@@ -395,8 +396,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    result = run_benchmark(args)
+    try:
+        args = parse_args(argv)
+        result = run_benchmark(args)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     for row in result["tables"][0]["rows"]:
