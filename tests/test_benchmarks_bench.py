@@ -110,6 +110,7 @@ def test_bench_errors_name_the_fix(tmp_path):
         main(["--suite", "train", "--sizes", "5M", "--data", str(tmp_path)])
 
 
+@pytest.mark.slow  # the benchmark harness end to end (an export or a training per path): make test-slow
 def test_bench_finetune_suite_json(tmp_path, sample_txt, gpt_neo_tokenizer_dir, capsys):
     """TRL's stock path, the project's SFT / LoRA and pretraining on the same examples: counted, ratios in the JSON."""
     out = tmp_path / "bench"

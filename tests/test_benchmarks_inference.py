@@ -48,6 +48,7 @@ def trained_dir(pretrained_tiny):
     return pretrained_tiny(60)
 
 
+@pytest.mark.slow  # the benchmark harness end to end (an export or a training per path): make test-slow
 def test_inference_suite_json_and_tokens(tmp_path, trained_dir, gpt_neo_tokenizer_dir, capsys):
     out = tmp_path / "bench"
     argv = [
@@ -115,6 +116,7 @@ def run_llama2c_suite(tmp_path, gpt_neo_tokenizer_dir, *extra: str) -> dict:
     return json.loads((tmp_path / "bench" / "bench.json").read_text())["inference"]["models"]["stories260K"]
 
 
+@pytest.mark.slow  # the benchmark harness end to end (an export or a training per path): make test-slow
 def test_llama2c_checkpoint_rows(tmp_path, gpt_neo_tokenizer_dir):
     """stories260K's imported twin on every torch/ONNX path: BOS + the prompt as run.c encodes it, 12 new
     tokens, fp32 ONNX exactly torch's greedy tokens; without --llama2c_run there is no run.c row, and it says so."""

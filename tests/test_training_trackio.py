@@ -112,8 +112,8 @@ def test_pretraining_logs_loss_and_eval_to_trackio(runs):
     assert [step for step, _ in loss] == [4, 8, 12]  # every logging_steps, up to max_steps
     _assert_same(loss, _history(out, "loss"))
     assert loss[-1][1] < loss[0][1]
-    # eval_steps 6 and 12, then the final evaluation of the finished model (training/tail) at 12 again
-    assert [step for step, _ in evals] == [6, 12, 12]
+    # eval_steps 6 and 12; the final evaluation of the finished model (training/tail) reuses step 12's
+    assert [step for step, _ in evals] == [6, 12]
     _assert_same(evals, _history(out, "eval_loss"))
     _assert_same(bpb, _history(out, "eval_bits_per_byte"))
 
@@ -123,5 +123,5 @@ def test_lora_logs_loss_and_eval_to_trackio(runs):
     loss, evals = _by_global_step(trackio_dir, "tinystories-lora", "lora-r4", "train/loss", "eval/loss")
     assert [step for step, _ in loss] == [2, 4, 6]
     _assert_same(loss, _history(out, "loss"))
-    assert [step for step, _ in evals] == [3, 6, 6]  # eval_steps 3, then the final evaluation
+    assert [step for step, _ in evals] == [3, 6]  # eval_steps 3; the final evaluation reuses step 6's
     _assert_same(evals, _history(out, "eval_loss"))
