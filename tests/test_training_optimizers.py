@@ -17,6 +17,7 @@ from tinystories.training.finetune.arguments import TinyStoriesSFTConfig
 from tinystories.training.optimizers import (
     DEFAULT_MUON_LR,
     MuonWithAdamW,
+    _fusable,
     build_muon_optimizer,
     check_muon,
     muon_parameter_names,
@@ -316,3 +317,11 @@ def test_adamw_is_the_fused_kernel_by_default():
         if name not in hidden:
             assert (a - b).abs().max().item() < 1e-5, name
             assert not torch.equal(a, tiny_model("gpt_neo", seed=4).get_parameter(name)), name  # it moved
+
+
+def test_fused_adamw_only_where_its_kernel_runs():
+    """Muon's AdamW half is fused for floating-point parameters on a CPU or CUDA GPU, the loop elsewhere (an MPS
+    or XLA device, integer buffers): the decision, checked on this CPU with meta-device stand-ins."""
+    assert _fusable([torch.zeros(2), torch.zeros(2, 2, dtype=torch.bfloat16)])
+    assert not _fusable([torch.zeros(2), torch.zeros(2, device="meta")])
+    assert not _fusable([torch.zeros(2, dtype=torch.int64)])

@@ -140,6 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _sampling(args: GenerateArguments) -> dict:
+    """The sampling flags, as both runtimes take them."""
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+    }
+
+
 def _generate_torch(args: GenerateArguments, prompt: str) -> list[str]:
     device, dtype = resolve_device(args.device), resolve_dtype(args.precision)
     model = load_model(args.model, revision=args.revision, dtype=dtype).to(device)  # a bad --model first
@@ -151,11 +162,7 @@ def _generate_torch(args: GenerateArguments, prompt: str) -> list[str]:
             model,
             tokenizer,
             prompt,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
+            **_sampling(args),
             num_return_sequences=args.num_stories,
         )
     except ValueError as e:
@@ -181,11 +188,7 @@ def _generate_onnx(args: GenerateArguments, prompt: str) -> list[str]:
         AutoConfig.from_pretrained(folder),
         GenerationConfig.from_pretrained(folder),
         prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
+        **_sampling(args),
         num_stories=args.num_stories,
     )
 
